@@ -1,0 +1,314 @@
+"""Qwen2 / Qwen2.5 / Qwen3 decoder in Flax linen, with attention driven by per-token mask vectors.
+
+Masks are data, not matrices (method.md section 4). Every token carries three integers:
+
+- ``segment``: -1 padding, 0 source group, 1, 2, ... a target copy (the packed dual view uses 1 for the
+  batch copy and 2 for the stream copy);
+- ``index``: the token's order index (its slot in the packed sequence or in the KV cache);
+- ``limit``: for target tokens, how many source tokens are visible (source keys with ``index < limit``).
+
+Key ``k`` is visible to query ``q`` iff ``seg[k] >= 0`` and
+``(seg[k] == seg[q] and idx[k] <= idx[q]) or (seg[k] == 0 and seg[q] > 0 and idx[k] < limit[q])``.
+Source tokens therefore never see target tokens, and the source must occupy indices ``0..S-1``.
+The boolean mask exists only inside :func:`visibility_mask`, called from the attention function.
+
+Positions (RoPE, GPE) are a separate per-token vector. With everything in segment 0 and
+``index = arange`` this is plain causal attention.
+
+Parameters are a nested dict whose names mirror the Hugging Face tensor names (see ``hf.py``); layers
+are always stacked along a leading axis (``layers``), scanned or unrolled by ``config.scan_layers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from .config import ModelConfig, rope_frequencies
+
+Array = jax.Array
+NEG_INF = float(np.finfo(np.float32).min)
+
+
+class MaskVectors(NamedTuple):
+    segment: Array  # [B, T] int32
+    index: Array  # [B, T] int32
+    limit: Array  # [B, T] int32
+
+
+def causal_vectors(batch: int, length: int) -> MaskVectors:
+    """Plain causal attention: one source segment, index 0..length-1."""
+    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    z = jnp.zeros((batch, length), jnp.int32)
+    return MaskVectors(z, idx, z)
+
+
+def visibility_mask(q: MaskVectors, k_segment: Array, k_index: Array) -> Array:
+    """Dense boolean mask ``[B, Tq, Tk]`` from the per-token vectors (the one place the rule lives)."""
+    qs, qi, ql = q.segment[:, :, None], q.index[:, :, None], q.limit[:, :, None]
+    ks, ki = k_segment[:, None, :], k_index[:, None, :]
+    same = (ks == qs) & (ki <= qi)
+    src = (ks == 0) & (qs > 0) & (ki < ql)
+    return (same | src) & (ks >= 0)
+
+
+def rms_norm(x: Array, weight: Array, eps: float, dtype) -> Array:
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight.astype(dtype) * xf.astype(dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("weight", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        return rms_norm(x, w, self.eps, self.dtype)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray, scale: float) -> Array:
+    """Rotate-half RoPE. ``x`` [B, T, H, D], ``positions`` [B, T]; angles in float32."""
+    ang = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]
+    cos = (jnp.cos(emb) * scale).astype(x.dtype)
+    sin = (jnp.sin(emb) * scale).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rot * sin
+
+
+def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index: Array,
+                           stream_start: Array) -> Array:
+    """Statistics of one query's attention over the streamed source tokens (units, not the prompt).
+
+    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]. The probabilities on visible source keys
+    with ``index >= stream_start`` are renormalised; returns ``[B, Tq, H, 2]``: the normalised entropy
+    (entropy / log(count); 0 when fewer than two such keys) and the largest renormalised probability.
+    """
+    b, kv, g, tq, tk = probs.shape
+    stream = mask & ((k_segment == 0) & (k_index >= stream_start[:, None]))[:, None, :]  # [B,Tq,Tk]
+    p = jnp.where(stream[:, None, None], probs, 0.0)
+    mass = jnp.sum(p, axis=-1, keepdims=True)
+    q = p / jnp.maximum(mass, 1e-30)
+    ent = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.maximum(q, 1e-30)), 0.0), axis=-1)
+    count = jnp.sum(stream, axis=-1).astype(jnp.float32)[:, None, None, :]  # [B,1,1,Tq]
+    norm_ent = jnp.where(count > 1, ent / jnp.log(jnp.maximum(count, 2.0)), 0.0)
+    mx = jnp.max(q, axis=-1)
+    out = jnp.stack([norm_ent, mx], axis=-1)  # [B,KV,G,Tq,2]
+    return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask_vec: MaskVectors, layer_cache=None, cache_segment=None,
+                 stream_start=None):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                                               kernel_init=nn.initializers.normal(0.02), name=name)
+        b, t, _ = x.shape
+        q = dense(h * hd, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, hd)
+        k = dense(kv * hd, cfg.qkv_bias, "k_proj")(x).reshape(b, t, kv, hd)
+        v = dense(kv * hd, cfg.qkv_bias, "v_proj")(x).reshape(b, t, kv, hd)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dtype, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dtype, name="k_norm")(k)
+        inv_freq, scale = rope_frequencies(cfg)
+        q = apply_rope(q, positions, inv_freq, scale)
+        k = apply_rope(k, positions, inv_freq, scale)
+
+        if layer_cache is None:
+            keys, values = k, v
+            k_segment, k_index = mask_vec.segment, mask_vec.index
+            new_cache = None
+        else:
+            # write the fed tokens into their slots (padding tokens are dropped), then attend to the cache
+            ck, cv = layer_cache
+            cap = ck.shape[1]
+            slot = jnp.where(mask_vec.segment >= 0, mask_vec.index, cap)  # out of range -> dropped
+            bidx = jnp.arange(b)[:, None]
+            ck = ck.at[bidx, slot].set(k.astype(ck.dtype), mode="drop")
+            cv = cv.at[bidx, slot].set(v.astype(cv.dtype), mode="drop")
+            keys, values = ck.astype(dtype), cv.astype(dtype)
+            k_segment = cache_segment
+            k_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
+            new_cache = (ck, cv)
+
+        mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
+        g = h // kv
+        qg = q.reshape(b, t, kv, g, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / np.sqrt(hd))
+        scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), values)
+        out = out.reshape(b, t, h * hd)
+        y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
+        stats = None
+        if stream_start is not None:
+            stats = stream_attention_stats(probs, mask, k_segment, k_index, stream_start)
+        return y, new_cache, stats
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                                         kernel_init=nn.initializers.normal(0.02), name=name)
+        gate = dense(cfg.intermediate_size, "gate_proj")(x)
+        up = dense(cfg.intermediate_size, "up_proj")(x)
+        return dense(cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One decoder layer; a scan body: ``(x, layer_cache) -> (x, (new_cache, stats))``."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, stream_start):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        hsa, new_cache, stats = Attention(cfg, name="self_attn")(
+            RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
+            layer_cache, cache_segment, stream_start)
+        x = x + hsa
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
+        return x, (new_cache, stats)
+
+
+class Transformer(nn.Module):
+    """The decoder. ``__call__`` returns final normed hidden states; :meth:`logits` maps them to logits."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
+                                     embedding_init=nn.initializers.normal(0.02))
+        block = Block
+        if cfg.remat:
+            block = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_hidden_layers,
+            unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
+        )(cfg)
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                                    kernel_init=nn.initializers.normal(0.02))
+
+    def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache=None, stream_start=None):
+        """Returns ``(hidden [B,T,D], new_cache, stats)``.
+
+        ``cache``: None, or a dict ``{"k", "v": [layers, B, C, KV, hd], "segment": [B, C]}`` where
+        ``segment`` already holds the segment of every slot after this call's writes. ``stats``:
+        ``[layers, B, T, H, 2]`` attention statistics over streamed source keys (see
+        :func:`stream_attention_stats`) when ``stream_start`` ([B] int) is given, else None.
+        """
+        x = self.embed_tokens(input_ids)
+        layer_cache = None if cache is None else (cache["k"], cache["v"])
+        cache_segment = None if cache is None else cache["segment"]
+        x, (new_kv, stats) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
+        x = self.norm(x)
+        new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "segment": cache_segment}
+        return x, new_cache, stats
+
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def init_all(self, input_ids):
+        """Initialise every parameter (the lm head included)."""
+        b, t = input_ids.shape
+        h, _, _ = self(input_ids, jnp.zeros((b, t), jnp.int32), causal_vectors(b, t))
+        return self.logits(h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional entry points
+# ---------------------------------------------------------------------------------------------
+
+def make_model(config: ModelConfig) -> Transformer:
+    return Transformer(config)
+
+
+def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
+    """Random parameters (normal(0.02), norms at one), as a plain nested dict."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    model = make_model(config)
+    variables = model.init(rng, jnp.zeros((1, 2), jnp.int32), method=Transformer.init_all)
+    return jax.tree_util.tree_map(lambda x: x, dict(variables["params"]))
+
+
+def abstract_params(config: ModelConfig) -> dict:
+    """Parameter shapes/dtypes without allocating (``jax.eval_shape``)."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+
+
+def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors, cache=None,
+                 stream_start=None):
+    return make_model(config).apply({"params": params}, input_ids, positions, mask_vec, cache, stream_start)
+
+
+def hidden_to_logits(config: ModelConfig, params, hidden):
+    return make_model(config).apply({"params": params}, hidden, method=Transformer.logits)
+
+
+def apply_logits(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors):
+    """Logits ``[B, T, V]`` (float32) under arbitrary mask vectors and positions."""
+    h, _, _ = apply_hidden(config, params, input_ids, positions, mask_vec)
+    return hidden_to_logits(config, params, h)
+
+
+def forward(config: ModelConfig, params, input_ids, positions=None):
+    """Plain causal forward: ``input_ids`` [B, T] -> logits [B, T, V] (float32).
+
+    ``positions`` defaults to ``0..T-1``; any (e.g. non-contiguous) position ids may be given.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    b, t = input_ids.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), (b, t))
+    return _forward_jit(config, params, input_ids, positions)
+
+
+def _forward_fn(config, params, input_ids, positions):
+    b, t = input_ids.shape
+    return apply_logits(config, params, input_ids, positions, causal_vectors(b, t))
+
+
+_forward_jit = jax.jit(_forward_fn, static_argnums=0)
+
+
+def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> dict:
+    """An empty KV cache of ``capacity`` slots (all segments -1)."""
+    dt = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_hidden_layers, batch, capacity, config.num_key_value_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+            "segment": jnp.full((batch, capacity), -1, jnp.int32)}
