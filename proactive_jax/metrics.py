@@ -1,0 +1,471 @@
+"""Latency and quality metrics (design/method.md section 7). Small pure functions, numpy only.
+
+Latency
+-------
+Read counts ``phi(j)`` (section 3) run from 0 to M+1, with M+1 meaning "the end marker was read too".
+Delays are read counts in content units: ``d_j = min(phi(j), M)``.
+
+* ``rco``/``ail``: the paper's read-context ratio and average ideal lag, at target-token granularity.
+* ``al``/``laal``/``dal``/``ap``: exactly SimulEval 1.1.4's sentence-level scorers (``ALScorer``,
+  ``LAALScorer``, ``DALScorer``, ``APScorer`` in ``simuleval/evaluator/scorers/latency_scorer.py``, checked
+  against SimulEval itself by ``tests/fixtures/simuleval_latency.json``). Here ``delays[i]`` is the number
+  of source units read when hypothesis unit i+1 was written, ``|Y*| = len(delays)`` the hypothesis length,
+  ``|Y| = reference_length`` (``None``: the hypothesis length, like SimulEval without a reference) and
+  ``|X| = source_length``.
+* ``latency_report`` gives all of them for one sentence, at token granularity (``*_token``) and word
+  granularity (``*_word``); ``aggregate_latency`` averages reports over sentences as SimulEval does.
+
+Empty hypothesis: every sentence-level latency returns ``nan`` (SimulEval's ``compute`` would crash, and its
+corpus score skips such instances); ``aggregate_latency`` skips ``nan`` the same way, so corpus means equal
+SimulEval's.
+
+Quality
+-------
+Corpus scores are in percent (BLEU, EM/F1, accuracy, ROUGE, WER). ``QUALITY_METRICS``/``quality`` give them
+by name. Prediction and reference lists of different lengths raise ``ValueError`` naming both lengths.
+"""
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections import Counter
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "al", "laal", "dal", "ap", "rco", "ail", "AIL_IDEALS", "word_delays", "latency_report",
+    "aggregate_latency", "bleu", "normalize_squad_answer", "squad_em_f1", "squad_scores", "parse_choice",
+    "accuracy", "choice_accuracy", "rouge", "normalize_wer_text", "wer", "QUALITY_METRICS", "quality",
+]
+
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sentence-level latency: SimulEval 1.1.4
+# ----------------------------------------------------------------------------------------------------
+
+def _delays(delays, name: str = "delays") -> np.ndarray:
+    d = np.asarray(delays, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise ValueError(f"{name} must be finite")
+    return d
+
+
+def _positive(value, name: str) -> float:
+    if value is None or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _target_length(reference_length, hyp_length: int) -> float:
+    if reference_length is None:
+        return float(hyp_length)
+    return _positive(reference_length, "reference_length")
+
+
+def _lagging(d: np.ndarray, src: float, tgt: float) -> float:
+    """(1/tau) sum_{i<=tau} (d_i - (i-1) |X|/tgt), tau = first i with d_i >= |X| (else |Y*|)."""
+    reached = np.flatnonzero(d >= src)
+    tau = int(reached[0]) + 1 if reached.size else d.size
+    return float(np.mean(d[:tau] - np.arange(tau) * (src / tgt)))
+
+
+def al(delays, source_length, reference_length=None) -> float:
+    """Average Lagging, SimulEval 1.1.4 ``ALScorer`` (STACL).
+
+    ``AL = (1/tau) sum_{i=1..tau} (d_i - (i-1) / gamma)``, ``gamma = |Y| / |X|`` with ``|Y|`` the
+    reference length (``None``: hypothesis length) and ``tau`` the first (1-based) i with
+    ``d_i >= |X|`` (``>=``, not ``>``), or ``|Y*|`` if no delay reaches the source length. When the first
+    delay is at or beyond the source length, AL is that first delay itself (tau = 1; SimulEval's explicit
+    ``delays[0] > source_length`` early return gives the same value). AL may be negative (writing ahead of
+    the diagonal). Empty hypothesis: ``nan``.
+    """
+    d = _delays(delays)
+    src = _positive(source_length, "source_length")
+    if d.size == 0:
+        return NAN
+    return _lagging(d, src, _target_length(reference_length, d.size))
+
+
+def laal(delays, source_length, reference_length=None) -> float:
+    """Length-Adaptive Average Lagging, SimulEval 1.1.4 ``LAALScorer``.
+
+    AL (same cut-off ``tau``: first ``d_i >= |X|``) with ``gamma = max(|Y*|, |Y|) / |X|``: the longer of
+    hypothesis and reference, so over-generation is not rewarded. ``reference_length=None``: hypothesis
+    length (then LAAL == AL). Empty hypothesis: ``nan``.
+    """
+    d = _delays(delays)
+    src = _positive(source_length, "source_length")
+    if d.size == 0:
+        return NAN
+    return _lagging(d, src, max(float(d.size), _target_length(reference_length, d.size)))
+
+
+def dal(delays, source_length) -> float:
+    """Differentiable Average Lagging, SimulEval 1.1.4 ``DALScorer`` (Arivazhagan et al. 2019).
+
+    ``g'_1 = d_1``, ``g'_i = max(d_i, g'_{i-1} + 1/gamma)``, ``DAL = (1/|Y*|) sum_i (g'_i - (i-1)/gamma)``
+    with ``gamma = |Y*| / |X|``: always the HYPOTHESIS length (SimulEval ignores the reference here), no
+    cut-off. Computed in closed form: ``g'_i - (i-1)/gamma = max_{k<=i} (d_k - (k-1)/gamma)``.
+    Empty hypothesis: ``nan``.
+    """
+    d = _delays(delays)
+    src = _positive(source_length, "source_length")
+    if d.size == 0:
+        return NAN
+    lag = d - np.arange(d.size) * (src / d.size)
+    return float(np.mean(np.maximum.accumulate(lag)))
+
+
+def ap(delays, source_length, reference_length=None) -> float:
+    """Average Proportion, SimulEval 1.1.4 ``APScorer`` (Cho & Esipova 2016).
+
+    ``AP = sum_i d_i / (|X| * |Y|)`` with ``|Y|`` the reference length (``None``: hypothesis length), so
+    with a reference AP can exceed 1 (hypothesis longer than the reference). Empty hypothesis: ``nan``.
+    """
+    d = _delays(delays)
+    src = _positive(source_length, "source_length")
+    if d.size == 0:
+        return NAN
+    return float(np.sum(d) / (src * _target_length(reference_length, d.size)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The paper's RCO / AIL on read counts phi
+# ----------------------------------------------------------------------------------------------------
+
+AIL_IDEALS = ("diagonal", "diagonal-shifted")
+
+
+def _phi(phi) -> np.ndarray:
+    p = _delays(phi, "phi")
+    if np.any(p < 0):
+        raise ValueError("phi must be >= 0")
+    return p
+
+
+def _source_units(source_length) -> float:
+    return _positive(source_length, "source_length (M)")
+
+
+def rco(phi, source_length) -> float:
+    """Read-context ratio: ``mean_j min(phi(j), M) / M`` over the target tokens (batch decoding = 1.0).
+
+    ``phi`` read counts (0..M+1, non-decreasing in practice, not required), ``source_length`` = M content
+    units. Empty hypothesis: ``nan``.
+    """
+    p = _phi(phi)
+    m = _source_units(source_length)
+    if p.size == 0:
+        return NAN
+    return float(np.mean(np.minimum(p, m)) / m)
+
+
+def ail(phi, source_length, ideal: str = "diagonal") -> float:
+    """Average ideal lag: ``mean_j (d_j - phi_ideal(j))``, ``d_j = min(phi(j), M)``, j = 1..L.
+
+    ``ideal="diagonal"`` (default): ``phi_ideal(j) = j * M / L`` (the ideal reader has read token j's
+    proportional share of the source when writing it); ``ideal="diagonal-shifted"``:
+    ``phi_ideal(j) = (j - 1) * M / L`` (the first token is ideally written before reading anything).
+    Batch decoding (``phi = M+1``) gives ``M/2 - M/(2L)`` resp. ``M/2 + M/(2L)``. Empty: ``nan``.
+    """
+    if ideal not in AIL_IDEALS:
+        raise ValueError(f"unknown AIL ideal {ideal!r}; known: {', '.join(AIL_IDEALS)}")
+    p = _phi(phi)
+    m = _source_units(source_length)
+    if p.size == 0:
+        return NAN
+    j = np.arange(1, p.size + 1, dtype=np.float64)
+    if ideal == "diagonal-shifted":
+        j = j - 1.0
+    return float(np.mean(np.minimum(p, m) - j * (m / p.size)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Word-level delays and the per-sentence report
+# ----------------------------------------------------------------------------------------------------
+
+def word_delays(phi, word_starts_of_tokens, source_length=None) -> np.ndarray:
+    """Delay of each target word = ``phi`` at the word's LAST token (when the word is complete).
+
+    ``word_starts_of_tokens[t]`` is true when token t starts a new word (method.md section 5: its text
+    starts with whitespace); the first token always starts word 1 whatever its flag. Lengths must match.
+    With ``source_length`` = M the delays are clipped to M (``d = min(phi, M)``); otherwise raw ``phi``.
+    Returns a float array with one entry per word (empty for an empty hypothesis).
+    """
+    p = _phi(phi)
+    starts = np.asarray(word_starts_of_tokens, dtype=bool).reshape(-1)
+    if starts.size != p.size:
+        raise ValueError(f"word_starts_of_tokens has {starts.size} entries but phi has {p.size}")
+    if p.size == 0:
+        return p
+    starts = starts.copy()
+    starts[0] = True
+    last = np.append(np.flatnonzero(starts[1:]), p.size - 1)  # token before each later start, and the end
+    out = p[last]
+    if source_length is not None:
+        out = np.minimum(out, _source_units(source_length))
+    return out
+
+
+def latency_report(phi, source_length, token_word_starts=None, reference_length=None, *,
+                   reference_token_length=None, ideal: str = "diagonal") -> dict:
+    """All latency metrics of one sentence, as a flat ``{name: float}`` dict.
+
+    ``phi``: read counts of all L predicted target tokens (the paper's L, end-of-turn token included);
+    ``source_length`` = M content units; delays ``d = min(phi, M)``.
+    Keys: ``rco``, ``ail`` (token level, ``ideal`` as in :func:`ail`); ``al_token``, ``laal_token``,
+    ``dal_token``, ``ap_token`` (SimulEval formulas on token delays, reference length
+    ``reference_token_length``, default: hypothesis token count); and, when ``token_word_starts`` is given,
+    ``al_word``, ``laal_word``, ``dal_word``, ``ap_word`` on :func:`word_delays` (clipped to M) with
+    ``reference_length`` in words (default: hypothesis word count).
+    ``token_word_starts`` may be SHORTER than ``phi``: only its first ``len(token_word_starts)`` tokens form
+    words, so passing flags for the text tokens only leaves trailing special tokens (the end-of-turn token)
+    out of the word-level metrics. Empty hypothesis: every value ``nan``.
+    """
+    p = _phi(phi)
+    m = _source_units(source_length)
+    d = np.minimum(p, m)
+    out = {
+        "rco": rco(p, m),
+        "ail": ail(p, m, ideal),
+        "al_token": al(d, m, reference_token_length),
+        "laal_token": laal(d, m, reference_token_length),
+        "dal_token": dal(d, m),
+        "ap_token": ap(d, m, reference_token_length),
+    }
+    if token_word_starts is not None:
+        starts = np.asarray(token_word_starts, dtype=bool).reshape(-1)
+        if starts.size > p.size:
+            raise ValueError(f"token_word_starts has {starts.size} entries but phi has only {p.size}")
+        w = word_delays(p[: starts.size], starts, m)
+        out.update({
+            "al_word": al(w, m, reference_length),
+            "laal_word": laal(w, m, reference_length),
+            "dal_word": dal(w, m),
+            "ap_word": ap(w, m, reference_length),
+        })
+    return out
+
+
+def aggregate_latency(reports: Sequence[Mapping[str, float]]) -> dict:
+    """Corpus latency: per key, the mean over sentences (as SimulEval's scorers do).
+
+    ``nan`` entries (empty hypotheses) are skipped, like SimulEval skips instances without delays; a key
+    that is ``nan`` in every report stays ``nan``. All reports must have the same keys.
+    """
+    reports = list(reports)
+    if not reports:
+        raise ValueError("aggregate_latency needs at least one report")
+    keys = list(reports[0])
+    for i, r in enumerate(reports):
+        if set(r) != set(keys):
+            raise ValueError(f"report {i} has keys {sorted(r)}, report 0 has {sorted(keys)}")
+    out = {}
+    for k in keys:
+        vals = np.asarray([float(r[k]) for r in reports], dtype=np.float64)
+        vals = vals[~np.isnan(vals)]
+        out[k] = float(np.mean(vals)) if vals.size else NAN
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quality
+# ----------------------------------------------------------------------------------------------------
+
+def _check_lengths(preds, refs, pred_name: str = "predictions", ref_name: str = "references"):
+    if len(preds) != len(refs):
+        raise ValueError(f"got {len(preds)} {pred_name} but {len(refs)} {ref_name}; they must match")
+    if len(preds) == 0:
+        raise ValueError(f"got 0 {pred_name}: nothing to score")
+
+
+def _as_list(x) -> list:
+    return [x] if isinstance(x, str) else list(x)
+
+
+def bleu(hypotheses: Sequence[str], references_list: Sequence) -> dict:
+    """sacrebleu corpus BLEU, default settings (13a tokenizer, exp smoothing, mixed case).
+
+    ``references_list[i]`` is the reference (a string) or the references (a list of strings, any number
+    per hypothesis) of hypothesis i. Returns ``{"bleu": score (0..100), "signature": sacrebleu's signature
+    string}``.
+    """
+    from sacrebleu.metrics import BLEU
+
+    hypotheses = list(hypotheses)
+    _check_lengths(hypotheses, references_list, "hypotheses", "references")
+    per_hyp = [_as_list(r) for r in references_list]
+    if any(len(r) == 0 for r in per_hyp):
+        raise ValueError("every hypothesis needs at least one reference")
+    n_refs = max(len(r) for r in per_hyp)
+    streams = [[r[k] if k < len(r) else None for r in per_hyp] for k in range(n_refs)]
+    metric = BLEU()
+    score = metric.corpus_score(hypotheses, streams)
+    return {"bleu": float(score.score), "signature": str(metric.get_signature())}
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = frozenset(string.punctuation)
+
+
+def normalize_squad_answer(text: str) -> str:
+    """Official SQuAD v1.1 normalisation: lowercase, drop ASCII punctuation, drop articles a/an/the,
+    collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _squad_f1(pred_tokens: list, gold_tokens: list) -> float:
+    same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_em_f1(prediction: str, gold_answers) -> tuple:
+    """One example, SQuAD v1.1: ``(exact_match, f1)``, each the max over the gold answers, in [0, 1].
+
+    Token F1 over the normalised answers' whitespace tokens (bag overlap); as in v1.1, an answer that
+    normalises to nothing has F1 0 (but EM 1 against a gold that also normalises to nothing).
+    ``gold_answers``: a string or a non-empty list of strings.
+    """
+    golds = _as_list(gold_answers)
+    if not golds:
+        raise ValueError("squad_em_f1 needs at least one gold answer")
+    pred = normalize_squad_answer(prediction)
+    em = max(float(pred == normalize_squad_answer(g)) for g in golds)
+    f1 = max(_squad_f1(pred.split(), normalize_squad_answer(g).split()) for g in golds)
+    return em, f1
+
+
+def squad_scores(predictions: Sequence[str], golds: Sequence) -> dict:
+    """Corpus SQuAD v1.1: ``{"exact_match", "f1"}`` = 100 x the mean over examples of :func:`squad_em_f1`."""
+    _check_lengths(predictions, golds, "predictions", "gold answer lists")
+    scores = np.asarray([squad_em_f1(p, g) for p, g in zip(predictions, golds)], dtype=np.float64)
+    return {"exact_match": float(100 * scores[:, 0].mean()), "f1": float(100 * scores[:, 1].mean())}
+
+
+def parse_choice(generation, n_options: int = 4):
+    """The option letter (upper case, among the first ``n_options`` letters) a generation chooses, or None.
+
+    Tried in order, the first hit wins:
+    1. the whole answer is one letter, optionally bracketed / followed by punctuation: ``"B"``, ``"b."``,
+       ``"(d)"``, ``"[C]"``, ``"B)"``;
+    2. an answer that starts with an option marker: ``"B) Paris"``, ``"C. the dog"``, ``"(d) ..."``,
+       ``"d) ..."`` (a lower-case letter only with a bracket, so "a cat ..." is no answer);
+    3. after "answer"/"option"/"choice" (optionally "is", ":", "would be", ...): ``"The answer is C."``,
+       ``"Answer: (b)"`` (lower case only when bracketed or followed by punctuation / the end);
+    4. the first bracketed letter anywhere: ``"... so (C) is right"``;
+    5. the first standalone upper-case letter, except "A" followed by a lower-case word (the article, as in
+       ``"A cat"``): ``"I pick C"``, ``"I think B is right"``.
+    """
+    if not isinstance(n_options, int) or not 1 <= n_options <= 26:
+        raise ValueError(f"n_options must be an int in 1..26, got {n_options!r}")
+    if generation is None:
+        return None
+    text = unicodedata.normalize("NFKC", str(generation)).strip()
+    if not text:
+        return None
+    upper = string.ascii_uppercase[:n_options]
+    opt = f"[{upper}{upper.lower()}]"
+    cap = f"[{upper}]"
+
+    patterns = [
+        rf"^[\(\[\{{<\*\"']*({opt})[\)\]\}}>\*\"']*[\.\:,;!]?$",
+        rf"^[\*\"']*(?:\(|\[)({opt})(?:\)|\])",
+        rf"^[\*\"']*({opt})\)",
+        rf"^[\*\"']*({cap})(?:[\.\:\-]|\s*$|\s*\n|\s+-)",
+        rf"(?i:answer|option|choice)\W{{0,3}}(?:(?i:is|would be|will be|should be)\W{{0,3}})?"
+        rf"(?:(?:\(|\[)({opt})|({cap})\b|({opt})(?=[\)\]\.\:,;!]|\s*$))",
+        rf"(?:\(|\[)({opt})(?:\)|\])",
+    ]
+    # Last resort: a standalone capital letter; "A" followed by a lower-case word is the article.
+    rest = "".join(ch for ch in upper if ch != "A")
+    alts = ["(A)(?![\\w'])(?!\\s+[a-z])"] if "A" in upper else []
+    alts += [f"([{rest}])(?![\\w'])"] if rest else []
+    patterns.append(rf"(?<![\w'])(?:{'|'.join(alts)})")
+    for pat in patterns:
+        m = re.search(pat, text)
+        if m:
+            letter = next(g for g in m.groups() if g)
+            return letter.upper()
+    return None
+
+
+def accuracy(preds: Sequence, golds: Sequence) -> float:
+    """Percent of predictions equal to the gold label. Strings compare after ``strip().upper()`` (so option
+    letters are case-insensitive); ``None`` (unparsable) never matches."""
+    _check_lengths(preds, golds, "predictions", "gold labels")
+
+    def canon(x):
+        return x.strip().upper() if isinstance(x, str) else x
+
+    hits = [p is not None and canon(p) == canon(g) for p, g in zip(preds, golds)]
+    return float(100 * np.mean(hits))
+
+
+def choice_accuracy(generations: Sequence[str], golds: Sequence[str], n_options: int = 4) -> dict:
+    """Multiple choice from raw generations: :func:`parse_choice` then :func:`accuracy` (percent).
+    Returns ``{"accuracy", "unparsed"}`` (``unparsed``: percent of generations with no option letter)."""
+    _check_lengths(generations, golds, "generations", "gold labels")
+    preds = [parse_choice(g, n_options) for g in generations]
+    return {"accuracy": accuracy(preds, golds),
+            "unparsed": float(100 * np.mean([p is None for p in preds]))}
+
+
+def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict:
+    """ROUGE-1/2/L F-measure (``rouge_score``, ``use_stemmer=True``, its default tokenizer), mean over
+    pairs, in percent: ``{"rouge1", "rouge2", "rougeL"}``."""
+    from rouge_score import rouge_scorer
+
+    _check_lengths(hyps, refs, "hypotheses", "references")
+    keys = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    scores = [scorer.score(r, h) for h, r in zip(hyps, refs)]  # score(target, prediction)
+    return {k: float(100 * np.mean([s[k].fmeasure for s in scores])) for k in keys}
+
+
+_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+
+
+def normalize_wer_text(text: str) -> str:
+    """WER normalisation: lowercase, apostrophes deleted ("don't" -> "dont"), every other Unicode
+    punctuation character replaced by a space, whitespace collapsed."""
+    text = _APOSTROPHES.sub("", str(text).lower())
+    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    return " ".join(text.split())
+
+
+def wer(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus word error rate in percent (jiwer: total edits / total reference words) after
+    :func:`normalize_wer_text` on both sides."""
+    import jiwer
+
+    _check_lengths(hyps, refs, "hypotheses", "references")
+    return float(100 * jiwer.wer([normalize_wer_text(r) for r in refs],
+                                 [normalize_wer_text(h) for h in hyps]))
+
+
+QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
+    "bleu": bleu,
+    "squad": squad_scores,
+    "choice": choice_accuracy,
+    "accuracy": lambda preds, golds: {"accuracy": accuracy(preds, golds)},
+    "rouge": rouge,
+    "wer": lambda hyps, refs: {"wer": wer(hyps, refs)},
+}
+
+
+def quality(name: str, preds: Sequence, refs: Sequence) -> dict:
+    """Score ``preds`` against ``refs`` with the metric registered as ``name`` in ``QUALITY_METRICS``
+    (bleu, squad, choice, accuracy, rouge, wer); returns that metric's dict. Unknown name: ValueError."""
+    if name not in QUALITY_METRICS:
+        raise ValueError(f"unknown quality metric {name!r}; known: {', '.join(sorted(QUALITY_METRICS))}")
+    return QUALITY_METRICS[name](preds, refs)
