@@ -1,0 +1,312 @@
+"""The ProactiveLLM objective (method.md section 4): batch NLL + MSLM NLL + top-k KL (SPSD).
+
+A padded batch (from :func:`pack_batch`) holds, per example, the source ``prompt+units+end`` padded to
+``S_cap`` and the target group ``header+target`` padded to ``T_cap``. Inside the jitted loss:
+
+- a read schedule ``phi`` is drawn per example (vmapped; keys ``fold_in(step_key, row_id)``),
+- the shift-by-one rule turns it into a visible-source limit per target row,
+- ONE forward pass runs the packed dual view ``[source | target (batch copy) | target (stream copy)]``
+  (segments 0, 1, 2; both copies carry the same GPE positions and never see each other),
+- the loss terms are token sums; dividing by the global token count happens once, at the end, so the
+  average is exact under padding, data parallelism and gradient accumulation.
+
+:func:`naive_loss_sums` runs the two views as separate sequences: the slow reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+from .model import MaskVectors, apply_hidden, hidden_to_logits
+from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
+                        validate_phi, wait_k_schedule)
+
+SCHEDULES = ("multinomial", "full", "wait-k", "given")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Loss weights and schedule options (frozen: a static argument of jit)."""
+
+    w_batch: float = 1.0
+    w_mslm: float = 1.0
+    kl_lambda: float = 0.1  # ours: the paper says "very small"
+    kl_topk: int = 100
+    teacher_stop_grad: bool = True  # ours
+    schedule: str = "multinomial"  # multinomial | full | wait-k | given (batch["phi"])
+    alpha: float = 0.0  # w_k ∝ (k+1)^alpha
+    wait_k: int = 3
+    target_offset: int | str = 0  # int, or "contiguous"
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"objective.schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if not (isinstance(self.target_offset, int) or self.target_offset == "contiguous"):
+            raise ValueError(f"objective.target_offset={self.target_offset!r}; expected an int or 'contiguous'")
+        if self.kl_topk < 1:
+            raise ValueError(f"objective.kl_topk must be >= 1, got {self.kl_topk}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching (host side, numpy)
+# ---------------------------------------------------------------------------------------------
+
+def pack_batch(examples: Sequence[StreamExample], bucket: tuple[int, int], batch_size: int | None = None,
+               m_cap: int | None = None, phi: Sequence | None = None) -> dict[str, np.ndarray]:
+    """Collate examples into fixed-shape numpy arrays for bucket ``(S_cap, T_cap)``.
+
+    Rows beyond ``len(examples)`` (up to ``batch_size``) are padding with ``example_mask = 0``.
+    ``m_cap`` bounds the unit count (default ``S_cap``); ``phi`` optionally gives explicit schedules.
+    """
+    s_cap, t_cap = bucket
+    b = len(examples) if batch_size is None else batch_size
+    m_cap = s_cap if m_cap is None else m_cap
+    if len(examples) > b:
+        raise ValueError(f"{len(examples)} examples do not fit batch_size={b}")
+    out = {
+        "source": np.zeros((b, s_cap), np.int32),
+        "source_len": np.zeros((b,), np.int32),
+        "prompt_len": np.zeros((b,), np.int32),
+        "target": np.zeros((b, t_cap), np.int32),
+        "header_len": np.zeros((b,), np.int32),
+        "target_len": np.zeros((b,), np.int32),
+        "num_units": np.zeros((b,), np.int32),
+        "vis": np.zeros((b, m_cap + 2), np.int32),
+        "example_mask": np.zeros((b,), np.int32),
+    }
+    if phi is not None:
+        out["phi"] = np.zeros((b, t_cap), np.int32)
+    for i, ex in enumerate(examples):
+        src, tgt = ex.source, ex.header + ex.target
+        if len(src) > s_cap or len(tgt) > t_cap or ex.M > m_cap:
+            raise ExampleError(
+                f"example {i}: source {len(src)} tokens / target group {len(tgt)} tokens / {ex.M} units do not "
+                f"fit bucket (S_cap={s_cap}, T_cap={t_cap}, m_cap={m_cap})")
+        if ex.L < 1:
+            raise ExampleError(f"example {i}: empty target (nothing to predict)")
+        if not ex.header:
+            raise ExampleError(f"example {i}: empty header; the first target token is predicted from the "
+                               "last header row, so the header needs at least one token")
+        out["source"][i, :len(src)] = src
+        out["source_len"][i] = len(src)
+        out["prompt_len"][i] = len(ex.prompt)
+        out["target"][i, :len(tgt)] = tgt
+        out["header_len"][i] = len(ex.header)
+        out["target_len"][i] = ex.L
+        out["num_units"][i] = ex.M
+        v = ex.visible_counts()
+        out["vis"][i, :len(v)] = v
+        out["vis"][i, len(v):] = v[-1]
+        out["example_mask"][i] = 1
+        if phi is not None:
+            p = validate_phi(phi[i], ex.M, ex.L, where=f"phi[{i}]")
+            out["phi"][i, :len(p)] = p
+            out["phi"][i, len(p):] = ex.M + 1
+    return out
+
+
+def num_loss_tokens(batch) -> jax.Array:
+    """Number of predicted target tokens in the batch (the normaliser of every loss term)."""
+    return jnp.sum(jnp.asarray(batch["target_len"]) * jnp.asarray(batch["example_mask"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules, limits, positions (traced)
+# ---------------------------------------------------------------------------------------------
+
+def batch_schedules(batch, key, obj: ObjectiveConfig):
+    """``phi`` [B, T_cap] for every row: sampled (vmapped over rows) or deterministic."""
+    b, t_cap = batch["target"].shape
+    m_cap = batch["vis"].shape[1] - 2
+    m, l = batch["num_units"], batch["target_len"]
+    if obj.schedule == "full":
+        return jax.vmap(lambda mm: full_schedule(mm, t_cap))(m)
+    if obj.schedule == "wait-k":
+        return jax.vmap(lambda mm: wait_k_schedule(mm, t_cap, obj.wait_k))(m)
+    if obj.schedule == "given":
+        return batch["phi"]
+    rows = batch.get("row_id", jnp.arange(b))
+    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
+    return jax.vmap(lambda k, mm, ll: sample_schedule(k, mm, ll, t_cap, m_cap, obj.alpha))(keys, m, l)
+
+
+def stream_limits(batch, phi):
+    t_cap = batch["target"].shape[1]
+    return jax.vmap(lambda p, v, h, l: target_row_limits(p, v, h, l, t_cap))(
+        phi, batch["vis"], batch["header_len"], batch["target_len"])
+
+
+def target_positions(batch, obj: ObjectiveConfig):
+    b, t_cap = batch["target"].shape
+    r = jnp.arange(t_cap, dtype=jnp.int32)[None, :]
+    if obj.target_offset == "contiguous":
+        return (batch["source_len"][:, None] + r).astype(jnp.int32)
+    return jnp.broadcast_to(r + int(obj.target_offset), (b, t_cap)).astype(jnp.int32)
+
+
+def _valid(lengths, cap):
+    return jnp.arange(cap)[None, :] < lengths[:, None]
+
+
+def loss_rows(batch):
+    """Labels and loss mask per target row: row r predicts target-group token r+1 when H-1 <= r <= H+L-2."""
+    tgt = batch["target"]
+    t_cap = tgt.shape[1]
+    labels = jnp.concatenate([tgt[:, 1:], jnp.zeros_like(tgt[:, :1])], axis=1)
+    r = jnp.arange(t_cap)[None, :]
+    h, l = batch["header_len"][:, None], batch["target_len"][:, None]
+    mask = (r >= h - 1) & (r <= h + l - 2) & (batch["example_mask"][:, None] > 0)
+    return labels, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms from logits (shared by the packed and the naive path)
+# ---------------------------------------------------------------------------------------------
+
+def nll_sum(logits, labels, mask):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ll = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    return -jnp.sum(jnp.where(mask, ll, 0.0))
+
+
+def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = True):
+    """Sum over masked rows of KL(P_teacher^topk || P_student) on the teacher's top-k tokens.
+
+    The teacher is renormalised over its top-k; the student keeps its full-vocabulary log-probs.
+    """
+    t = teacher_logits.astype(jnp.float32)
+    if stop_grad:
+        t = jax.lax.stop_gradient(t)
+    k = min(k, t.shape[-1])
+    top_vals, top_idx = jax.lax.top_k(t, k)
+    log_pt = jax.nn.log_softmax(top_vals, axis=-1)
+    log_ps = jnp.take_along_axis(jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1), top_idx, axis=-1)
+    kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
+    return jnp.sum(jnp.where(mask, kl, 0.0))
+
+
+def sums_from_logits(batch_logits, stream_logits, batch, obj: ObjectiveConfig):
+    labels, mask = loss_rows(batch)
+    return {
+        "batch": nll_sum(batch_logits, labels, mask),
+        "mslm": nll_sum(stream_logits, labels, mask),
+        "kl": topk_kl_sum(batch_logits, stream_logits, mask, obj.kl_topk, obj.teacher_stop_grad),
+    }
+
+
+def combine(sums, count, obj: ObjectiveConfig):
+    """Token-averaged terms and the weighted total."""
+    n = jnp.maximum(count, 1).astype(jnp.float32)
+    terms = {name: v / n for name, v in sums.items()}
+    total = obj.w_batch * terms["batch"] + obj.w_mslm * terms["mslm"] + obj.kl_lambda * terms["kl"]
+    return total, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# The packed dual view (one pass) and the naive reference (two passes)
+# ---------------------------------------------------------------------------------------------
+
+def packed_inputs(batch, limits, obj: ObjectiveConfig):
+    """Token ids, positions and mask vectors of ``[source | target batch copy | target stream copy]``."""
+    src, tgt = batch["source"], batch["target"]
+    b, s_cap = src.shape
+    t_cap = tgt.shape[1]
+    src_ok = _valid(batch["source_len"], s_cap)
+    tgt_ok = _valid(batch["header_len"] + batch["target_len"], t_cap)
+    tokens = jnp.concatenate([src, tgt, tgt], axis=1)
+    segment = jnp.concatenate([jnp.where(src_ok, 0, -1), jnp.where(tgt_ok, 1, -1), jnp.where(tgt_ok, 2, -1)], 1)
+    index = jnp.broadcast_to(jnp.arange(s_cap + 2 * t_cap, dtype=jnp.int32), tokens.shape)
+    limit = jnp.concatenate([jnp.zeros((b, s_cap), jnp.int32),
+                             jnp.broadcast_to(batch["source_len"][:, None], (b, t_cap)), limits], axis=1)
+    tpos = target_positions(batch, obj)
+    positions = jnp.concatenate(
+        [jnp.broadcast_to(jnp.arange(s_cap, dtype=jnp.int32), (b, s_cap)), tpos, tpos], axis=1)
+    return tokens.astype(jnp.int32), positions, MaskVectors(segment.astype(jnp.int32), index,
+                                                            limit.astype(jnp.int32))
+
+
+def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
+    """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view."""
+    phi = batch_schedules(batch, key, obj)
+    limits = stream_limits(batch, phi)
+    tokens, positions, mv = packed_inputs(batch, limits, obj)
+    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv)
+    s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
+    logits = hidden_to_logits(config, params, hidden[:, s_cap:])
+    return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
+
+
+def single_view_logits(config: ModelConfig, obj: ObjectiveConfig, params, batch, limits):
+    """Target-row logits of ``[source | target]`` as its own sequence, target rows seeing ``limits``."""
+    src, tgt = batch["source"], batch["target"]
+    b, s_cap = src.shape
+    t_cap = tgt.shape[1]
+    tokens = jnp.concatenate([src, tgt], axis=1).astype(jnp.int32)
+    segment = jnp.concatenate([jnp.where(_valid(batch["source_len"], s_cap), 0, -1),
+                               jnp.where(_valid(batch["header_len"] + batch["target_len"], t_cap), 1, -1)], 1)
+    index = jnp.broadcast_to(jnp.arange(s_cap + t_cap, dtype=jnp.int32), tokens.shape)
+    limit = jnp.concatenate([jnp.zeros((b, s_cap), jnp.int32), limits.astype(jnp.int32)], axis=1)
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(s_cap, dtype=jnp.int32), (b, s_cap)),
+                                 target_positions(batch, obj)], axis=1)
+    hidden, _, _ = apply_hidden(config, params, tokens, positions, MaskVectors(segment.astype(jnp.int32), index, limit))
+    return hidden_to_logits(config, params, hidden[:, s_cap:])
+
+
+def naive_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
+    """Reference: the batch view and the stream view as two separate forward passes."""
+    phi = batch_schedules(batch, key, obj)
+    limits = stream_limits(batch, phi)
+    t_cap = batch["target"].shape[1]
+    full = jnp.broadcast_to(batch["source_len"][:, None], (batch["source"].shape[0], t_cap))
+    batch_logits = single_view_logits(config, obj, params, batch, full)
+    stream_logits = single_view_logits(config, obj, params, batch, limits)
+    return sums_from_logits(batch_logits, stream_logits, batch, obj)
+
+
+def loss_fn(config: ModelConfig, obj: ObjectiveConfig, params, batch, key, packed: bool = True):
+    """``(total, aux)``: the weighted, token-averaged loss and each term (``aux["tokens"]`` the count)."""
+    sums = (packed_loss_sums if packed else naive_loss_sums)(config, obj, params, batch, key)
+    count = num_loss_tokens(batch)
+    total, terms = combine(sums, count, obj)
+    return total, {**terms, "tokens": count}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring one example under a schedule (public API)
+# ---------------------------------------------------------------------------------------------
+
+def _round_up(n: int, m: int = 16) -> int:
+    return max(m, -(-n // m) * m)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _score_rows(config, obj, params, batch):
+    limits = stream_limits(batch, batch["phi"])
+    logits = single_view_logits(config, obj, params, batch, limits)
+    labels, mask = loss_rows(batch)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0], mask
+
+
+def token_logprobs(config: ModelConfig, params, example: StreamExample, phi=None, target_offset=0) -> np.ndarray:
+    """Log-probability of each predicted target token ``y_1..y_L`` under read schedule ``phi``.
+
+    ``phi``: L read counts in 0..M+1 (``phi[j-1]`` = reads when y_j is written); None = batch view.
+    GPE positions with ``target_offset`` (default 0). Returns float32 ``[L]``.
+    """
+    if phi is None:
+        phi = np.full((example.L,), example.M + 1, np.int32)
+    phi = validate_phi(phi, example.M, example.L)
+    bucket = (_round_up(example.S), _round_up(example.T))
+    batch = pack_batch([example], bucket, phi=[phi])
+    obj = ObjectiveConfig(schedule="given", target_offset=target_offset)
+    lp, mask = _score_rows(config, obj, params, jax.tree_util.tree_map(jnp.asarray, batch))
+    h = len(example.header)
+    return np.asarray(lp[0, h - 1:h - 1 + example.L], np.float32)

@@ -1,0 +1,182 @@
+"""The packed dual view equals two separate passes; token_logprobs equals transformers with a 4-D mask."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from proactive_jax.model import init_params
+from proactive_jax.objective import (ObjectiveConfig, loss_fn, naive_loss_sums, pack_batch, packed_loss_sums,
+                                     token_logprobs)
+from proactive_jax.streaming import ExampleError, StreamExample
+from tests.conftest import tiny_qwen2, tiny_qwen3
+from tests.streaming_util import random_example, random_phi
+
+CONFIGS = {"qwen2": tiny_qwen2(), "qwen3": tiny_qwen3()}
+_sums = jax.jit(packed_loss_sums, static_argnums=(0, 1))
+
+
+def _scaled_params(cfg, seed):
+    # larger weights than the 0.02 init so that logits and the KL are far from trivial
+    p = init_params(cfg, seed)
+    return jax.tree_util.tree_map(lambda x: x * 8.0 if x.ndim >= 2 else x + 0.1 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), p)
+
+
+def _rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
+
+
+@pytest.mark.parametrize("name,obj", [
+    ("qwen2", ObjectiveConfig(kl_topk=20)),
+    ("qwen3", ObjectiveConfig(kl_topk=5, alpha=1.0, target_offset="contiguous", teacher_stop_grad=False)),
+])
+def test_packed_equals_naive_losses_and_grads(name, obj):
+    cfg = CONFIGS[name]
+    params = _scaled_params(cfg, 1)
+    rng = np.random.default_rng(11)
+    batch = pack_batch([random_example(rng) for _ in range(5)], (24, 12), batch_size=6)
+    key = jax.random.PRNGKey(5)
+
+    def total(fn):
+        def f(p):
+            sums = fn(cfg, obj, p, batch, key)
+            return obj.w_batch * sums["batch"] + obj.w_mslm * sums["mslm"] + obj.kl_lambda * sums["kl"], sums
+        return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+    (tp, sp), gp = total(packed_loss_sums)(params)
+    (tn, sn), gn = total(naive_loss_sums)(params)
+    for term in ("batch", "mslm", "kl"):
+        assert float(sn[term]) > 0
+        assert _rel_err(sp[term], sn[term]) < 1e-5, term
+    assert float(sn["kl"]) > 1e-3, "the KL term must be non-trivial for this comparison to mean something"
+    for a, b in zip(jax.tree_util.tree_leaves(gp), jax.tree_util.tree_leaves(gn)):
+        assert _rel_err(a, b) < 1e-5
+
+
+def test_full_schedule_makes_views_equal_and_kl_zero():
+    cfg = CONFIGS["qwen3"]
+    params = _scaled_params(cfg, 2)
+    rng = np.random.default_rng(3)
+    batch = pack_batch([random_example(rng) for _ in range(4)], (24, 12), batch_size=5)
+    total, aux = jax.jit(loss_fn, static_argnums=(0, 1))(cfg, ObjectiveConfig(schedule="full"), params, batch,
+                                                            jax.random.PRNGKey(0))
+    assert np.isfinite(float(total))
+    assert abs(float(aux["batch"]) - float(aux["mslm"])) < 1e-5 * float(aux["batch"])
+    assert abs(float(aux["kl"])) < 1e-5
+    assert int(aux["tokens"]) == sum(int(x) for x in batch["target_len"])
+
+
+def test_token_average_is_global_under_padding():
+    """Sums over the padded batch divided by the real token count == per-example sums pooled."""
+    cfg = CONFIGS["qwen2"]
+    params = _scaled_params(cfg, 4)
+    rng = np.random.default_rng(8)
+    exs = [random_example(rng) for _ in range(3)]
+    obj = ObjectiveConfig(schedule="full")
+    key = jax.random.PRNGKey(0)
+    together = _sums(cfg, obj, params, pack_batch(exs, (24, 12), batch_size=5), key)
+    apart = [_sums(cfg, obj, params, pack_batch([e], (24, 12), batch_size=5), key) for e in exs]
+    assert _rel_err(together["batch"], sum(a["batch"] for a in apart)) < 1e-5
+
+
+def test_token_logprobs_full_equals_loss_rows():
+    cfg = CONFIGS["qwen3"]
+    params = _scaled_params(cfg, 6)
+    rng = np.random.default_rng(1)
+    ex = random_example(rng)
+    lp = token_logprobs(cfg, params, ex)
+    assert lp.shape == (ex.L,) and np.all(lp <= 0)
+    sums = _sums(cfg, ObjectiveConfig(schedule="full"), params, pack_batch([ex], (24, 12), batch_size=5),
+                 jax.random.PRNGKey(0))
+    np.testing.assert_allclose(-lp.sum(), float(sums["batch"]), rtol=1e-5)
+    # reading less changes the scores of this random model
+    lp0 = token_logprobs(cfg, params, ex, phi=np.zeros(ex.L, np.int32))
+    assert not np.allclose(lp0, lp)
+
+
+def test_bad_inputs():
+    cfg = CONFIGS["qwen3"]
+    params = init_params(cfg, 0)
+    ex = StreamExample(prompt=[1], units=[[2], [3]], end=[4], header=[5], target=[6, 7])
+    with pytest.raises(ExampleError, match="non-decreasing"):
+        token_logprobs(cfg, params, ex, phi=[3, 1])
+    with pytest.raises(ExampleError, match="do not fit bucket"):
+        pack_batch([ex], (3, 8))
+    with pytest.raises(ExampleError, match="empty header"):
+        pack_batch([StreamExample(prompt=[1], units=[[2]], end=[4], header=[], target=[6])], (8, 8))
+    with pytest.raises(ValueError, match="schedule"):
+        ObjectiveConfig(schedule="random")
+
+
+# ---------------------------------------------------------------------------------------------
+# token_logprobs against transformers (PyTorch) with GPE position ids and an explicit 4-D mask
+# ---------------------------------------------------------------------------------------------
+
+def _hf_model(kind, tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from proactive_jax.hf import load_pretrained
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=256)
+    if kind == "qwen2":
+        hc = transformers.Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, **common)
+        model = transformers.Qwen2ForCausalLM(hc)
+    else:
+        hc = transformers.Qwen3Config(num_key_value_heads=1, head_dim=16, tie_word_embeddings=False, **common)
+        model = transformers.Qwen3ForCausalLM(hc)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    d = tmp_path_factory.mktemp(f"hf_{kind}")
+    model.save_pretrained(d)
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32)
+    cfg, params = load_pretrained(d)
+    return model, cfg, params
+
+
+def _reference_logprobs(model, ex: StreamExample, phi):
+    """Independent reference: one sequence [source | header+target], GPE positions, additive 4-D mask."""
+    import torch
+    S, H, L = ex.S, len(ex.header), ex.L
+    V = [len(ex.prompt) + sum(len(u) for u in ex.units[:min(n, ex.M)]) + (len(ex.end) if n == ex.M + 1 else 0)
+         for n in range(ex.M + 2)]
+    seq = list(ex.source) + list(ex.header) + list(ex.target)
+    n = len(seq)
+    allowed = np.zeros((n, n), bool)
+    for q in range(n):
+        for k in range(n):
+            if q < S:
+                allowed[q, k] = k <= q
+            elif k >= S:
+                allowed[q, k] = k <= q
+            else:
+                r = q - S
+                j = 1 if r < H else min(r - H + 2, L)
+                allowed[q, k] = k < V[phi[j - 1]]
+    mask = torch.where(torch.tensor(allowed), 0.0, torch.finfo(torch.float32).min)[None, None]
+    pos = torch.tensor(list(range(S)) + list(range(H + L)))[None]
+    with torch.no_grad():
+        logits = model(torch.tensor(seq)[None], attention_mask=mask, position_ids=pos).logits[0].double()
+    logp = torch.log_softmax(logits, -1).numpy()
+    return np.array([logp[S + H + j - 2, ex.target[j - 1]] for j in range(1, L + 1)])
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_token_logprobs_match_transformers(kind, tmp_path_factory):
+    from proactive_jax.streaming import wait_k_schedule
+    model, cfg, params = _hf_model(kind, tmp_path_factory)
+    rng = np.random.default_rng(21)
+    checked = 0
+    for _ in range(3):
+        ex = random_example(rng, max_target=6)
+        schedules = [None, np.asarray(wait_k_schedule(ex.M, ex.L, 1)), np.asarray(wait_k_schedule(ex.M, ex.L, 2)),
+                     random_phi(rng, ex), random_phi(rng, ex)]
+        for phi in schedules:
+            ours = token_logprobs(cfg, params, ex, phi=phi)
+            ref = _reference_logprobs(model, ex, np.full(ex.L, ex.M + 1) if phi is None else phi)
+            np.testing.assert_allclose(ours, ref, atol=2e-4 * max(1.0, np.abs(ref).max()))
+            checked += 1
+    assert checked == 15
