@@ -1,0 +1,413 @@
+"""Evaluation: decode with decision heads over threshold sweeps, score quality and latency, write
+``results.json``, a paper-style markdown table and quality-latency plots. Resumable.
+
+Layout of an eval directory::
+
+    records.jsonl   one line per (setting, example) decode, appended as it happens (resume skips these)
+    results.json    per setting: aggregate metrics; per example: prediction, references, phi, word delays, M
+    table.md        method | quality | AIL | RCO (| AL | LAAL for translation-like tasks)
+    quality_latency.png   quality against AIL and against RCO, one curve per head family
+
+Sweep strings extend head specs (:mod:`.heads`) with value lists and quantiles: ``"wait-k:k=1|3|5"``,
+``"entropy:tau=0.2|0.3"``, ``"attention:tau=q0.9,layers=-1:"``. ``qX`` means: tau is the X-quantile of
+the head's statistic on a calibration split, observed while decoding with the most permissive tau
+(the head writes whenever the statistic is allowed to decide; ours, see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import metrics as M
+from .heads import parse_head
+
+# task -> (metric in metrics.QUALITY_METRICS, headline key, column name, show AL/LAAL)
+TASK_QUALITY = {
+    "lookup": ("squad", "exact_match", "acc", False),
+    "word-map": ("bleu", "bleu", "BLEU", True),
+    "mt": ("bleu", "bleu", "BLEU", True),
+    "squad": ("squad", "f1", "F1", False),
+    "mctest": ("choice", "accuracy", "acc", False),
+    "dialogsum": ("rouge", "rougeL", "ROUGE-L", False),
+}
+FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message names what is wrong."""
+
+
+def task_quality(task: str, metric: str | None = None):
+    if metric is not None:
+        if metric not in M.QUALITY_METRICS:
+            raise EvalError(f"unknown metric {metric!r}; known: {sorted(M.QUALITY_METRICS)}")
+        key = {"bleu": "bleu", "squad": "f1", "choice": "accuracy", "accuracy": "accuracy", "rouge": "rougeL",
+               "wer": "wer"}[metric]
+        return metric, key, key, metric == "bleu"
+    base = task.split("-")[0] if task.startswith(("mt", "iwslt")) else task
+    if task.startswith("iwslt"):
+        base = "mt"
+    if base not in TASK_QUALITY:
+        raise EvalError(f"no default quality metric for task {task!r}; known tasks {sorted(TASK_QUALITY)} "
+                        f"(or set metric to one of {sorted(M.QUALITY_METRICS)})")
+    return TASK_QUALITY[base]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One head configuration of a sweep. ``quantile`` set: tau comes from calibration."""
+
+    spec: str
+    quantile: float | None = None
+
+    @property
+    def family(self) -> str:
+        return self.spec.split(":", 1)[0]
+
+
+def expand_sweep(sweep: str) -> list[Setting]:
+    """``"entropy:tau=0.2|0.3,decide_at=word"`` -> one Setting per combination (validated now)."""
+    name, _, rest = sweep.partition(":")
+    items: list[tuple[str, list[str]]] = []
+    if rest:
+        # "layers" values may contain commas; split params on "," only before a key=...
+        parts: list[str] = []
+        for piece in rest.split(","):
+            if "=" in piece or not parts:
+                parts.append(piece)
+            else:
+                parts[-1] += "," + piece
+        for p in parts:
+            key, eq, val = p.partition("=")
+            if not eq:
+                raise EvalError(f"sweep {sweep!r}: parameter {p!r} is not KEY=VALUE")
+            items.append((key.strip(), [v.strip() for v in val.split("|")]))
+    out = []
+    for combo in itertools.product(*[vals for _, vals in items]) if items else [()]:
+        quantile = None
+        params = []
+        for (key, _), val in zip(items, combo):
+            if key == "tau" and val.lower().startswith("q"):
+                try:
+                    quantile = float(val[1:])
+                except ValueError:
+                    raise EvalError(f"sweep {sweep!r}: tau quantile {val!r} is not qFLOAT") from None
+                if not 0.0 <= quantile <= 1.0:
+                    raise EvalError(f"sweep {sweep!r}: tau quantile {val!r} outside q0..q1")
+                val = "1.0"
+            params.append(f"{key}={val}")
+        spec = name + (":" + ",".join(params) if params else "")
+        try:
+            parse_head(spec)
+        except ValueError as e:
+            raise EvalError(f"sweep {sweep!r}: {e}") from None
+        out.append(Setting(spec, quantile))
+    return out
+
+
+def permissive_spec(spec: str) -> str:
+    """The spec with tau set so that the statistic always allows a WRITE (for calibration)."""
+    head = parse_head(spec)
+    write_high = head.get("stat", "entropy") == "max"
+    tau = "0.0" if write_high else "1.0"
+    return str(head.replace(tau=float(tau)))
+
+
+def with_tau(spec: str, tau: float) -> str:
+    return str(parse_head(spec).replace(tau=float(tau)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The record store: append-only JSONL, one complete line per record, resumable
+# ---------------------------------------------------------------------------------------------
+
+class RecordStore:
+    """Append-only JSON lines. A torn last line (no newline) from an interrupted run is dropped."""
+
+    def __init__(self, path: str | Path, task: str):
+        self.path = Path(path)
+        self.task = task
+        self.records: list[dict] = []
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            keep = raw[:raw.rfind(b"\n") + 1] if not raw.endswith(b"\n") else raw
+            if len(keep) != len(raw):
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(keep))
+            for i, line in enumerate(keep.decode("utf-8").splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise EvalError(f"{self.path}:{i + 1}: not a JSON record ({e})") from None
+                if rec.get("task") != task:
+                    raise EvalError(f"{self.path}:{i + 1}: record of task {rec.get('task')!r}, but this "
+                                    f"evaluation is task {task!r}; use another out_dir")
+                self.records.append(rec)
+
+    def done(self, setting: str) -> set:
+        return {r["id"] for r in self.records if r.get("setting") == setting and r.get("kind") == "decode"}
+
+    def find(self, kind: str, setting: str) -> dict | None:
+        for r in self.records:
+            if r.get("kind") == kind and r.get("setting") == setting:
+                return r
+        return None
+
+    def append(self, recs: Iterable[dict]) -> None:
+        recs = [{**r, "task": self.task} for r in recs]
+        if not recs:
+            return
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.records.extend(recs)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+def _eos_free(tokens: Sequence[int], eos_ids: Sequence[int]) -> list[int]:
+    toks = list(tokens)
+    return toks[:-1] if toks and toks[-1] in set(eos_ids) else toks
+
+
+def example_record(setting: str, item_id: str, result, text: str, references: Sequence[str],
+                   word_starts: np.ndarray | None, eos_ids: Sequence[int]) -> dict:
+    toks = [int(t) for t in result.tokens]
+    body = _eos_free(toks, eos_ids)
+    flags = None if word_starts is None else [bool(word_starts[t]) for t in body]
+    if flags:
+        flags[0] = True
+    wd = M.word_delays(result.phi[:len(body)], flags, result.M) if (flags and body) else np.zeros(0)
+    return {"kind": "decode", "setting": setting, "id": item_id, "prediction": text,
+            "references": list(references), "tokens": toks, "phi": [int(x) for x in result.phi],
+            "word_delays": [float(x) for x in wd], "word_starts": flags, "M": int(result.M),
+            "finished": bool(result.finished)}
+
+
+def score_setting(records: Sequence[dict], task: str, metric: str | None = None) -> dict:
+    metric_name, key, _, _ = task_quality(task, metric)
+    preds = [r["prediction"] for r in records]
+    refs = [r["references"] for r in records]
+    if metric_name == "bleu":
+        q = M.bleu(preds, refs)
+    elif metric_name in ("choice", "accuracy", "rouge", "wer"):
+        q = M.quality(metric_name, preds, [r[0] if r else "" for r in refs])
+    else:
+        q = M.quality(metric_name, preds, refs)
+    reports = []
+    for r in records:
+        phi = np.asarray(r["phi"])
+        if phi.size == 0:
+            continue
+        ref_words = len(r["references"][0].split()) if r["references"] else None
+        reports.append(M.latency_report(phi, r["M"], r.get("word_starts"), ref_words or None))
+    lat = M.aggregate_latency(reports) if reports else {}
+    return {"quality": q, "quality_key": key, "headline": float(q[key]), "latency": lat, "n": len(records)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation loop
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EvalItem:
+    id: str
+    example: Any  # StreamExample
+    references: list
+
+
+def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[str], out_dir: str | Path, *,
+                   task: str, detokenize: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
+                   word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
+                   calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
+                   progress: bool = True, decode_fn: Callable | None = None) -> dict:
+    """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results."""
+    from .decode import calibrate_tau, stream_decode
+    decode_fn = decode_fn or stream_decode
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task_quality(task, metric)  # fail early on an unknown task/metric
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise EvalError("example ids are not unique")
+    settings = [s for sw in sweeps for s in expand_sweep(sw)]
+    store = RecordStore(out / "records.jsonl", task)
+    t_decode = t_score = 0.0
+    bar = _progress(len(settings) * len(items), progress)
+
+    def run_decode(spec, chunk):
+        return decode_fn(config, params, [c.example for c in chunk], spec, max_new_tokens, eos_ids,
+                         word_starts=word_starts, batch_size=batch_size)
+
+    resolved = []
+    for s in settings:
+        spec = s.spec
+        if s.quantile is not None:
+            cal_key = f"{s.spec}@q{s.quantile}"
+            rec = store.find("calibration", cal_key)
+            if rec is None:
+                if not calibration:
+                    raise EvalError(f"setting {s.spec} uses a tau quantile but no calibration examples were given")
+                t0 = time.perf_counter()
+                res = run_decode(permissive_spec(s.spec), list(calibration))
+                t_decode += time.perf_counter() - t0
+                tau = calibrate_tau(res, s.quantile)
+                rec = {"kind": "calibration", "setting": cal_key, "tau": tau, "id": "-"}
+                store.append([rec])
+            spec = with_tau(s.spec, rec["tau"])
+        resolved.append((s, spec))
+
+    for s, spec in resolved:
+        done = store.done(spec)
+        todo = [it for it in items if it.id not in done]
+        bar.update(len(items) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            t0 = time.perf_counter()
+            res = run_decode(spec, chunk)
+            t_decode += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            recs = [example_record(spec, it.id, r, detokenize(_eos_free(r.tokens, eos_ids)), it.references,
+                                   word_starts, eos_ids) for it, r in zip(chunk, res)]
+            store.append(recs)
+            t_score += time.perf_counter() - t0
+            bar.update(len(chunk))
+            bar.set_postfix_str(spec)
+    bar.close()
+
+    t0 = time.perf_counter()
+    results = {"task": task, "settings": []}
+    for s, spec in resolved:
+        recs = [r for r in store.records if r.get("kind") == "decode" and r["setting"] == spec]
+        order = {i: k for k, i in enumerate(ids)}
+        recs = sorted((r for r in recs if r["id"] in order), key=lambda r: order[r["id"]])
+        agg = score_setting(recs, task, metric)
+        results["settings"].append({"setting": spec, "family": s.family, "quantile": s.quantile, **agg,
+                                    "examples": recs})
+    t_score += time.perf_counter() - t0
+    results["timing"] = {"decode_s": t_decode, "score_s": t_score}
+    write_outputs(results, out, task, metric)
+    return results
+
+
+def write_outputs(results: dict, out: Path, task: str, metric: str | None = None) -> None:
+    write_atomic(out / "results.json", json.dumps(results, indent=1, sort_keys=True))
+    write_atomic(out / "table.md", markdown_table(results, task, metric))
+    plot_quality_latency([results], out / "quality_latency.png", task=task, metric=metric)
+
+
+def markdown_table(results: Mapping, task: str, metric: str | None = None) -> str:
+    _, _, qname, show_al = task_quality(task, metric)
+    cols = ["method", qname, "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+    for s in results["settings"]:
+        lat = s["latency"]
+        row = [s["setting"], f"{s['headline']:.2f}", f"{lat.get('ail', float('nan')):.2f}",
+               f"{lat.get('rco', float('nan')):.2f}"]
+        if show_al:
+            row += [f"{lat.get('al_word', lat.get('al_token', float('nan'))):.2f}",
+                    f"{lat.get('laal_word', lat.get('laal_token', float('nan'))):.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_latency(results_list: Sequence[Mapping], path: str | Path, *, task: str,
+                         metric: str | None = None, labels: Sequence[str] | None = None) -> None:
+    """Quality vs AIL and vs RCO; one curve per head family (and per results file when overlaid)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, qname, _ = task_quality(task, metric)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k, res in enumerate(results_list):
+        prefix = (labels[k] + " ") if labels else ""
+        fams: dict[str, list] = {}
+        for s in res["settings"]:
+            fams.setdefault(s["family"], []).append(s)
+        for fam in sorted(fams, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else 99):
+            pts = sorted(fams[fam], key=lambda s: s["latency"].get("ail", 0.0))
+            for ax, key in zip(axes, ("ail", "rco")):
+                xs = [s["latency"].get(key, np.nan) for s in pts]
+                ys = [s["headline"] for s in pts]
+                ax.plot(xs, ys, marker="o", label=prefix + fam)
+    for ax, key in zip(axes, ("AIL", "RCO")):
+        ax.set_xlabel(key)
+        ax.set_ylabel(qname)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{task}: quality vs latency")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def load_results(path: str | Path, task: str | None = None) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        res = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise EvalError(f"{p}: results file not found") from None
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{p}: not a results file ({e})") from None
+    if "settings" not in res or "task" not in res:
+        raise EvalError(f"{p}: not a proactive_jax results file (no 'task'/'settings')")
+    if task is not None and res["task"] != task:
+        raise EvalError(f"{p}: results of task {res['task']!r}, expected task {task!r}")
+    return res
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return _NoBar()
+    return tqdm(total=total, desc="eval", unit="ex", dynamic_ncols=True)
