@@ -258,9 +258,15 @@ def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
     """Random parameters (normal(0.02), norms at one), as a plain nested dict."""
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
-    model = make_model(config)
-    variables = model.init(rng, jnp.zeros((1, 2), jnp.int32), method=Transformer.init_all)
+    return _init_jit(config, rng)
+
+
+def _init_fn(config: ModelConfig, rng):
+    variables = make_model(config).init(rng, jnp.zeros((1, 2), jnp.int32), method=Transformer.init_all)
     return jax.tree_util.tree_map(lambda x: x, dict(variables["params"]))
+
+
+_init_jit = jax.jit(_init_fn, static_argnums=0)
 
 
 def abstract_params(config: ModelConfig) -> dict:

@@ -1,0 +1,385 @@
+"""KV-cached streaming decode: one jitted ``lax.while_loop`` over a batch of examples (method.md section 6).
+
+Cache layout (capacity ``C = S_cap + T_cap``): slots ``0 .. S_cap-1`` hold the source group (segment 0,
+slot = source index), slots ``S_cap ..`` the target group (header, then the written tokens). The cache's
+key segments are set once (0 for source slots, 1 for target slots): the visibility rule never lets a
+query see a slot that has not been written yet.
+
+1. Prefill: the prompt into source slots (positions 0..) and the header into target slots (positions
+   ``target_offset + 0..``), with ``n = 0`` (header rows see ``V(0) = |prompt|``).
+2. Loop: the greedy candidate is the argmax of the logits of the last fed target token; the head decides.
+   WRITE emits the candidate ``y_j`` (``phi(j) = n``) and feeds it into the next target slot (its row sees
+   ``V(n)``). READ feeds the next unit (or, at ``n = M``, the end marker) into the next source slots and
+   re-feeds into their own slots the target tokens whose visibility grew: the whole header while nothing
+   is written, afterwards the last written token, all with limit ``V(n+1)``.
+3. An example stops at an eos id or after ``max_new_tokens``; the loop ends when all have stopped.
+
+Every iteration feeds each example one chunk ``[source part (U) | target part (Hc)]``, unused positions
+masked with segment -1, so one batch mixes examples that read, write, or are finished.
+
+Shapes are bucketed (:func:`bucket`: ``2^k`` or ``3 * 2^(k-1)``) so a new compilation happens per shape
+bucket, not per example; the head's name and parameters are traced values (see :mod:`.heads`), so a tau
+sweep never recompiles. Only "does the head need attention statistics" is static.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig
+from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
+from .model import MaskVectors, apply_hidden, hidden_to_logits, init_cache
+from .streaming import StreamExample
+
+TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeResult:
+    """One example's decode.
+
+    ``tokens`` [L] int32: emitted tokens (header excluded, eos included if emitted);
+    ``phi`` [L] int32: read count (0..M+1) when each token was written;
+    per decision (D of them, READs and WRITEs in order): ``scores`` [D] float32 (the head's statistic),
+    ``writes`` [D] bool (True = WRITE), ``reads`` [D] int32 (n at the decision), ``forced`` [D] bool (the
+    statistic did not decide: n = M+1, or a continuation token under decide_at=word);
+    ``M``: content units; ``finished``: stopped at an eos id (else at max_new_tokens);
+    ``logits`` [D, V] float32: the next-token logits at each decision (only with ``return_logits``).
+    """
+
+    tokens: np.ndarray
+    phi: np.ndarray
+    scores: np.ndarray
+    writes: np.ndarray
+    reads: np.ndarray
+    forced: np.ndarray
+    M: int
+    finished: bool
+    logits: np.ndarray | None = None
+
+
+def bucket(x: int, minimum: int = 1) -> int:
+    """Round up to the next ``2^k`` or ``3 * 2^(k-1)`` (1, 2, 3, 4, 6, 8, 12, 16, 24, ...); at most 1/3 waste."""
+    x = max(int(x), int(minimum), 1)
+    p = 1
+    while p < x:
+        p *= 2
+    c = 3 * p // 4
+    return c if (p >= 4 and c >= x) else p
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted loop
+# ---------------------------------------------------------------------------------------------
+
+def _decode_impl(config: ModelConfig, with_stats: bool, max_new: int, return_logits: bool, prompt_cap: int,
+                 unit_cap: int, params, head_vals, batch):
+    global TRACE_COUNT
+    TRACE_COUNT += 1
+    src, vis, M, plen, header, hlen, off, valid, ws_tab, eos_tab = (
+        batch[k] for k in ("src", "vis", "M", "plen", "header", "hlen", "off", "valid", "word_start", "eos"))
+    B, S_cap = src.shape
+    Hc = header.shape[1]
+    n_vis = vis.shape[1]  # M_cap + 2
+    P, U = prompt_cap, unit_cap
+    C = S_cap + Hc + max_new
+    D = n_vis - 1 + max_new  # decisions per example: at most M+1 reads and max_new writes
+    nl, nh = config.num_hidden_layers, config.num_attention_heads
+    bi = jnp.arange(B)
+    i32 = jnp.int32
+    stream_start = plen if with_stats else None
+
+    def run(ids, pos, seg, idx, lim, cache, row):
+        hidden, cache, stats = apply_hidden(config, params, ids, pos, MaskVectors(seg, idx, lim), cache,
+                                            stream_start=stream_start)
+        logits = hidden_to_logits(config, params, hidden[bi, row][:, None])[:, 0]
+        if with_stats:
+            st = jnp.transpose(stats[:, bi, row], (1, 0, 2, 3)).astype(jnp.float32)  # [B, layers, H, 2]
+        else:
+            st = jnp.zeros((B, nl, nh, 2), jnp.float32)
+        return logits, st, cache
+
+    # 1. prefill: prompt -> source slots, header -> target slots, n = 0
+    p = jnp.arange(P, dtype=i32)[None]
+    h = jnp.arange(Hc, dtype=i32)[None]
+    p_ok = valid[:, None] & (p < plen[:, None])
+    h_ok = valid[:, None] & (h < hlen[:, None])
+    cache = init_cache(config, B, C)
+    cache["segment"] = jnp.broadcast_to((jnp.arange(C) >= S_cap).astype(i32), (B, C))
+    logits, stats, cache = run(
+        jnp.concatenate([src[:, :P], header], 1),
+        jnp.concatenate([jnp.broadcast_to(p, (B, P)), off[:, None] + h], 1),
+        jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),
+        jnp.concatenate([jnp.broadcast_to(p, (B, P)), jnp.broadcast_to(S_cap + h, (B, Hc))], 1),
+        jnp.concatenate([jnp.zeros((B, P), i32), jnp.broadcast_to(plen[:, None], (B, Hc))], 1),
+        cache, P + hlen - 1)
+
+    zeros = jnp.zeros((B,), i32)
+    carry = dict(it=jnp.zeros((), i32), cache=cache, logits=logits, stats=stats, n=zeros, j=zeros, words=zeros,
+                 done=~valid, d=zeros, tokens=jnp.zeros((B, max_new), i32), phi=jnp.zeros((B, max_new), i32),
+                 score=jnp.zeros((B, D), jnp.float32), rn=jnp.zeros((B, D), i32),
+                 rwrite=jnp.zeros((B, D), bool), rforced=jnp.zeros((B, D), bool))
+    if return_logits:
+        carry["rlogits"] = jnp.zeros((B, D, logits.shape[-1]), jnp.float32)
+
+    def cond(c):
+        return jnp.any(~c["done"]) & (c["it"] < D + 1)
+
+    def body(c):
+        n, j, active = c["n"], c["j"], ~c["done"]
+        cand = jnp.argmax(c["logits"], axis=-1).astype(i32)
+        ws = ws_tab[cand]
+        state = DecisionState(c["logits"], c["stats"], n, M, j, c["words"], ws)
+        write, score, forced = jax.vmap(decide_encoded, in_axes=(None, 0))(head_vals, state)
+        write = write & active
+        read = active & ~write
+        out = dict(c)
+        dslot = jnp.where(active, c["d"], D)  # finished examples record nothing (index dropped)
+        out["score"] = c["score"].at[bi, dslot].set(score, mode="drop")
+        out["rn"] = c["rn"].at[bi, dslot].set(n, mode="drop")
+        out["rwrite"] = c["rwrite"].at[bi, dslot].set(write, mode="drop")
+        out["rforced"] = c["rforced"].at[bi, dslot].set(forced, mode="drop")
+        if return_logits:
+            out["rlogits"] = c["rlogits"].at[bi, dslot].set(c["logits"], mode="drop")
+
+        # source part: unit n+1 (or the end marker) into source slots V(n) .. V(n+1)-1
+        v_now = vis[bi, n]
+        v_next = vis[bi, jnp.minimum(n + 1, n_vis - 1)]
+        sidx = v_now[:, None] + jnp.arange(U, dtype=i32)[None]
+        s_ok = read[:, None] & (sidx < v_next[:, None])
+        stok = jnp.take_along_axis(src, jnp.clip(sidx, 0, S_cap - 1), axis=1)
+
+        # target part: WRITE feeds the candidate into slot |header| + j (limit V(n)); READ re-feeds the
+        # whole header (nothing written yet) or the last written token, with limit V(n+1)
+        refeed_header = read & (j == 0)
+        prev = c["tokens"][bi, jnp.maximum(j - 1, 0)]
+        one_tok = jnp.where(write, cand, prev)
+        one_slot = hlen + jnp.where(write, j, j - 1)
+        t_tok = jnp.where(refeed_header[:, None], header, one_tok[:, None])
+        t_slot = jnp.where(refeed_header[:, None], h, one_slot[:, None])
+        t_ok = jnp.where(refeed_header[:, None], h < hlen[:, None], (h == 0) & active[:, None])
+        t_lim = jnp.where(write, v_now, v_next)
+
+        logits, stats, cache = run(
+            jnp.concatenate([stok, t_tok], 1),
+            jnp.concatenate([sidx, off[:, None] + t_slot], 1),
+            jnp.concatenate([jnp.where(s_ok, 0, -1), jnp.where(t_ok, 1, -1)], 1).astype(i32),
+            jnp.concatenate([sidx, S_cap + t_slot], 1),
+            jnp.concatenate([jnp.zeros((B, U), i32), jnp.broadcast_to(t_lim[:, None], (B, Hc))], 1),
+            c["cache"], jnp.where(refeed_header, U + hlen - 1, U))
+        out["cache"] = cache
+        out["logits"] = jnp.where(active[:, None], logits, c["logits"])
+        out["stats"] = jnp.where(active[:, None, None, None], stats, c["stats"])
+
+        wslot = jnp.where(write, j, max_new)
+        out["tokens"] = c["tokens"].at[bi, wslot].set(cand, mode="drop")
+        out["phi"] = c["phi"].at[bi, wslot].set(n, mode="drop")
+        out["words"] = c["words"] + (write & (ws | (j == 0))).astype(i32)
+        out["j"] = j + write.astype(i32)
+        out["n"] = n + read.astype(i32)
+        out["done"] = c["done"] | (write & (eos_tab[cand] | (out["j"] >= max_new)))
+        out["d"] = c["d"] + active.astype(i32)
+        out["it"] = c["it"] + 1
+        return out
+
+    c = jax.lax.while_loop(cond, body, carry)
+    keys = ["tokens", "phi", "j", "d", "score", "rn", "rwrite", "rforced"] + (["rlogits"] if return_logits else [])
+    return {k: c[k] for k in keys}
+
+
+_decode_jit = jax.jit(_decode_impl, static_argnums=(0, 1, 2, 3, 4, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: validation, bucketing, batching
+# ---------------------------------------------------------------------------------------------
+
+def _check_ids(ids, vocab: int, what: str):
+    if ids and (min(ids) < 0 or max(ids) >= vocab):
+        bad = [t for t in ids if not 0 <= t < vocab][0]
+        raise ValueError(f"{what}: token id {bad} is outside the model vocabulary [0, {vocab})")
+
+
+def _validate(config: ModelConfig, examples, max_new_tokens: int, target_offset, max_source_len):
+    V = config.vocab_size
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not (target_offset == "contiguous" or (isinstance(target_offset, (int, np.integer)) and target_offset >= 0)):
+        raise ValueError(f"target_offset must be a non-negative int or 'contiguous', got {target_offset!r}")
+    if len(examples) == 0:
+        raise ValueError("stream_decode: no examples given")
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, StreamExample):
+            raise ValueError(f"examples[{i}] is a {type(ex).__name__}, expected a StreamExample")
+        if len(ex.header) == 0:
+            raise ValueError(f"examples[{i}].header is empty: decoding needs at least one header token "
+                             "(its last row predicts the first answer token)")
+        for part in ("prompt", "end", "header"):
+            _check_ids(getattr(ex, part), V, f"examples[{i}].{part}")
+        for u, unit in enumerate(ex.units):
+            _check_ids(unit, V, f"examples[{i}].units[{u}]")
+        if max_source_len is not None and ex.S > max_source_len:
+            raise ValueError(f"examples[{i}]: source length {ex.S} (prompt+units+end) exceeds "
+                             f"max_source_len={max_source_len}")
+        off = ex.S if target_offset == "contiguous" else int(target_offset)
+        last_pos = max(ex.S - 1, off + len(ex.header) + max_new_tokens - 1)
+        if last_pos >= config.max_position_embeddings:
+            raise ValueError(f"examples[{i}]: position {last_pos} (source length {ex.S}, target_offset {off}, "
+                             f"header {len(ex.header)} + max_new_tokens {max_new_tokens}) exceeds the model's "
+                             f"max_position_embeddings={config.max_position_embeddings}")
+
+
+def _vocab_table(values, vocab: int, what: str, fill: bool) -> np.ndarray:
+    a = np.asarray(values).astype(bool).reshape(-1)
+    if a.shape[0] > vocab:
+        raise ValueError(f"{what} has {a.shape[0]} entries but the model vocabulary is {vocab}")
+    # tokenizers often have fewer tokens than the (padded) embedding matrix: pad the rest
+    return np.concatenate([a, np.full(vocab - a.shape[0], fill, bool)])
+
+
+def shape_key(examples: Sequence[StreamExample]) -> tuple:
+    """The shape bucket of a batch: (prompt cap, source cap, unit cap, header cap, M cap)."""
+    return (bucket(max(len(e.prompt) for e in examples)),
+            bucket(max(e.S for e in examples), 8),
+            bucket(max(max(len(u) for u in e.units + (e.end,)) for e in examples)),
+            bucket(max(len(e.header) for e in examples)),
+            bucket(max(e.M for e in examples)))
+
+
+def _host_batch(examples: Sequence[StreamExample], B: int, max_new: int, target_offset, ws, eos, key=None):
+    P_cap, S_cap, U, Hc, M_cap = shape_key(examples) if key is None else key
+    src = np.zeros((B, S_cap), np.int32)
+    vis = np.zeros((B, M_cap + 2), np.int32)
+    M = np.zeros(B, np.int32)
+    plen = np.zeros(B, np.int32)
+    header = np.zeros((B, Hc), np.int32)
+    hlen = np.ones(B, np.int32)
+    off = np.zeros(B, np.int32)
+    valid = np.zeros(B, bool)
+    for b, e in enumerate(examples):
+        s = e.source
+        src[b, :len(s)] = s
+        v = e.visible_counts()
+        vis[b, :len(v)] = v
+        vis[b, len(v):] = v[-1]
+        M[b], plen[b], hlen[b], valid[b] = e.M, len(e.prompt), len(e.header), True
+        header[b, :len(e.header)] = e.header
+        off[b] = e.S if target_offset == "contiguous" else int(target_offset)
+    batch = dict(src=src, vis=vis, M=M, plen=plen, header=header, hlen=hlen, off=off, valid=valid,
+                 word_start=ws, eos=eos)
+    return batch, P_cap, U
+
+
+def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample], head: str | HeadSpec,
+                  max_new_tokens: int, eos_ids=None, word_starts=None, batch_size: int | None = None, *,
+                  target_offset: int | str = 0, return_logits: bool = False,
+                  max_source_len: int | None = None, sort_by_length: bool = True) -> list[DecodeResult]:
+    """Greedy streaming decode of ``examples`` with a decision head; one :class:`DecodeResult` per example.
+
+    ``head``: a spec string (``"wait-k:k=3"``, ``"entropy:tau=0.3"``, ...) or a :class:`HeadSpec`.
+    ``eos_ids``: int or ints that stop an example (None: ``config.eos_ids``). ``word_starts``: bool per
+    vocabulary id, True if the token starts a word (None: every token does); shorter tables are padded
+    with True. ``batch_size``: examples per jitted loop (None: all at once). ``target_offset``: first GPE
+    position of the target group (int, or ``"contiguous"`` for classic positions continuing after the
+    source). ``return_logits``: also return the logits at every decision ([D, V] per example: for tests
+    and small vocabularies). ``max_source_len``: refuse examples with a longer source.
+    ``sort_by_length``: with several batches, group examples of similar M and S (results keep the input
+    order). All input errors raise ValueError before anything is compiled.
+
+    Shapes are bucketed once per call (:func:`shape_key` over all the examples; batch size rounded by
+    :func:`bucket`), so one call compiles at most once, and later calls in the same bucket not at all.
+    Split a very heterogeneous dataset into calls by length to keep the caches small.
+    """
+    spec = parse_head(head)
+    head_vals = encode_head(spec, config.num_hidden_layers)
+    examples = list(examples)
+    _validate(config, examples, max_new_tokens, target_offset, max_source_len)
+    V = config.vocab_size
+    ws = np.ones(V, bool) if word_starts is None else _vocab_table(word_starts, V, "word_starts", True)
+    if eos_ids is None:
+        eos_ids = config.eos_ids
+    eos_ids = [int(eos_ids)] if np.ndim(eos_ids) == 0 else [int(x) for x in eos_ids]
+    _check_ids(eos_ids, V, "eos_ids")
+    eos = np.zeros(V, bool)
+    eos[eos_ids] = True
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    size = len(examples) if batch_size is None else min(int(batch_size), len(examples))
+    B = bucket(size)
+    # one shape bucket for the whole call (one compilation), and batches of similar length (fewer idle
+    # rows: a batch loops until its longest example is done); results come back in the input order
+    key = shape_key(examples)
+    order = (sorted(range(len(examples)), key=lambda i: (examples[i].M, examples[i].S))
+             if sort_by_length and size < len(examples) else list(range(len(examples))))
+
+    results: list[DecodeResult | None] = [None] * len(examples)
+    for start in range(0, len(examples), size):
+        ids = order[start:start + size]
+        chunk = [examples[i] for i in ids]
+        batch, P_cap, U = _host_batch(chunk, B, int(max_new_tokens), target_offset, ws, eos, key)
+        out = _decode_jit(config, spec.needs_stats, int(max_new_tokens), bool(return_logits), P_cap, U,
+                          params, head_vals, batch)
+        out = jax.device_get(out)
+        for b, (i, e) in enumerate(zip(ids, chunk)):
+            L, D = int(out["j"][b]), int(out["d"][b])
+            toks = np.asarray(out["tokens"][b, :L], np.int32)
+            results[i] = DecodeResult(
+                tokens=toks, phi=np.asarray(out["phi"][b, :L], np.int32),
+                scores=np.asarray(out["score"][b, :D], np.float32), writes=np.asarray(out["rwrite"][b, :D]),
+                reads=np.asarray(out["rn"][b, :D], np.int32), forced=np.asarray(out["rforced"][b, :D]),
+                M=e.M, finished=bool(L > 0 and eos[toks[-1]]),
+                logits=np.asarray(out["rlogits"][b, :D]) if return_logits else None)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Traces for people: READ/WRITE interleavings, calibration
+# ---------------------------------------------------------------------------------------------
+
+class Event(NamedTuple):
+    kind: str  # "READ" or "WRITE"
+    n: int  # READ: read count after this read (M+1 = the end marker); WRITE: phi of the token
+    tokens: tuple  # the unit (or end marker) read, or the one token written
+    text: str | None  # detokenized tokens, if a detokenizer was given
+    score: float  # the head's statistic at this decision
+    forced: bool  # the statistic did not decide
+
+
+def interleave(example: StreamExample, result: DecodeResult,
+               detokenize: Callable[[Sequence[int]], str] | None = None) -> list[Event]:
+    """The decode as a list of READ/WRITE events, in order (from the per-decision record)."""
+    events, w = [], 0
+    for wr, n, sc, fo in zip(result.writes, result.reads, result.scores, result.forced):
+        if wr:
+            toks = (int(result.tokens[w]),)
+            w += 1
+            events.append(Event("WRITE", int(n), toks, detokenize(toks) if detokenize else None, float(sc), bool(fo)))
+        else:
+            toks = example.units[n] if n < example.M else example.end
+            events.append(Event("READ", int(n) + 1, tuple(toks), detokenize(toks) if detokenize else None,
+                                float(sc), bool(fo)))
+    return events
+
+
+def format_events(events: Sequence[Event]) -> str:
+    """One line per event, e.g. ``READ  3 ' world'`` / ``WRITE 3 ' Welt'``."""
+    lines = []
+    for e in events:
+        shown = repr(e.text) if e.text is not None else " ".join(map(str, e.tokens))
+        lines.append(f"{e.kind:<5} {e.n:>3} {shown}  (score {e.score:.3f}{', forced' if e.forced else ''})")
+    return "\n".join(lines)
+
+
+def calibrate_tau(results: Sequence[DecodeResult], quantile: float = 0.9) -> float:
+    """tau as a quantile of the head's scores at the decisions it actually made (forced ones excluded)."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    s = np.concatenate([r.scores[~r.forced] for r in results]) if results else np.zeros(0)
+    if s.size == 0:
+        raise ValueError("calibrate_tau: no unforced decisions in the results")
+    return float(np.quantile(s, quantile))

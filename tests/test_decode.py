@@ -1,0 +1,309 @@
+"""The KV-cached streaming decode loop against an independent brute-force decoder (method.md sections 3, 6)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from proactive_jax import decode as dec
+from proactive_jax.decode import calibrate_tau, format_events, interleave, stream_decode
+from proactive_jax.heads import DecisionState, decide_encoded, encode_head, parse_head
+from proactive_jax.model import MaskVectors, abstract_params, apply_hidden, forward, hidden_to_logits
+from proactive_jax.streaming import StreamExample
+
+from .conftest import tiny_qwen2, tiny_qwen3
+
+MAX_NEW = 10
+T_PAD = 48  # the brute force pads every sequence to this length (one compilation)
+
+
+def random_params(cfg, seed):
+    """Random weights (normal(0.02), norms at one) built with numpy: much faster than flax init on CPU."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        if getattr(path[-1], "key", None) == "weight":
+            return jnp.ones(x.shape, x.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.02, x.shape), x.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract_params(cfg))
+
+
+def sharpen(cfg, params):
+    """Random weights give near-uniform logits and attention: scale them so decisions are well separated."""
+    p = jax.tree_util.tree_map(lambda x: x, params)
+    p["norm"]["weight"] = p["norm"]["weight"] * 30.0
+    att = p["layers"]["self_attn"]
+    if cfg.qk_norm:
+        att["q_norm"]["weight"] = att["q_norm"]["weight"] * 2.0
+        att["k_norm"]["weight"] = att["k_norm"]["weight"] * 2.0
+    else:
+        att["q_proj"]["kernel"] = att["q_proj"]["kernel"] * 8.0
+        att["k_proj"]["kernel"] = att["k_proj"]["kernel"] * 8.0
+    for k in ("v_proj", "o_proj"):
+        att[k]["kernel"] = att[k]["kernel"] * 3.0
+    for k in p["layers"]["mlp"]:
+        p["layers"]["mlp"][k]["kernel"] = p["layers"]["mlp"][k]["kernel"] * 3.0
+    return p
+
+
+def random_examples(rng, count, vocab=97):
+    """Mixed lengths: M 1..6, units of 1-3 tokens, prompt 1-4, end 1-2, header 1-3."""
+    t = lambda n: tuple(int(x) for x in rng.integers(4, vocab, int(n)))
+    out = []
+    for _ in range(count):
+        M = int(rng.integers(1, 7))
+        out.append(StreamExample(prompt=t(rng.integers(1, 5)), units=tuple(t(rng.integers(1, 4)) for _ in range(M)),
+                                 end=t(rng.integers(1, 3)), header=t(rng.integers(1, 4)), target=(3,)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The independent reference: whole sequence recomputed at every step, no cache
+# ---------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=0)
+def _brute(cfg, params, ids, pos, seg, idx, lim, stream_start, row):
+    h, _, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start=stream_start)
+    logits = hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0]
+    return logits, stats[:, 0, row]  # [V], [layers, H, 2]
+
+
+_decide = jax.jit(decide_encoded)
+
+
+def reference_decode(cfg, params, ex, head, max_new, eos_ids, ws, target_offset=0):
+    """Greedy streaming decode by brute force. Visibility per method.md section 3, built here from phi:
+    header rows see V(phi(1)) (V(n) while nothing is written), the row holding y_i sees V(phi(i+1)), and
+    the last row (the one predicting now) sees the current V(n)."""
+    vals = encode_head(head, cfg.num_hidden_layers)
+    V = ex.visible_counts()
+    src, hdr = list(ex.source), list(ex.header)
+    P, H = len(ex.prompt), len(ex.header)
+    off = ex.S if target_offset == "contiguous" else target_offset
+    n, ys, phi, words = 0, [], [], 0
+    rec = dict(logits=[], scores=[], writes=[], reads=[], gaps=[])
+    while True:
+        sv, tl = int(V[n]), H + len(ys)
+        lim_rows = [V[phi[0]] if ys else V[n]] * H + [V[phi[i]] if i < len(ys) else V[n] for i in range(1, len(ys) + 1)]
+        ids = src[:sv] + hdr + ys
+        seg = [0] * sv + [1] * tl
+        idx = list(range(sv)) + list(range(tl))
+        pos = list(range(sv)) + [off + i for i in range(tl)]
+        lim = [0] * sv + [int(x) for x in lim_rows]
+        pad = T_PAD - len(ids)
+        assert pad >= 0
+        arr = lambda xs, fill: jnp.asarray([xs + [fill] * pad], jnp.int32)
+        logits, stats = _brute(cfg, params, arr(ids, 0), arr(pos, 0), arr(seg, -1), arr(idx, 0), arr(lim, 0),
+                               jnp.asarray([P], jnp.int32), len(ids) - 1)
+        logits = np.asarray(logits)
+        cand = int(np.argmax(logits))
+        top2 = np.sort(logits)[-2:]
+        state = DecisionState(logits, stats, np.int32(n), np.int32(ex.M), np.int32(len(ys)), np.int32(words),
+                              np.bool_(ws[cand]))
+        write, score, _ = _decide(vals, state)
+        rec["logits"].append(logits)
+        rec["scores"].append(float(score))
+        rec["writes"].append(bool(write))
+        rec["reads"].append(n)
+        rec["gaps"].append(float(top2[1] - top2[0]))
+        if write:
+            words += int(bool(ws[cand]) or not ys)
+            ys.append(cand)
+            phi.append(n)
+            if cand in eos_ids or len(ys) >= max_new:
+                break
+        else:
+            n += 1
+    return np.array(ys), np.array(phi), rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def setup(request):
+    cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[request.param]()
+    params = sharpen(cfg, random_params(cfg, 1))
+    rng = np.random.default_rng(7)
+    exs = random_examples(rng, 6)
+    ws = rng.random(cfg.vocab_size) < 0.7  # some tokens continue a word
+    # an eos id that the batch head emits (so stopping at eos is exercised)
+    first = stream_decode(cfg, params, exs, "batch", MAX_NEW, eos_ids=[], word_starts=ws, return_logits=True)
+    eos = [int(first[0].tokens[3])]
+    return dict(cfg=cfg, params=params, exs=exs, ws=ws, eos=eos)
+
+
+def run(s, head, **kw):
+    return stream_decode(s["cfg"], s["params"], s["exs"], head, MAX_NEW, eos_ids=s["eos"], word_starts=s["ws"],
+                         return_logits=True, **kw)
+
+
+def interleaved(results):
+    """Some example wrote before reading everything and read again afterwards."""
+    return any(len(set(r.phi.tolist())) >= 2 for r in results)
+
+
+def choose_tau(s, base, **kw):
+    """A tau that mixes READs and WRITEs and keeps every unforced score away from it (no near-ties)."""
+    pool = np.unique(np.concatenate([r.scores[~r.forced] for r in run(s, f"{base},tau=0.5", **kw)]))
+    for q in (0.5, 0.35, 0.65, 0.25, 0.75, 0.15, 0.85, 0.45, 0.55):
+        i = min(int(q * (len(pool) - 1)), len(pool) - 2)
+        tau = round(float(pool[i] + pool[i + 1]) / 2, 5)  # midway between two observed scores
+        if not 0 < tau < 1:
+            continue
+        res = run(s, f"{base},tau={tau}", **kw)
+        sc = np.concatenate([r.scores[~r.forced] for r in res])
+        if interleaved(res) and np.min(np.abs(sc - tau)) > 1e-4:
+            return f"{base},tau={tau}"
+    pytest.fail(f"no tau found for {base} that interleaves reads and writes")
+
+
+HEADS = ["batch", "wait-k:k=2", "wait-k:k=1,decide_at=token", "entropy", "entropy:decide_at=word",
+         "attention:layers=-1:", "attention:stat=max,min_read=1"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_decode_equals_brute_force(setup, head):
+    s = setup
+    kw = {"target_offset": "contiguous"} if head == "entropy:decide_at=word" else {}
+    if head.startswith(("entropy", "attention")):
+        head = choose_tau(s, head if ":" in head else head + ":decide_at=token", **kw)
+    res = run(s, head, **kw)
+    if not head.startswith("batch"):
+        assert interleaved(res), f"{head}: trivial traces {[r.phi.tolist() for r in res]}"
+    cfg = s["cfg"]
+    for ex, r in zip(s["exs"], res):
+        ys, phi, rec = reference_decode(cfg, s["params"], ex, head, MAX_NEW, s["eos"], s["ws"],
+                                        kw.get("target_offset", 0))
+        assert min(rec["gaps"]) > 1e-4, "near-tie in the argmax: pick other seeds"
+        np.testing.assert_array_equal(r.tokens, ys, err_msg=head)
+        np.testing.assert_array_equal(r.phi, phi, err_msg=head)
+        np.testing.assert_array_equal(r.writes, rec["writes"])
+        np.testing.assert_array_equal(r.reads, rec["reads"])
+        np.testing.assert_allclose(r.logits, np.stack(rec["logits"]), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(r.scores, rec["scores"], atol=1e-4, rtol=0)
+        assert np.all(np.diff(r.phi) >= 0) and np.all((r.phi >= 0) & (r.phi <= ex.M + 1))
+        assert len(r.writes) == len(r.tokens) + (r.phi[-1] if len(r.phi) else 0)
+
+
+def test_batch_head_equals_full_recompute(setup):
+    """batch head == greedy decoding of the batch view (all source visible), by plain causal forward."""
+    s = setup
+    cfg, params = s["cfg"], s["params"]
+    res = run(s, "batch")
+    assert any(r.finished for r in res) and not all(r.finished for r in res)
+    for ex, r in zip(s["exs"], res):
+        seq = list(ex.source) + list(ex.header)
+        pos = list(range(ex.S)) + list(range(len(ex.header)))
+        ys = []
+        while len(ys) < MAX_NEW:
+            # padding at the end does not change earlier rows of a causal forward: one compilation
+            ids = np.zeros((1, T_PAD), np.int32)
+            p = np.zeros((1, T_PAD), np.int32)
+            ids[0, :len(seq)], p[0, :len(seq)] = seq, pos
+            y = int(np.argmax(np.asarray(forward(cfg, params, ids, p))[0, len(seq) - 1]))
+            ys.append(y)
+            seq.append(y)
+            pos.append(pos[-1] + 1)
+            if y in s["eos"]:
+                break
+        np.testing.assert_array_equal(r.tokens, ys)
+        assert np.all(r.phi == ex.M + 1)
+        assert r.finished == (ys[-1] in s["eos"])
+
+
+@pytest.mark.parametrize("head,word_level", [("wait-k:k=2", True), ("wait-k:k=1", True),
+                                             ("wait-k:k=3,decide_at=token", False)])
+def test_wait_k_follows_formula(setup, head, word_level):
+    s = setup
+    k = parse_head(head)["k"]
+    res = run(s, head)
+    saw_continuation = False
+    for ex, r in zip(s["exs"], res):
+        starts = s["ws"][r.tokens] if word_level else np.ones(len(r.tokens), bool)
+        starts[:1] = True  # the first target token always starts word 1
+        saw_continuation |= not starts.all()
+        w = np.cumsum(starts)
+        required = np.minimum(k + w - 1, ex.M + 1)
+        # a word-starting token is written exactly when word w's requirement is met
+        np.testing.assert_array_equal(r.phi[starts], required[starts], err_msg=f"{head} {r.tokens}")
+        # a continuation is written without its own reads; reads before it can only come from a
+        # word-starting candidate that turned into a continuation after the read (never beyond word w+1)
+        cont = ~starts
+        assert np.all(r.phi[cont] <= np.minimum(k + w[cont], ex.M + 1))
+        assert np.all(r.forced[r.writes][cont]), "continuations are written without a decision"
+        if not word_level:
+            np.testing.assert_array_equal(r.phi, np.minimum(k + np.arange(len(r.phi)), ex.M + 1))
+    if word_level:
+        assert saw_continuation, "the word-start table should make some tokens continuations"
+
+
+def _make(prompt_len, unit_lens, end_len, header_len, seed):
+    r = np.random.default_rng(seed)
+    t = lambda n: tuple(r.integers(4, 97, n).tolist())
+    return StreamExample(prompt=t(prompt_len), units=tuple(t(u) for u in unit_lens), end=t(end_len),
+                         header=t(header_len), target=(3,))
+
+
+def test_compiles_once_per_bucket():
+    cfg = tiny_qwen3()
+    params = random_params(cfg, 3)
+    # two batches of different lengths, chunked by 2: all four chunks fall into one shape bucket
+    a = [_make(4, (1, 2, 3), 1, 2, 0), _make(2, (2,), 2, 1, 1), _make(3, (3, 1, 1), 2, 2, 2), _make(4, (1, 1), 1, 1, 3)]
+    b = [_make(1, (3, 3, 2), 1, 2, 4), _make(4, (1,), 3, 1, 5), _make(4, (3, 2), 2, 1, 6), _make(2, (1, 1, 1), 1, 2, 7)]
+    keys = {dec.shape_key(ch) for ch in (a[:2], a[2:], b[:2], b[2:])}
+    assert len(keys) == 1, keys
+    before = dec.TRACE_COUNT
+    ra = stream_decode(cfg, params, a, "entropy:tau=0.2", 7, eos_ids=[], batch_size=2)
+    assert dec.TRACE_COUNT - before == 1
+    rb = stream_decode(cfg, params, b, "entropy:tau=0.9", 7, eos_ids=[], batch_size=2)
+    stream_decode(cfg, params, a, "wait-k:k=2", 7, eos_ids=[5], batch_size=2)  # another head: same program
+    assert dec.TRACE_COUNT - before == 1
+    assert len(ra) == len(rb) == 4 and all(len(r.tokens) == 7 for r in ra + rb)
+
+
+def test_bad_input_raises_before_compiling(qwen3_cfg):
+    cfg = qwen3_cfg
+    params = None  # never reached: every error is raised before the parameters are used
+    ok = StreamExample(prompt=(1, 2), units=((4,), (5, 6)), end=(7,), header=(8,), target=(3,))
+    before = dec.TRACE_COUNT
+    cases = [
+        (dict(head="nope"), "unknown decision head"),
+        (dict(head="entropy:tau=1.5"), "outside"),
+        (dict(head="entropy:tau=x"), "expected a number"),
+        (dict(head="attention:tau=0.5,layers=5"), "out of range"),
+        (dict(examples=[ok, StreamExample(prompt=(1,), units=((4,),), end=(7,), header=(), target=(3,))]),
+         "header is empty"),
+        (dict(examples=[StreamExample(prompt=(1,) * 600, units=((4,),), end=(7,), header=(8,), target=(3,))]),
+         "max_position_embeddings"),
+        (dict(max_new_tokens=600), "max_position_embeddings"),
+        (dict(examples=[StreamExample(prompt=(1,), units=((400,),), end=(7,), header=(8,), target=(3,))]),
+         "vocabulary"),
+        (dict(max_source_len=3), "max_source_len"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(eos_ids=[1000]), "eos_ids"),
+    ]
+    for over, msg in cases:
+        kw = dict(examples=[ok], head="batch", max_new_tokens=4, eos_ids=[3])
+        kw.update(over)
+        with pytest.raises(ValueError, match=msg):
+            stream_decode(cfg, params, kw.pop("examples"), kw.pop("head"), kw.pop("max_new_tokens"), **kw)
+    assert dec.TRACE_COUNT == before
+
+
+def test_interleave_and_calibration(setup):
+    s = setup
+    res = run(s, "wait-k:k=2")
+    ex, r = s["exs"][0], res[0]
+    ev = interleave(ex, r, detokenize=lambda ts: "|".join(map(str, ts)))
+    reads = [e for e in ev if e.kind == "READ"]
+    writes = [e for e in ev if e.kind == "WRITE"]
+    assert [e.tokens[0] for e in writes] == r.tokens.tolist()
+    assert [e.n for e in writes] == r.phi.tolist()
+    assert [e.tokens for e in reads] == [tuple(u) for u in (ex.units + (ex.end,))[:len(reads)]]
+    assert "WRITE" in format_events(ev)
+    tau = calibrate_tau(run(s, "entropy:tau=0.5"), 0.9)
+    assert 0 <= tau <= 1
