@@ -1,0 +1,626 @@
+"""Hugging Face checkpoint I/O: safetensors load (single file or sharded, lazy) and export.
+
+One table, :data:`TENSOR_TABLE`, maps every HF tensor name to a parameter path; both the loader and the
+exporter walk it. Per-layer HF tensors (``model.layers.{layer}....``) are stacked along the leading axis of
+one parameter leaf (``params["layers"]...``). HF ``nn.Linear`` weights are ``[out, in]``; Flax kernels are
+``[in, out]``, so those entries carry ``transpose=True``.
+
+Loading reads one tensor at a time straight from the file (``pread`` at the offsets in the safetensors
+header; no pickle, no torch, no mmap), casts it into a preallocated float32 leaf, and hands each finished
+leaf to ``place`` (by default ``jax.device_put``), so host memory peaks at about one float32 copy of the
+model plus one tensor. bf16/f16 checkpoints are read through ``ml_dtypes`` (a JAX dependency).
+Exporting streams the tensors into ``.safetensors`` files one at a time, in a temporary directory that
+replaces the target only once everything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from .config import ModelConfig, load_hf_config, to_hf_dict
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
+)
+PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json", "*.pt", "*.pth", "*.ckpt")
+# buffers that some exporters write and that carry no parameters
+IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or file is malformed; the message names the file/tensor and what was expected."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The one table: HF tensor name <-> parameter path
+# ---------------------------------------------------------------------------------------------
+
+LAYER = "{layer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One HF tensor name pattern and the parameter leaf it lives in.
+
+    ``hf_name`` holds ``{layer}`` for per-layer tensors, which are stacked on the leaf's leading axis.
+    ``transpose``: the HF tensor is the transpose of the (per-layer slice of the) leaf.
+    """
+
+    hf_name: str
+    path: tuple[str, ...]
+    transpose: bool = False
+
+    @property
+    def per_layer(self) -> bool:
+        return LAYER in self.hf_name
+
+    def name(self, layer: int | None = None) -> str:
+        return self.hf_name.format(layer=layer) if self.per_layer else self.hf_name
+
+    def hf_shape(self, leaf_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(leaf_shape[1:] if self.per_layer else leaf_shape)
+        return shape[::-1] if self.transpose else shape
+
+
+def _linear(hf_prefix: str, path: tuple[str, ...]) -> tuple[TensorSpec, TensorSpec]:
+    return (TensorSpec(hf_prefix + ".weight", path + ("kernel",), transpose=True),
+            TensorSpec(hf_prefix + ".bias", path + ("bias",)))
+
+
+_L = "model.layers." + LAYER + "."
+TENSOR_TABLE: tuple[TensorSpec, ...] = (
+    TensorSpec("model.embed_tokens.weight", ("embed_tokens", "embedding")),
+    TensorSpec(_L + "input_layernorm.weight", ("layers", "input_layernorm", "weight")),
+    *_linear(_L + "self_attn.q_proj", ("layers", "self_attn", "q_proj")),
+    *_linear(_L + "self_attn.k_proj", ("layers", "self_attn", "k_proj")),
+    *_linear(_L + "self_attn.v_proj", ("layers", "self_attn", "v_proj")),
+    *_linear(_L + "self_attn.o_proj", ("layers", "self_attn", "o_proj")),
+    TensorSpec(_L + "self_attn.q_norm.weight", ("layers", "self_attn", "q_norm", "weight")),
+    TensorSpec(_L + "self_attn.k_norm.weight", ("layers", "self_attn", "k_norm", "weight")),
+    TensorSpec(_L + "post_attention_layernorm.weight", ("layers", "post_attention_layernorm", "weight")),
+    TensorSpec(_L + "mlp.gate_proj.weight", ("layers", "mlp", "gate_proj", "kernel"), transpose=True),
+    TensorSpec(_L + "mlp.up_proj.weight", ("layers", "mlp", "up_proj", "kernel"), transpose=True),
+    TensorSpec(_L + "mlp.down_proj.weight", ("layers", "mlp", "down_proj", "kernel"), transpose=True),
+    TensorSpec("model.norm.weight", ("norm", "weight")),
+    TensorSpec("lm_head.weight", ("lm_head", "kernel"), transpose=True),
+)
+# HF name of the output projection that tied models may (or may not) carry; ignored when tied
+TIED_LM_HEAD = "lm_head.weight"
+
+
+def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flat ``{path: shape}`` of the model's parameter tree (via ``jax.eval_shape``; nothing allocated)."""
+    from .model import abstract_params
+
+    return {path: tuple(leaf.shape) for path, leaf in _flatten(abstract_params(config))}
+
+
+def tensor_layout(config: ModelConfig) -> list[tuple[TensorSpec, tuple[int, ...]]]:
+    """The table entries this config uses, with the shape of their parameter leaf, in table order.
+
+    Raises if the model has a parameter that no table entry covers (the table and the model disagree).
+    """
+    shapes = param_shapes(config)
+    layout = [(spec, shapes[spec.path]) for spec in TENSOR_TABLE if spec.path in shapes]
+    uncovered = set(shapes) - {spec.path for spec, _ in layout}
+    if uncovered:
+        raise AssertionError(f"parameters without an entry in hf.TENSOR_TABLE: {sorted(uncovered)}")
+    for spec, shape in layout:
+        if spec.per_layer and shape[0] != config.num_hidden_layers:
+            raise AssertionError(f"{'/'.join(spec.path)}: leading axis {shape[0]} != num_hidden_layers")
+    return layout
+
+
+def expected_tensors(config: ModelConfig, layout=None) -> dict[str, tuple[int, ...]]:
+    """``{HF tensor name: HF shape}`` of a checkpoint of ``config`` (what the exporter writes)."""
+    out = {}
+    for spec, shape in layout if layout is not None else tensor_layout(config):
+        layers = range(config.num_hidden_layers) if spec.per_layer else [None]
+        for i in layers:
+            out[spec.name(i)] = spec.hf_shape(shape)
+    return out
+
+
+def _flatten(tree, prefix=()) -> Iterable[tuple[tuple[str, ...], Any]]:
+    if isinstance(tree, Mapping):
+        for k in sorted(tree):
+            yield from _flatten(tree[k], prefix + (str(k),))
+    else:
+        yield prefix, tree
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree: dict, path, value):
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors reading: header parse + pread per tensor
+# ---------------------------------------------------------------------------------------------
+
+def _np_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes
+
+    return {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+            "BF16": np.dtype(ml_dtypes.bfloat16)}
+
+
+_ST_NAME = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    """A lazily read ``.safetensors`` file: the header is parsed on open, tensors are read on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f = open(self.path, "rb")
+        try:
+            self._parse()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _parse(self):
+        size = os.fstat(self._f.fileno()).st_size
+        head = self._f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{self.path}: not a safetensors file (header length {n} does not fit "
+                                  f"in a file of {size} bytes)")
+        try:
+            header = json.loads(self._f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.path}: safetensors header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + n
+        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, e in header.items():
+            try:
+                dtype, shape, (begin, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry {e!r}") from None
+            item = _itemsize(dtype)
+            if item is not None and end - begin != math.prod(shape) * item:
+                raise CheckpointError(f"{self.path}: tensor {name!r} data_offsets [{begin}, {end}] do not match "
+                                      f"shape {list(shape)} and dtype {dtype}")
+            if not 0 <= begin <= end or self._data_start + end > size:
+                raise CheckpointError(f"{self.path}: tensor {name!r} data_offsets [{begin}, {end}] lie outside "
+                                      f"the file ({size} bytes; file truncated?)")
+            self.entries[name] = (dtype, shape, begin, end)
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        dtype, shape, _, _ = self.entries[name]
+        return dtype, shape
+
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor as a numpy array (bf16 as ``ml_dtypes.bfloat16``).
+
+        With ``out`` (C-contiguous, same dtype and shape) the bytes are read straight into it; otherwise
+        into a fresh buffer.
+        """
+        dtype, shape, begin, end = self.entries[name]
+        npd = _np_dtypes().get(dtype)
+        if npd is None:
+            raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {dtype}; expected a floating "
+                                  f"dtype ({', '.join(_np_dtypes())})")
+        direct = (out is not None and out.dtype == npd and out.shape == shape and out.flags.c_contiguous)
+        buf = out.reshape(-1).view(np.uint8) if direct else np.empty(end - begin, np.uint8)
+        view, off = memoryview(buf), self._data_start + begin
+        got = 0
+        while got < len(buf):
+            k = os.preadv(self._f.fileno(), [view[got:]], off + got)
+            if k <= 0:
+                raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name!r}")
+            got += k
+        return out if direct else buf.view(npd).reshape(shape)
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _itemsize(st_dtype: str) -> int | None:
+    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+             "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+    return sizes.get(st_dtype)
+
+
+class _SafeOpenFile:
+    """The same interface over ``safetensors.safe_open`` (mmap based); kept for comparison (bench)."""
+
+    def __init__(self, path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        try:
+            self._f = safe_open(str(path), framework="numpy")
+        except Exception as e:  # safetensors raises its own SafetensorError
+            raise CheckpointError(f"{self.path}: cannot open as safetensors ({e})") from None
+        self.metadata = self._f.metadata() or {}
+
+    def keys(self):
+        return list(self._f.keys())
+
+    def info(self, name):
+        sl = self._f.get_slice(name)
+        return str(sl.get_dtype()), tuple(sl.get_shape())
+
+    def read(self, name, out=None):
+        return self._f.get_tensor(name)
+
+    def close(self):
+        self._f = None
+
+
+_READERS = {"pread": SafetensorsFile, "safe_open": _SafeOpenFile}
+
+
+# ---------------------------------------------------------------------------------------------
+# load_pretrained
+# ---------------------------------------------------------------------------------------------
+
+def _weight_files(root: Path) -> tuple[list[Path], dict[str, str] | None, Path | None]:
+    """The safetensors files of a checkpoint directory, and the index's weight map when sharded."""
+    index_path = root / SAFE_WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+            weight_map = dict(index["weight_map"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{index_path}: not a valid safetensors index (needs a 'weight_map' "
+                                  f"object; {type(e).__name__}: {e})") from None
+        files = []
+        for fname in sorted(set(weight_map.values())):
+            p = root / fname
+            if Path(fname).name != fname:
+                raise CheckpointError(f"{index_path}: shard name {fname!r} must be a plain file name")
+            if not p.is_file():
+                raise FileNotFoundError(f"{index_path}: names shard file {fname!r}, which does not exist in {root}")
+            files.append(p)
+        if not files:
+            raise CheckpointError(f"{index_path}: weight_map is empty")
+        return files, weight_map, index_path
+    single = root / SAFE_WEIGHTS_NAME
+    if single.is_file():
+        return [single], None, None
+    pickles = sorted({p.name for pat in PICKLE_WEIGHT_PATTERNS for p in root.glob(pat)})
+    if pickles:
+        raise CheckpointError(
+            f"{root}: holds only PyTorch pickle weights ({', '.join(pickles)}) and no {SAFE_WEIGHTS_NAME} or "
+            f"{SAFE_WEIGHTS_INDEX_NAME}. Pickle files are never loaded here (unpickling can run arbitrary "
+            f"code). Convert the checkpoint to safetensors first, in an environment you trust, e.g. "
+            f"AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True).")
+    others = sorted(p.name for p in root.glob("*.safetensors"))
+    hint = f" (found {others}; name a single file {SAFE_WEIGHTS_NAME} or add an index)" if others else ""
+    raise FileNotFoundError(f"{root}: no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME} found{hint}")
+
+
+def _default_place(path, array):
+    import jax
+
+    return jax.device_put(array)
+
+
+def keep_on_host(path, array):
+    """A ``place`` hook that keeps the float32 numpy arrays on the host."""
+    return array
+
+
+def place_on(shardings) -> Callable[[tuple[str, ...], np.ndarray], Any]:
+    """A ``place`` hook putting each leaf onto its sharding from a params-shaped tree of shardings
+    (e.g. ``NamedSharding``s for FSDP), so the loaded params never exist whole on one device."""
+    import jax
+
+    return lambda path, array: jax.device_put(array, _get(shardings, path))
+
+
+def load_pretrained(path: str | Path, dtype: str = "float32", *,
+                    place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
+                    reader: str = "pread", **compute) -> tuple[ModelConfig, dict]:
+    """Load a local Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory.
+
+    Args:
+      path: directory with ``config.json`` (transformers v4 or v5 layout) and ``model.safetensors`` or
+        ``model.safetensors.index.json`` + shards.
+      dtype: compute dtype stored in the returned config ("float32", "bfloat16", "float16"); the
+        parameters are always float32 master weights, whatever the checkpoint's dtype.
+      place: ``place(path_tuple, float32_numpy_leaf) -> leaf``, called once per finished leaf, e.g.
+        :func:`place_on` ``(shardings_tree)``. Default: ``jax.device_put`` onto the default device;
+        :func:`keep_on_host` keeps numpy arrays.
+      reader: "pread" (default; reads each tensor with one pread, no mmap) or "safe_open"
+        (``safetensors.safe_open``, mmap based).
+      **compute: further compute options for the config (``scan_layers``, ``remat``).
+
+    Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.model`.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: checkpoint directory does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: expected a Hugging Face checkpoint directory, got a file")
+    config = load_hf_config(root, dtype=dtype, **compute)
+    layout = tensor_layout(config)
+    files, weight_map, index_path = _weight_files(root)
+    place = place or _default_place
+    if reader not in _READERS:
+        raise ValueError(f"reader {reader!r}: expected one of {sorted(_READERS)}")
+    open_file = _READERS[reader]
+
+    handles: list = []
+    try:
+        # which file holds which tensor (headers are the truth; the index must agree with them)
+        where: dict[str, Any] = {}
+        for fp in files:
+            h = open_file(fp)
+            handles.append(h)
+            for name in h.keys():
+                if name in where:
+                    raise CheckpointError(f"tensor {name!r} appears in both {where[name].path.name} and {fp.name}")
+                where[name] = h
+        if weight_map is not None:
+            for name, fname in weight_map.items():
+                if name not in where or where[name].path.name != fname:
+                    found = f"it is in {where[name].path.name}" if name in where else "no shard holds it"
+                    raise CheckpointError(f"{index_path}: maps tensor {name!r} to {fname}, but {found}")
+
+        expected = expected_tensors(config, layout)
+        d, v = config.hidden_size, config.vocab_size
+        if config.tie_word_embeddings and TIED_LM_HEAD in where:
+            shape = where[TIED_LM_HEAD].info(TIED_LM_HEAD)[1]
+            if shape != (v, d):
+                raise CheckpointError(
+                    f"{where[TIED_LM_HEAD].path}: tensor {TIED_LM_HEAD!r} has shape {list(shape)}, expected "
+                    f"{[v, d]} (tie_word_embeddings=true; the tensor is otherwise ignored)")
+        ignored = {n for n in where if n.endswith(IGNORED_TENSOR_SUFFIXES)}
+        if config.tie_word_embeddings:
+            ignored.add(TIED_LM_HEAD)
+        unexpected = sorted(set(where) - set(expected) - ignored)
+        if unexpected:
+            listed = ", ".join(f"{n!r} (in {where[n].path.name})" for n in unexpected[:8])
+            more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
+            raise CheckpointError(f"{root}: unexpected tensors for {config.model_type} with "
+                                  f"{config.num_hidden_layers} layers: {listed}{more}")
+        missing = [n for n in expected if n not in where]
+        if missing:
+            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            raise CheckpointError(f"{root}: missing tensors {missing[:8]}{more} "
+                                  f"(looked in {', '.join(f.name for f in files)})")
+        for name, shape in expected.items():
+            st_dtype, actual = where[name].info(name)
+            if actual != shape:
+                raise CheckpointError(f"{where[name].path}: tensor {name!r} has shape {list(actual)}, expected "
+                                      f"{list(shape)} from config.json")
+            if st_dtype not in ("F32", "BF16", "F16", "F64"):
+                raise CheckpointError(f"{where[name].path}: tensor {name!r} has dtype {st_dtype}, expected a "
+                                      f"floating dtype (F32, BF16, F16)")
+
+        # one leaf at a time: preallocate, fill tensor by tensor, hand over, drop
+        params: dict = {}
+        for spec, leaf_shape in layout:
+            leaf = np.empty(leaf_shape, np.float32)
+            layers = range(config.num_hidden_layers) if spec.per_layer else [None]
+            for i in layers:
+                name = spec.name(i)
+                dst = leaf[i] if spec.per_layer else leaf
+                # float32 and not transposed: read straight into the leaf; else one temporary tensor
+                t = where[name].read(name, out=None if spec.transpose else dst)
+                if t is not dst:
+                    dst[...] = t.T if spec.transpose else t
+                del t
+            _set(params, spec.path, place(spec.path, leaf))
+            del leaf
+    finally:
+        for h in handles:
+            h.close()
+    return config, params
+
+
+# ---------------------------------------------------------------------------------------------
+# save_pretrained
+# ---------------------------------------------------------------------------------------------
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like "5GB" (10**9), "500MiB" (2**20), "10KB"."""
+    if isinstance(size, (int, np.integer)):
+        return int(size)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(size), flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"max_shard_size {size!r}: expected bytes or a size like '5GB', '500MiB'")
+    num, unit, binary = float(m.group(1)), m.group(2).upper(), bool(m.group(3))
+    power = "_KMGT".index(unit) if unit else 0
+    return int(num * ((1024 if binary else 1000) ** power))
+
+
+def _check_params(shapes: dict[tuple[str, ...], tuple[int, ...]], params) -> None:
+    got = dict(_flatten(params))
+    missing = sorted(set(shapes) - set(got))
+    extra = sorted(set(got) - set(shapes))
+    if missing or extra:
+        raise CheckpointError(f"params do not match the config: missing {['/'.join(p) for p in missing]}, "
+                              f"unexpected {['/'.join(p) for p in extra]}")
+    for p, shape in shapes.items():
+        actual = tuple(np.shape(got[p]))
+        if actual != shape:
+            raise CheckpointError(f"param {'/'.join(p)} has shape {list(actual)}, expected {list(shape)}")
+
+
+def _hf_array(params, spec: TensorSpec, layer: int | None, out_dtype: np.dtype) -> np.ndarray:
+    """One HF tensor as a C-contiguous little-endian numpy array (a device array is sliced on device)."""
+    leaf = _get(params, spec.path)
+    x = leaf[layer] if spec.per_layer else leaf
+    x = np.asarray(x)
+    if spec.transpose:
+        x = x.T
+    return np.ascontiguousarray(x.astype(out_dtype, copy=False))
+
+
+def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], get: Callable[[str], np.ndarray],
+                       st_dtype: str, itemsize: int) -> None:
+    """Stream a safetensors file: header from the shapes, then each tensor as it is produced."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    off = 0
+    for name, shape in tensors:
+        n = math.prod(shape) * itemsize
+        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, shape in tensors:
+            x = get(name)
+            if x.shape != tuple(shape):
+                raise CheckpointError(f"tensor {name!r}: produced shape {list(x.shape)}, expected {list(shape)}")
+            f.write(x.reshape(-1).view(np.uint8).data)
+            del x
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _generation_config(config: ModelConfig, tokenizer_dir: Path | None) -> dict:
+    gen: dict[str, Any] = {}
+    src = tokenizer_dir / "generation_config.json" if tokenizer_dir else None
+    if src is not None and src.is_file():
+        gen = json.loads(src.read_text())
+    for key, value in (("bos_token_id", config.bos_token_id),
+                       ("eos_token_id", list(config.eos_ids) if isinstance(config.eos_token_id, tuple)
+                        else config.eos_token_id),
+                       ("pad_token_id", config.pad_token_id)):
+        if value is not None:
+            gen.setdefault(key, value)
+    return gen
+
+
+def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_dir: str | Path | None = None, *,
+                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, dtype: str = "float32",
+                    layout: str = "v4") -> Path:
+    """Write a Hugging Face checkpoint directory that ``transformers`` loads.
+
+    Writes ``config.json`` (:func:`~proactive_jax.config.to_hf_dict`, ``layout`` "v4" or "v5"), the
+    weights as ``model.safetensors`` or, above ``max_shard_size``, ``model-0000i-of-0000n.safetensors``
+    plus ``model.safetensors.index.json`` (metadata ``{"format": "pt"}``), ``generation_config.json``
+    (the one in ``tokenizer_dir`` if any, else bos/eos/pad from the config), and the tokenizer files
+    found in ``tokenizer_dir``. ``dtype`` is the stored dtype ("float32", "bfloat16", "float16").
+
+    Everything is written to a temporary sibling directory first, which then replaces ``out_dir``; a
+    failure leaves an existing checkpoint at ``out_dir`` untouched. An existing non-empty ``out_dir``
+    that holds no ``config.json`` is refused rather than replaced. ``params`` may hold numpy or
+    (fully addressable) jax arrays; returns ``out_dir``.
+    """
+    if dtype not in _ST_NAME:
+        raise ValueError(f"dtype {dtype!r}: expected one of {sorted(_ST_NAME)}")
+    out = Path(out_dir)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
+    if tok_dir is not None and not tok_dir.is_dir():
+        raise FileNotFoundError(f"{tok_dir}: tokenizer directory does not exist")
+    tok_files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()] if tok_dir else []
+    if tok_dir is not None and not tok_files:
+        raise FileNotFoundError(f"{tok_dir}: no tokenizer files found (looked for {', '.join(TOKENIZER_FILES)})")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(f"{out}: exists, is not empty and holds no config.json; refusing to replace it")
+    layout_ = tensor_layout(config)
+    _check_params({spec.path: shape for spec, shape in layout_}, params)
+    hf_config = to_hf_dict(config, layout=layout, torch_dtype=dtype)
+    shard_limit = parse_size(max_shard_size)
+
+    out_dtype = np.dtype(_np_dtypes()[_ST_NAME[dtype]])
+    st_dtype, itemsize = _ST_NAME[dtype], out_dtype.itemsize
+    # embeddings, then layer by layer (so that a shard holds whole layers where possible), then the rest
+    first = [(s, sh, None) for s, sh in layout_ if s.path == ("embed_tokens", "embedding")]
+    layers = [(s, sh, i) for i in range(config.num_hidden_layers) for s, sh in layout_ if s.per_layer]
+    rest = [(s, sh, None) for s, sh in layout_ if not s.per_layer and s.path != ("embed_tokens", "embedding")]
+    specs = {spec.name(i): (spec, i) for spec, _, i in first + layers + rest}
+    order = [(spec.name(i), spec.hf_shape(shape)) for spec, shape, i in first + layers + rest]
+
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in order:
+        n = math.prod(shape) * itemsize
+        if shards[-1] and size + n > shard_limit:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+
+    def get(name):
+        spec, layer = specs[name]
+        return _hf_array(params, spec, layer, out_dtype)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(tmp)
+    try:
+        if len(shards) == 1:
+            _write_safetensors(tmp / SAFE_WEIGHTS_NAME, shards[0], get, st_dtype, itemsize)
+        else:
+            weight_map = {}
+            for k, shard in enumerate(shards):
+                fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+                _write_safetensors(tmp / fname, shard, get, st_dtype, itemsize)
+                weight_map.update({name: fname for name, _ in shard})
+            total = sum(math.prod(s) * itemsize for _, s in order)
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(
+            json.dumps(_generation_config(config, tok_dir), indent=2) + "\n")
+        for src in tok_files:
+            shutil.copy2(src, tmp / src.name)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; an existing ``out`` is set aside first and deleted only after the move."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
