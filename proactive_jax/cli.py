@@ -81,7 +81,23 @@ def _run_hf_check(args: argparse.Namespace) -> int:
 # registry and entry point
 # ---------------------------------------------------------------------------------------------
 
+def _lazy_args(module: str, fn: str) -> Callable[[argparse.ArgumentParser], None]:
+    return lambda p: getattr(importlib.import_module(module), fn)(p)
+
+
 COMMANDS: dict[str, Command] = {
+    "demo": Command("the embedded default: train a tiny streaming model on built-in tasks, evaluate the heads, "
+                    "print the paper-style table", _lazy_args("proactive_jax.demo", "add_demo_args"),
+                    "proactive_jax.demo:run_demo_cli"),
+    "train": Command("train a streaming LLM (batch + MSLM + SPSD) from a YAML run config",
+                     _lazy_args("proactive_jax.train", "add_train_args"), "proactive_jax.train:run_train"),
+    "export": Command("write a training run's checkpoint as a Hugging Face directory",
+                      _lazy_args("proactive_jax.train", "add_export_args"), "proactive_jax.train:run_export"),
+    "decode": Command("stream one text through a checkpoint with a decision head; show READs and WRITEs",
+                      _lazy_args("proactive_jax.decode_cli", "add_decode_args"),
+                      "proactive_jax.decode_cli:run_decode_cli"),
+    "eval": Command("evaluate decision heads with threshold sweeps: results.json, table, plots",
+                    _lazy_args("proactive_jax.evaluate", "add_eval_args"), "proactive_jax.evaluate:run_eval_cli"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }

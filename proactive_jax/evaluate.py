@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import metrics as M
+from .data.loaders import DatasetSpec
+from .data.render import RenderConfig
 from .heads import parse_head
 
 # task -> (metric in metrics.QUALITY_METRICS, headline key, column name, show AL/LAAL)
@@ -411,3 +413,126 @@ def _progress(total: int, enabled: bool):
     except ImportError:  # pragma: no cover
         return _NoBar()
     return tqdm(total=total, desc="eval", unit="ex", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# `proactive-jax eval CONFIG [key=value ...]`
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """An evaluation run (YAML + dotted overrides, see configs/eval-*.yaml)."""
+
+    checkpoint: str = ""  # HF directory or training run directory
+    step: int | None = None  # for a training run (default: latest)
+    tokenizer: str | None = None  # default: the checkpoint's / the run's tokenizer
+    task: str = "lookup"  # lookup | word-map (synthetic) or a data.TASKS adapter (iwslt2017, squad, ...)
+    dataset: DatasetSpec | None = None  # real tasks: where the rows come from
+    adapter_options: dict = dataclasses.field(default_factory=dict)
+    split: str = "test"
+    calibration_split: str | None = "valid"
+    num_examples: int = 200
+    calibration_examples: int = 50
+    heads: tuple[str, ...] = ("batch", "wait-k:k=1|3|5", "entropy:tau=q0.9", "attention:tau=q0.9")
+    metric: str | None = None
+    render: RenderConfig = RenderConfig()
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    dtype: str = "float32"
+    seed: int = 0
+    out_dir: str = "eval_out"
+    progress: bool = True
+
+
+def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
+    from .run_config import load_config
+
+    return load_config(EvalConfig, path, overrides)
+
+
+def text_examples(cfg, split: str, n: int):
+    """TextExamples of the eval task: synthetic tasks are generated, real tasks loaded (offline-capable)."""
+    from .data import make_task
+    from .data.loaders import load_task
+    from .data.synthetic import SYNTHETIC_TASKS
+
+    if cfg.task in SYNTHETIC_TASKS:
+        return make_task(cfg.task, n, seed=cfg.seed, split=split)
+    if cfg.dataset is None:
+        raise EvalError(f"task {cfg.task!r} needs a dataset (dataset.source/path/...)")
+    spec = dataclasses.replace(cfg.dataset, split=split)
+    exs, _ = load_task(spec, cfg.task, on_bad_example="skip", **dict(cfg.adapter_options))
+    return exs[:n]
+
+
+def run_eval(cfg) -> dict:
+    from transformers import AutoTokenizer
+
+    from .data import render_example, word_start_table
+    from .loading import eos_ids_for, load_model
+
+    if not cfg.checkpoint:
+        raise EvalError("checkpoint is not set (an HF directory or a training run directory)")
+    metric_task = cfg.task
+    task_quality(metric_task, cfg.metric)
+    for sw in cfg.heads:
+        expand_sweep(sw)  # head errors before loading anything
+    model_cfg, params, tok_dir = load_model(cfg.checkpoint, cfg.step, dtype=cfg.dtype)
+    tok_dir = cfg.tokenizer or tok_dir
+    if tok_dir is None:
+        raise EvalError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    parts = cfg.render.parts(tok)
+
+    def items(split, n):
+        out = []
+        for t in text_examples(cfg, split, n):
+            out.append(EvalItem(t.id, render_example(tok, t, parts, unit=cfg.render.unit,
+                                                     max_source_tokens=cfg.render.max_source_tokens,
+                                                     max_target_tokens=cfg.render.max_target_tokens),
+                                list(t.references) or [t.target_text]))
+        return out
+
+    test = items(cfg.split, cfg.num_examples)
+    calib = items(cfg.calibration_split, cfg.calibration_examples) if cfg.calibration_split else None
+    return evaluate_heads(model_cfg, params, test, list(cfg.heads), cfg.out_dir, task=metric_task,
+                          detokenize=lambda t: tok.decode(list(t), skip_special_tokens=True).strip(),
+                          eos_ids=eos_ids_for(tok, model_cfg), word_starts=word_start_table(tok, model_cfg.vocab_size),
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
+                          metric=cfg.metric, progress=cfg.progress)
+
+
+def add_eval_args(p) -> None:
+    p.add_argument("config", nargs="?", default=None, help="eval config YAML (optional: all keys may be overrides)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides, e.g. checkpoint=runs/x task=lookup heads=[batch,'wait-k:k=1|3']")
+
+
+def run_eval_cli(args) -> int:
+    import sys
+
+    from .run_config import RunConfigError
+
+    overrides = list(args.overrides)
+    path = args.config
+    if path is not None and "=" in path and not Path(path).exists():
+        overrides.insert(0, path)
+        path = None
+    try:
+        cfg = load_eval_config(path, overrides)
+        res = run_eval(cfg)
+    except (EvalError, RunConfigError, FileNotFoundError, ValueError) as e:
+        print(f"proactive-jax eval: {e}", file=sys.stderr)
+        return 2
+    print(markdown_table(res, cfg.task, cfg.metric))
+    print(f"wrote {cfg.out_dir}/results.json, table.md, quality_latency.png "
+          f"(decode {res['timing']['decode_s']:.1f}s, scoring {res['timing']['score_s']:.1f}s)")
+    return 0
+
+
+def eval_main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="proactive-jax eval", description="evaluate decision heads")
+    add_eval_args(p)
+    return run_eval_cli(p.parse_args(argv))

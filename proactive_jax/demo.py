@@ -1,0 +1,352 @@
+"""`proactive-jax demo`: the paper's findings in miniature, end to end, on a laptop CPU, offline.
+
+1. data: the synthetic ``lookup`` (non-monotonic, like short QA) and ``word-map`` (monotonic, like MT)
+   tasks and their word-level Hugging Face tokenizer (shipped in the package);
+2. pretrain a tiny Qwen3-architecture model with the batch loss only (the stand-in for a pretrained
+   instruct model), then fine-tune it two ways from that same start: ProactiveLLM (batch + MSLM + SPSD)
+   and the ablation (batch loss only) -- with the real train step, data pipeline and checkpoints;
+3. evaluate batch, wait-k, entropy and attention heads with threshold sweeps on held-out examples,
+   with the real decoder and metrics;
+4. print the paper-style tables, check the acceptance targets, write ``results.json``, ``table.md``,
+   quality-latency plots and READ/WRITE traces of a few examples under ``out_dir``.
+
+Everything is driven by :class:`DemoConfig` (``configs/demo.yaml``); ``--quick`` applies its ``quick``
+overrides (smaller, same stages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import evaluate as E
+from .heads import parse_head
+
+QUALITY_NAME = {"lookup": "acc", "word-map": "BLEU"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    out_dir: str = "demo_out"
+    seed: int = 0
+    model_preset: str = "tiny"
+    model: dict = dataclasses.field(default_factory=dict)  # ModelConfig field overrides
+    tasks: tuple[str, ...] = ("lookup", "word-map")
+    n_train: int = 4000  # per task
+    n_test: int = 200  # per task
+    n_calib: int = 64  # per task
+    global_batch_size: int = 64
+    pretrain_steps: int = 1500
+    pretrain_lr: float = 3e-3
+    finetune_steps: int = 600
+    finetune_lr: float = 1e-3
+    kl_lambda: float = 0.1
+    kl_topk: int = 100
+    alpha: float = 0.0
+    ablation_mslm_only: bool = False  # also fine-tune with MSLM but without SPSD
+    heads: dict = dataclasses.field(default_factory=lambda: {
+        "lookup": ["batch", "wait-k:k=1|3|6|10", "entropy:tau=0.05|0.1|0.2|0.3", "attention:tau=0.3|0.5|0.7"],
+        "word-map": ["batch", "wait-k:k=1|2|3|4", "entropy:tau=0.02|0.05|0.1|0.2", "attention:tau=0.3|0.5|0.7"],
+    })
+    max_new_tokens: int = 32
+    eval_batch_size: int = 64
+    show_examples: int = 2
+    progress: bool = True
+    quick: dict = dataclasses.field(default_factory=lambda: {  # overrides applied by --quick
+        "n_train": 2000, "n_test": 64, "n_calib": 32, "pretrain_steps": 400, "finetune_steps": 150,
+        "heads": {"lookup": ["batch", "wait-k:k=1|3|8", "entropy:tau=0.1|0.3", "attention:tau=0.5"],
+                  "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2", "attention:tau=0.5"]},
+    })
+
+
+def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> DemoConfig:
+    from .run_config import load_config, to_dict
+
+    cfg = load_config(DemoConfig, path, overrides)
+    if quick:
+        data = to_dict(cfg)
+        data.update(dict(cfg.quick))
+        cfg = load_config(DemoConfig, None, overrides, data=data)
+    return cfg
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _run_config(cfg: DemoConfig, name: str, *, steps: int, lr: float, objective: dict):
+    from .run_config import load_run_config
+
+    out = Path(cfg.out_dir) / "runs" / name
+    data = {
+        "model": {"preset": cfg.model_preset, "config": dict(cfg.model)},
+        "data": {"task": "synthetic",
+                 "synthetic": {"tasks": list(cfg.tasks), "n_train": cfg.n_train, "n_valid": 32, "seed": cfg.seed},
+                 "buckets": [[24, 8], [24, 24]], "global_batch_size": cfg.global_batch_size,
+                 "seed": cfg.seed, "cache_dir": str(Path(cfg.out_dir) / "cache")},
+        "objective": objective,
+        "optim": {"lr": lr, "schedule": "cosine", "warmup_steps": max(1, steps // 20), "end_lr_ratio": 0.1,
+                  "weight_decay": 0.01, "clip_norm": 1.0, "b2": 0.98},
+        "mesh": {"data": 1, "fsdp": 1},
+        "checkpoint": {"every": max(steps, 1), "keep": 1, "async_save": False},
+        "steps": steps, "out_dir": str(out), "seed": cfg.seed, "log_every": 25, "eval_every": 0,
+        "tensorboard": False, "progress": cfg.progress,
+    }
+    return load_run_config(None, data=data)
+
+
+def _eval_items(cfg: DemoConfig, task: str, split: str, n: int, tok, parts):
+    from .data import make_task, render_example
+
+    return [E.EvalItem(t.id, render_example(tok, t, parts), list(t.references) or [t.target_text])
+            for t in make_task(task, n, seed=cfg.seed, split=split)]
+
+
+def _setting_label(model: str, s: dict) -> str:
+    fam = s["family"]
+    spec = s["setting"]
+    params = spec.split(":", 1)[1] if ":" in spec else ""
+    keep = [p for p in params.split(",") if p.split("=")[0] in ("k", "tau")]
+    name = {"entropy": "proactive-entropy", "attention": "proactive-attention"}.get(fam, fam)
+    if model != "proactive" and fam in ("entropy", "attention"):
+        name = f"{model}+{fam}"
+    elif model != "proactive":
+        name = f"{model}+{fam}"
+    return name + (f" ({','.join(keep)})" if keep else "")
+
+
+def paper_table(task: str, per_model: dict[str, dict]) -> str:
+    show_al = task == "word-map"
+    cols = ["method", QUALITY_NAME.get(task, "quality"), "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+    for model, res in per_model.items():
+        for s in res["settings"]:
+            if model != "proactive" and s["family"] in ("batch", "wait-k"):
+                continue  # batch and wait-k rows shown once, for the proactive model
+            lat = s["latency"]
+            row = [_setting_label(model, s), f"{s['headline']:.2f}", f"{lat['ail']:.2f}", f"{lat['rco']:.2f}"]
+            if show_al:
+                row += [f"{lat.get('al_word', float('nan')):.2f}", f"{lat.get('laal_word', float('nan')):.2f}"]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance targets (issue: the paper's claims in miniature)
+# ---------------------------------------------------------------------------------------------
+
+def _settings(res, family):
+    return [s for s in res["settings"] if s["family"] == family]
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Evaluate the demo's acceptance targets on the results; each entry says pass/fail and the numbers."""
+    out = []
+    lk = results.get("lookup")
+    if lk:
+        pro = lk["proactive"]
+        batch = _settings(pro, "batch")[0]["headline"]
+        proactive = [s for fam in ("entropy", "attention") for s in _settings(pro, fam)]
+        ok = [s for s in proactive if s["headline"] >= 0.95 * batch and s["latency"]["rco"] <= 0.8]
+        best = max(ok or proactive, key=lambda s: (s["headline"] >= 0.95 * batch, -s["latency"]["rco"]),
+                   default=None)
+        out.append({"target": "lookup: a proactive head keeps >= 95% of batch accuracy at RCO <= 0.8",
+                    "pass": bool(ok), "batch_acc": batch,
+                    "best": None if best is None else {"setting": best["setting"], "acc": best["headline"],
+                                                       "rco": best["latency"]["rco"]}})
+        w3 = [s for s in _settings(pro, "wait-k") if parse_head(s["setting"])["k"] == 3]
+        if w3:
+            out.append({"target": "lookup: wait-3 keeps at most half of the batch accuracy",
+                        "pass": w3[0]["headline"] <= 0.5 * batch, "wait3_acc": w3[0]["headline"], "batch_acc": batch})
+    wm = results.get("word-map")
+    if wm:
+        pro = wm["proactive"]
+        waits = _settings(pro, "wait-k")
+        ents = _settings(pro, "entropy")
+        best = None
+        for e in ents:
+            near = min(waits, key=lambda w: abs(w["latency"]["ail"] - e["latency"]["ail"]), default=None)
+            if near is None:
+                continue
+            passed = e["headline"] >= near["headline"] and e["latency"]["ail"] <= near["latency"]["ail"]
+            cand = {"entropy": e["setting"], "bleu": e["headline"], "ail": e["latency"]["ail"],
+                    "wait_k": near["setting"], "wait_bleu": near["headline"], "wait_ail": near["latency"]["ail"],
+                    "pass": passed}
+            if best is None or (passed and not best["pass"]) or (passed == best["pass"] and
+                                                                   e["headline"] - near["headline"] >
+                                                                   best["bleu"] - best["wait_bleu"]):
+                best = cand
+        if best is not None:
+            out.append({"target": "word-map: proactive-entropy BLEU >= the nearest-AIL wait-k, at no higher AIL",
+                        **best})
+    # ablation: quality at matched latency budgets, proactive vs batch-only fine-tune
+    gaps = []
+    for task, res in results.items():
+        if "batch-ft" not in res:
+            continue
+        for fam in ("entropy", "attention"):
+            for budget in (0.6, 0.7, 0.8, 0.9):
+                def best_under(r):
+                    xs = [s["headline"] for s in _settings(r, fam) if s["latency"]["rco"] <= budget]
+                    return max(xs) if xs else 0.0
+                gaps.append({"task": task, "head": fam, "rco_budget": budget,
+                             "proactive": best_under(res["proactive"]), "batch_ft": best_under(res["batch-ft"])})
+    if gaps:
+        top = max(gaps, key=lambda g: g["proactive"] - g["batch_ft"])
+        out.append({"target": "ablation (batch-only fine-tune) clearly worse on at least one task's curve",
+                    "pass": top["proactive"] - top["batch_ft"] >= 5.0, "largest_gap": top,
+                    "gap": top["proactive"] - top["batch_ft"]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------------------------
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from .data import load_tokenizer, template_parts, word_start_table
+    from .data.synthetic import ASSET_DIR
+    from .decode import format_events, interleave, stream_decode
+    from .loading import eos_ids_for
+    from .train import train
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    n_stages = 5
+
+    _say(f"[1/{n_stages}] data: synthetic tasks {list(cfg.tasks)} with the word-level tokenizer ({ASSET_DIR.name})")
+    tok = load_tokenizer()
+    parts = template_parts(tok)
+
+    def stage_train(label, idx, name, steps, lr, objective, init=None):
+        _say(f"[{idx}/{n_stages}] train: {label} ({steps} steps)")
+        t0 = time.perf_counter()
+        if init is not None:  # the train state is donated: every run gets its own copy of the start
+            init = jax.tree_util.tree_map(jnp.array, init)
+        res = train(_run_config(cfg, name, steps=steps, lr=lr, objective=objective), init_params=init)
+        timings[name] = time.perf_counter() - t0
+        last = res.history[-1] if res.history else {}
+        if last:
+            _say(f"      step {res.step}: loss {last.get('loss', float('nan')):.4f} "
+                 f"(batch {last.get('batch', float('nan')):.4f}, mslm {last.get('mslm', float('nan')):.4f}, "
+                 f"kl {last.get('kl', float('nan')):.4f}) in {timings[name]:.0f}s")
+        return res
+
+    batch_only = {"schedule": "full", "w_batch": 1.0, "w_mslm": 0.0, "kl_lambda": 0.0, "kl_topk": 1}
+    pre = stage_train("batch-mode pretraining (the stand-in for an instruct model)", 2, "pretrain",
+                      cfg.pretrain_steps, cfg.pretrain_lr, batch_only)
+    model_cfg = pre.model_config
+    start = pre.params
+    proactive_obj = {"schedule": "multinomial", "w_batch": 1.0, "w_mslm": 1.0, "kl_lambda": cfg.kl_lambda,
+                     "kl_topk": cfg.kl_topk, "alpha": cfg.alpha}
+    runs = {"proactive": stage_train("fine-tune ProactiveLLM (batch + MSLM + SPSD)", 3, "proactive",
+                                     cfg.finetune_steps, cfg.finetune_lr, proactive_obj, start),
+            "batch-ft": stage_train("fine-tune ablation (batch loss only)", 3, "batch-ft",
+                                    cfg.finetune_steps, cfg.finetune_lr, batch_only, start)}
+    if cfg.ablation_mslm_only:
+        runs["mslm-only"] = stage_train("fine-tune ablation (MSLM without SPSD)", 3, "mslm-only",
+                                        cfg.finetune_steps, cfg.finetune_lr, {**proactive_obj, "kl_lambda": 0.0},
+                                        start)
+
+    _say(f"[4/{n_stages}] evaluate: heads {', '.join(sorted({h.split(':')[0] for t in cfg.heads.values() for h in t}))}"
+         f" on {cfg.n_test} held-out examples per task")
+    eos = eos_ids_for(tok, model_cfg)
+    ws = word_start_table(tok, model_cfg.vocab_size)
+    detok = lambda t: tok.decode(list(t), skip_special_tokens=True).strip()  # noqa: E731
+    results: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    decode_s = 0.0
+    for task in cfg.tasks:
+        if task not in cfg.heads:
+            raise E.EvalError(f"demo.heads has no sweep list for task {task!r}")
+        test = _eval_items(cfg, task, "test", cfg.n_test, tok, parts)
+        calib = _eval_items(cfg, task, "valid", cfg.n_calib, tok, parts)
+        results[task] = {}
+        for model, run in runs.items():
+            res = E.evaluate_heads(model_cfg, run.params, test, cfg.heads[task], out / "eval" / model / task,
+                                   task=task, detokenize=detok, eos_ids=eos, word_starts=ws,
+                                   max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
+                                   calibration=calib, progress=cfg.progress)
+            decode_s += res["timing"]["decode_s"]
+            results[task][model] = res
+    timings["eval"] = time.perf_counter() - t0
+    timings["eval_decode"] = decode_s
+
+    _say(f"[5/{n_stages}] report")
+    tables = []
+    for task in cfg.tasks:
+        t = paper_table(task, results[task])
+        tables.append(f"### {task}\n\n{t}")
+        _say(f"\n{task}\n{t}")
+        E.plot_quality_latency([results[task][m] for m in runs], out / f"{task}_quality_latency.png", task=task,
+                               labels=list(runs))
+    targets = check_targets(results)
+    for tgt in targets:
+        _say(f"  [{'PASS' if tgt['pass'] else 'MISS'}] {tgt['target']}: "
+             + json.dumps({k: v for k, v in tgt.items() if k not in ('target', 'pass')}, default=float))
+
+    traces = []
+    for task in cfg.tasks:
+        items = _eval_items(cfg, task, "test", cfg.show_examples, tok, parts)
+        spec = next((s["setting"] for s in results[task]["proactive"]["settings"] if s["family"] == "entropy"),
+                    "batch")
+        res = stream_decode(model_cfg, runs["proactive"].params, [it.example for it in items], spec,
+                            cfg.max_new_tokens, eos, word_starts=ws)
+        for it, r in zip(items, res):
+            text = format_events(interleave(it.example, r, detok))
+            traces.append(f"## {task} / {spec} / {it.id}\nreference: {it.references[0]}\n{text}\n")
+    trace_text = "\n".join(traces)
+    _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))
+
+    timings["total"] = time.perf_counter() - t_start
+    summary = {"config": dataclasses.asdict(cfg), "timings_s": timings, "targets": targets,
+               "tasks": {task: {model: [{k: v for k, v in s.items() if k != "examples"} for s in res["settings"]]
+                                for model, res in results[task].items()} for task in cfg.tasks}}
+    E.write_atomic(out / "results.json", json.dumps(summary, indent=1, default=float))
+    E.write_atomic(out / "table.md", "\n".join(tables))
+    E.write_atomic(out / "traces.txt", trace_text)
+    _say(f"\nwrote {out}/results.json, table.md, traces.txt, "
+         + ", ".join(f"{t}_quality_latency.png" for t in cfg.tasks)
+         + f" in {timings['total']:.0f}s")
+    return summary
+
+
+def demo_main(argv=None) -> int:
+    import argparse
+
+    from .run_config import RunConfigError
+
+    p = argparse.ArgumentParser(prog="proactive-jax demo",
+                                description="train a tiny streaming model on built-in tasks and print the paper-style table")
+    add_demo_args(p)
+    return run_demo_cli(p.parse_args(argv))
+
+
+def add_demo_args(p) -> None:
+    p.add_argument("--config", default=None, help="demo config YAML (default: configs/demo.yaml values built in)")
+    p.add_argument("--out", default=None, help="output directory (default: demo_out)")
+    p.add_argument("--quick", action="store_true", help="smaller and faster, same stages (at most ~3 minutes)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune_steps=300")
+
+
+def run_demo_cli(args) -> int:
+    from .run_config import RunConfigError
+
+    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
+    try:
+        cfg = load_demo_config(args.config, overrides, quick=args.quick)
+    except (RunConfigError, FileNotFoundError) as e:
+        print(f"proactive-jax demo: {e}", file=sys.stderr)
+        return 2
+    run_demo(cfg)
+    return 0
