@@ -51,6 +51,7 @@ class DemoConfig:
     kl_lambda: float = 0.1
     kl_topk: int = 100
     alpha: float = 0.0
+    trailing_reads: bool = True  # budget cell after the last token (see README: "the end-of-turn token")
     ablation_mslm_only: bool = False  # also fine-tune with MSLM but without SPSD
     heads: dict = dataclasses.field(default_factory=lambda: {
         "lookup": ["batch", "wait-k:k=1|3|6|10", "entropy:tau=0.05|0.1|0.2|0.3", "attention:tau=0.3|0.5|0.7"],
@@ -248,7 +249,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     model_cfg = pre.model_config
     start = pre.params
     proactive_obj = {"schedule": "multinomial", "w_batch": 1.0, "w_mslm": 1.0, "kl_lambda": cfg.kl_lambda,
-                     "kl_topk": cfg.kl_topk, "alpha": cfg.alpha}
+                     "kl_topk": cfg.kl_topk, "alpha": cfg.alpha, "trailing_reads": cfg.trailing_reads}
     runs = {"proactive": stage_train("fine-tune ProactiveLLM (batch + MSLM + SPSD)", 3, "proactive",
                                      cfg.finetune_steps, cfg.finetune_lr, proactive_obj, start),
             "batch-ft": stage_train("fine-tune ablation (batch loss only)", 3, "batch-ft",

@@ -42,6 +42,7 @@ class ObjectiveConfig:
     teacher_stop_grad: bool = True  # ours
     schedule: str = "multinomial"  # multinomial | full | wait-k | given (batch["phi"])
     alpha: float = 0.0  # w_k ∝ (k+1)^alpha
+    trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (README)
     wait_k: int = 3
     target_offset: int | str = 0  # int, or "contiguous"
 
@@ -134,7 +135,8 @@ def batch_schedules(batch, key, obj: ObjectiveConfig):
         return batch["phi"]
     rows = batch.get("row_id", jnp.arange(b))
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
-    return jax.vmap(lambda k, mm, ll: sample_schedule(k, mm, ll, t_cap, m_cap, obj.alpha))(keys, m, l)
+    return jax.vmap(lambda k, mm, ll: sample_schedule(k, mm, ll, t_cap, m_cap, obj.alpha, obj.trailing_reads))(
+        keys, m, l)
 
 
 def stream_limits(batch, phi):

@@ -84,27 +84,32 @@ def visible_counts(prompt_len: int, unit_lens: Sequence[int], end_len: int) -> n
 # (``l_cap`` target tokens, ``m_cap`` units) and are vmapped over a padded batch by the caller.
 # ---------------------------------------------------------------------------------------------
 
-def budget_weights(l_cap: int, num_tokens, alpha: float = 0.0):
-    """Cell weights ``w_k ∝ (k+1)^alpha`` for k = 0..L (cells beyond ``num_tokens`` get weight 0)."""
-    k = jnp.arange(l_cap + 1, dtype=jnp.float32)
+def budget_weights(l_cap: int, num_tokens, alpha: float = 0.0, trailing: bool = False):
+    """Cell weights ``w_k ∝ (k+1)^alpha`` for k = 0..L (0..L+1 with ``trailing``); cells past the
+    example's own count get weight 0. Returns ``[l_cap + 1 + trailing]``."""
+    k = jnp.arange(l_cap + 1 + int(trailing), dtype=jnp.float32)
     w = (k + 1.0) ** alpha
-    return jnp.where(k <= num_tokens, w, 0.0)
+    return jnp.where(k <= num_tokens + int(trailing), w, 0.0)
 
 
-def sample_schedule(key, num_units, num_tokens, l_cap: int, m_cap: int, alpha: float = 0.0):
+def sample_schedule(key, num_units, num_tokens, l_cap: int, m_cap: int, alpha: float = 0.0,
+                    trailing: bool = False):
     """One draw of ``phi`` (int32 ``[l_cap]``; entries j >= L are padding, set to M+1).
 
     ``Delta ~ Multinomial(M+1, w)`` over the L+1 cells 0..L, ``phi(j) = Delta_0 + ... + Delta_j`` for
-    j = 1..L, so ``phi`` is non-decreasing and ``phi(L) = M+1``. ``m_cap`` bounds M (static).
-    Implemented as M+1 categorical draws by inverse CDF, counted per cell; draws past M+1 are masked.
+    j = 1..L, so ``phi`` is non-decreasing and ``phi(L) = M+1`` (method.md section 4).
+    ``trailing=True`` (ours) adds a cell L+1 for reads after the last token, so ``phi(L) <= M+1``: the
+    end-of-turn token is then also trained under partial input (the stream may go on after the answer
+    is complete), which the default never does. ``m_cap`` bounds M (static). Implemented as M+1
+    categorical draws by inverse CDF, counted per cell; draws past M+1 are masked.
     """
-    w = budget_weights(l_cap, num_tokens, alpha)
+    w = budget_weights(l_cap, num_tokens, alpha, trailing)
     cdf = jnp.cumsum(w) / jnp.sum(w)
     u = jax.random.uniform(key, (m_cap + 1,), jnp.float32)
-    cells = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, num_tokens)
+    cells = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, num_tokens + int(trailing))
     valid = jnp.arange(m_cap + 1) < num_units + 1
-    delta = jnp.zeros((l_cap + 1,), jnp.int32).at[cells].add(valid.astype(jnp.int32))
-    phi = jnp.cumsum(delta)[1:]  # phi(j) for j = 1..l_cap
+    delta = jnp.zeros((l_cap + 1 + int(trailing),), jnp.int32).at[cells].add(valid.astype(jnp.int32))
+    phi = jnp.cumsum(delta)[1:l_cap + 1]  # phi(j) for j = 1..l_cap
     j = jnp.arange(1, l_cap + 1)
     return jnp.where(j <= num_tokens, phi, num_units + 1).astype(jnp.int32)
 

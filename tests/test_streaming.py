@@ -44,6 +44,19 @@ def test_uniform_mean_matches_multinomial_expectation(draw_many):
     np.testing.assert_allclose(phi[:, :l].mean(0), expected, atol=tol)
 
 
+def test_trailing_reads_leave_budget_after_the_last_token():
+    m, l, n = 15, 4, 6000
+    keys = jax.random.split(jax.random.PRNGKey(9), n)
+    f = jax.jit(jax.vmap(lambda k: sample_schedule(k, m, l, L_CAP, M_CAP, 0.0, True)))
+    phi = np.asarray(f(keys))
+    assert np.all(np.diff(phi[:, :l], axis=1) >= 0) and phi.min() >= 0 and phi[:, :l].max() <= m + 1
+    assert np.all(phi[:, l:] == m + 1)
+    assert (phi[:, l - 1] < m + 1).mean() > 0.5, "the last token must often see less than everything"
+    j = np.arange(1, l + 1)
+    tol = 5 * np.sqrt((m + 1) / 4) / np.sqrt(n)
+    np.testing.assert_allclose(phi[:, :l].mean(0), (j + 1) * (m + 1) / (l + 2), atol=tol)
+
+
 def test_alpha_shifts_reads(draw_many):
     m, l = 15, 7
     base = draw_many(m, l, 0.0, n=3000)[:, :l - 1].mean(0)
