@@ -1,0 +1,385 @@
+"""The sharded train step, gradient accumulation, the loop, checkpoints/resume, multi-host, export.
+
+Compile time dominates on CPU, so every in-process training run uses ONE configuration (``TINY`` with
+``N`` steps): ``train.build_train_step`` is cached per static spec, so all of them share one compilation.
+The SIGTERM run and the two multi-host processes start as subprocesses when the module starts and are
+collected by the tests that need them.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from proactive_jax import train as T
+from proactive_jax.checkpoint import CheckpointError, CheckpointStore, restore_params
+from proactive_jax.config import ModelConfig
+from proactive_jax.model import abstract_params, init_params
+from proactive_jax.objective import ObjectiveConfig, pack_batch
+from proactive_jax.run_config import MeshSection, load_run_config
+from tests.streaming_util import random_example
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "tiny-synthetic.yaml"
+N = 12
+TINY = [
+    "model.config={num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, "
+    "num_key_value_heads: 1, head_dim: 16}",
+    "data.synthetic.n_train=64", "data.synthetic.n_valid=0", "data.valid_batches=0", "data.buckets=[[24, 24]]",
+    "data.global_batch_size=16", "objective.kl_topk=8", "optim.lr=3e-3", "optim.warmup_steps=2",
+    f"steps={N}", "checkpoint.every=0", "eval_every=0", "progress=false", "tensorboard=false",
+]
+SMALL = ModelConfig(model_type="qwen3", vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)
+
+SIGTERM_WORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    from proactive_jax.run_config import load_run_config
+    from proactive_jax.train import train
+    cfg = load_run_config(sys.argv[1], json.loads(sys.argv[2]))
+    kill_at = int(sys.argv[3])
+    def hook(step, params):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+    res = train(cfg, eval_hook=hook)
+    print("RESULT " + json.dumps({"step": res.step, "stopped": res.stopped}), flush=True)
+""")
+
+MULTIHOST_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    import jax, numpy as np
+    from jax.experimental import multihost_utils
+    from proactive_jax.run_config import load_run_config
+    from proactive_jax.train import train
+    pid, port = int(sys.argv[3]), int(sys.argv[4])
+    over = json.loads(sys.argv[2]) + [f"distributed.coordinator_address=127.0.0.1:{port}",
+        "distributed.num_processes=2", f"distributed.process_id={pid}", "distributed.initialization_timeout=60"]
+    cfg = load_run_config(sys.argv[1], over)
+    def hook(step, params):
+        if step == 2 and jax.process_index() == 0:   # only process 0 is signalled
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(2)  # tiny steps: let the preemption notice reach the coordination service
+    r1 = train(cfg, eval_hook=hook)
+    r2 = train(cfg)   # resumes from the checkpoint both processes saved
+    leaves = jax.tree.leaves(r2.params)
+    full = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in leaves]
+    shard_specs = sorted({str(x.sharding.spec) for x in leaves})
+    print("RESULT " + json.dumps({"pid": pid, "processes": jax.process_count(), "devices": jax.device_count(),
+          "first": [r1.step, r1.stopped], "second": [r2.step, r2.stopped],
+          "checksum": float(sum(np.abs(f).sum() for f in full)), "specs": shard_specs}), flush=True)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, fast_compile: bool = False) -> dict:
+    env = dict(os.environ)
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    if fast_compile:  # halves CPU compile time; only where results are not compared with this process's
+        flags += " --xla_backend_optimization_level=0"
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+class Background:
+    """Subprocesses started at module start, collected on demand."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs = {}
+        (tmp / "sigterm.py").write_text(SIGTERM_WORKER)
+        (tmp / "multihost.py").write_text(MULTIHOST_WORKER)
+        over = TINY + [f"out_dir={tmp / 'resumed'}", f"eval_every={N // 2}"]
+        self._start("sigterm", [str(tmp / "sigterm.py"), str(CONFIG), json.dumps(over), str(N // 2)], 8)
+        port = _free_port()
+        mh = TINY + [f"out_dir={tmp / 'multihost'}", "steps=6", "eval_every=2", "mesh.data=2", "mesh.fsdp=2"]
+        for pid in (0, 1):
+            self._start(f"mh{pid}", [str(tmp / "multihost.py"), str(CONFIG), json.dumps(mh), str(pid), str(port)], 2,
+                        fast_compile=True)
+
+    def _start(self, name, args, devices, fast_compile=False):
+        log = open(self.tmp / f"{name}.log", "w")
+        self.procs[name] = (subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                             env=_env(devices, fast_compile), cwd=str(ROOT)), log)
+
+    def result(self, name, timeout=240) -> dict:
+        proc, log = self.procs[name]
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "timeout"
+        log.close()
+        text = (self.tmp / f"{name}.log").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+        assert rc == 0 and lines, f"{name} failed (rc={rc}):\n{text[-4000:]}"
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def stop(self):
+        for proc, log in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background(tmp_path_factory):
+    bg = Background(tmp_path_factory.mktemp("bg"))
+    yield bg
+    bg.stop()
+
+
+def _cfg(out_dir, *extra):
+    return load_run_config(CONFIG, TINY + [f"out_dir={out_dir}", *extra])
+
+
+def _spec_of(cfg):
+    model = T.resolve_model_config(cfg.model)
+    return T.StepSpec(model, cfg.objective, cfg.optim, cfg.steps, cfg.data.accum_steps, cfg.packed, cfg.seed,
+                      T.make_mesh(cfg.mesh), cfg.mesh.param_sharding)
+
+
+def _losses(run_dir) -> list:
+    recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["mslm"], r["kl"]) for r in recs if r["kind"] == "train"]
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step: meshes and accumulation
+# ---------------------------------------------------------------------------------------------
+
+def _loss_grads(mesh, k, params, batch, key):
+    obj = ObjectiveConfig(kl_topk=8)
+    if mesh is None:
+        dev = jax.devices()[0]
+        f = jax.jit(lambda p, b, kk: T.loss_and_grads(SMALL, obj, p, b, kk, accum_steps=k))
+        put = lambda t: jax.device_put(t, dev)  # noqa: E731
+        return f(put(params), put(batch), key)
+    psh = T.param_shardings(abstract_params(SMALL), mesh)
+    f = jax.jit(lambda p, b, kk: T.loss_and_grads(SMALL, obj, p, b, kk, accum_steps=k, mesh=mesh, grad_shardings=psh),
+                in_shardings=(psh, T.batch_sharding(mesh), T.replicated(mesh)))
+    return f(T.place(params, psh), T.place(batch, T.batch_sharding(mesh)), key)
+
+
+def test_sharded_loss_and_grads_equal_single_device_and_accumulation():
+    params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, init_params(SMALL, 3))  # non-trivial KL
+    rng = np.random.default_rng(0)
+    batch = pack_batch([random_example(rng, vocab=120) for _ in range(14)], (24, 12), batch_size=16)
+    key = jax.random.PRNGKey(7)
+    devs = np.asarray(jax.devices())
+    ref_loss, ref_terms, ref_g = _loss_grads(None, 1, params, batch, key)
+    assert float(ref_terms["kl"]) > 1e-3 and float(ref_terms["tokens"]) > 20
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_g))
+    cases = {"dp(8,1)": (Mesh(devs.reshape(8, 1), T.MESH_AXES), 1),
+             "dp x fsdp(2,4)": (Mesh(devs.reshape(2, 4), T.MESH_AXES), 1),
+             "accum k=2 on (2,4)": (Mesh(devs.reshape(2, 4), T.MESH_AXES), 2)}
+    for name, (mesh, k) in cases.items():
+        loss, terms, g = _loss_grads(mesh, k, params, batch, key)
+        assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)), name
+        for t in ("batch", "mslm", "kl"):
+            assert abs(float(terms[t]) - float(ref_terms[t])) <= 1e-5 * max(abs(float(ref_terms[t])), 1e-3), (name, t)
+        assert _max_diff(g, ref_g) <= 1e-5 * scale, name
+        if "fsdp" in name:  # FSDP really shards: the embedding's hidden axis is split over the 4 fsdp devices
+            emb = g["embed_tokens"]["embedding"]
+            assert emb.addressable_shards[0].data.shape == (128, 32 // 4)
+
+
+def test_fsdp_specs_and_weight_decay_mask():
+    ab = abstract_params(SMALL)
+    spec = lambda p, a: T.param_partition_spec(p, a.shape, 4)  # noqa: E731
+    # the vocabulary axis of the embedding / LM head only when nothing else divides
+    assert tuple(spec(("embed_tokens", "embedding"), ab["embed_tokens"]["embedding"])) == (None, "fsdp")
+    assert tuple(spec(("lm_head", "kernel"), ab["lm_head"]["kernel"])) == ("fsdp", None)
+    assert tuple(T.param_partition_spec(("lm_head", "kernel"), (30, 128), 4)) == (None, "fsdp")
+    assert tuple(spec(("layers", "mlp", "up_proj", "kernel"), ab["layers"]["mlp"]["up_proj"]["kernel"])) == (
+        None, None, "fsdp")  # [layers, 32, 64]: the largest axis
+    q = ab["layers"]["self_attn"]["q_proj"]["kernel"]  # [layers, 32, 32]: never the layers axis
+    assert tuple(spec(("layers", "self_attn", "q_proj", "kernel"), q))[0] is None
+    assert tuple(T.param_partition_spec(("x",), (3, 5), 4)) == ()  # nothing divides: replicated
+    mask = T.decay_mask(ab)
+    assert mask["layers"]["mlp"]["up_proj"]["kernel"] and mask["embed_tokens"]["embedding"]
+    assert not mask["layers"]["input_layernorm"]["weight"] and not mask["norm"]["weight"]
+    assert not mask["layers"]["self_attn"]["q_norm"]["weight"]
+    b = abstract_params(SMALL.replace(qkv_bias=True))
+    assert not T.decay_mask(b)["layers"]["self_attn"]["q_proj"]["bias"]
+    sched = T.make_schedule(T.OptimSection(lr=1.0, warmup_steps=10, end_lr_ratio=0.1), 110)
+    assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6 and abs(float(sched(110)) - 0.1) < 1e-6
+    lin = T.make_schedule(T.OptimSection(lr=1.0, warmup_steps=0, schedule="linear"), 100)
+    assert abs(float(lin(50)) - 0.5) < 1e-6
+    with pytest.raises(Exception, match="does not match the 8 devices"):
+        T.make_mesh(MeshSection(data=3, fsdp=2))
+    assert dict(T.make_mesh(MeshSection(data=-1, fsdp=4)).shape) == {"data": 2, "fsdp": 4}
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop: CLI run, resume after SIGTERM, other mesh, multi-host, NaN, bad inputs, export
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """``proactive-jax train configs/tiny-synthetic.yaml ...`` for N steps, in process."""
+    out = tmp_path_factory.mktemp("straight")
+    rc = T.train_main([str(CONFIG), *TINY, f"out_dir={out}"])
+    assert rc == 0
+    return out
+
+
+def test_cli_train_lowers_loss_and_exports(straight, tmp_path):
+    losses = [x[1] for x in _losses(straight)]
+    assert len(losses) == N and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+    assert (straight / "run_config.yaml").is_file() and (straight / "run_meta.json").is_file()
+    assert CheckpointStore(straight / "checkpoints", read_only=True).all_steps() == [N]
+    # export -> a HF directory that hf.load_pretrained reads back, tokenizer included
+    from proactive_jax.hf import keep_on_host, load_pretrained
+
+    assert T.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    cfg, params = load_pretrained(tmp_path / "hf", place=keep_on_host)
+    _, ref, _, step = restore_params(straight)
+    assert step == N and cfg.num_hidden_layers == 1 and _max_diff(params, ref) == 0.0
+    assert T.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    # the three ways to start (steps=0: nothing is trained, the initial params come back)
+    hf_start = T.train(_cfg(tmp_path / "from_hf", f"model.hf_dir={tmp_path / 'hf'}", "model.init=hf", "steps=0"))
+    assert hf_start.step == 0 and _max_diff(jax.device_get(hf_start.params), ref) == 0.0
+    ck_start = T.train(_cfg(tmp_path / "from_ckpt", "model.init=checkpoint", f"model.init_checkpoint={straight}",
+                            "steps=0"))
+    assert _max_diff(jax.device_get(ck_start.params), ref) == 0.0
+    start = T.place(ref, T.state_shardings(_spec_of(_cfg("x")))[0]["params"])
+    given = T.train(_cfg(tmp_path / "given", "checkpoint.save_final=false"), init_params=start)
+    assert given.step == N and given.history[0]["loss"] < _losses(straight)[0][1] - 1.0  # started trained
+    assert _max_diff(jax.device_get(start), ref) == 0.0  # not consumed (the train state is donated)
+
+
+def test_resume_after_sigterm_is_exact(straight, background):
+    res = background.result("sigterm")
+    assert res == {"step": N // 2, "stopped": "signal"}
+    resumed = Path(background.tmp) / "resumed"
+    assert CheckpointStore(resumed / "checkpoints", read_only=True).all_steps() == [N // 2]
+    out = T.train(_cfg(resumed))  # same command again: resumes from step N/2
+    assert out.step == N and out.stopped == "done"
+    assert [h["step"] for h in out.history] == list(range(N // 2 + 1, N + 1))
+    _, ref, _, _ = restore_params(straight)
+    assert _max_diff(jax.device_get(out.params), ref) <= 1e-6
+    assert _losses(resumed) == _losses(straight)  # every step logged once, identical values
+
+
+def test_restore_onto_another_mesh(background):
+    background.result("sigterm")
+    ckpt = Path(background.tmp) / "resumed" / "checkpoints"
+    cfg = _cfg("unused", "mesh.data=2", "mesh.fsdp=4")
+    sh, ab = T.state_shardings(_spec_of(cfg))  # FSDP shardings of the (2,4) mesh; no compilation
+    _, on_host, _, _ = restore_params(ckpt, N // 2)
+    store = CheckpointStore(ckpt, read_only=True)
+    tgt = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+    params, train, meta = store.restore(N // 2, jax.tree.map(tgt, ab["params"], sh["params"]),
+                                        jax.tree.map(tgt, {"step": ab["step"], "opt_state": ab["opt_state"]},
+                                                     {"step": sh["step"], "opt_state": sh["opt_state"]}))
+    store.close()
+    assert int(train["step"]) == N // 2 and meta["step"] == N // 2 and meta["mesh"] == {"data": 8, "fsdp": 1}
+    emb = params["embed_tokens"]["embedding"]
+    assert emb.sharding == sh["params"]["embed_tokens"]["embedding"] and "fsdp" in str(emb.sharding.spec)
+    assert _max_diff(jax.device_get(params), on_host) == 0.0
+
+
+def test_two_processes_train_and_checkpoint_together(background):
+    r0, r1 = background.result("mh0"), background.result("mh1")
+    # SIGTERM reached process 0 only (at step 2); JAX's preemption sync point stops both at one step
+    stop = r0["first"][0]
+    for r in (r0, r1):
+        assert r["processes"] == 2 and r["devices"] == 4
+        assert r["first"] == [stop, "signal"] and stop in (2, 3, 4), r
+        assert r["second"] == [6, "done"]
+    assert r0["checksum"] == r1["checksum"] and np.isfinite(r0["checksum"])
+    assert any("fsdp" in s for s in r0["specs"])
+    run = Path(background.tmp) / "multihost"
+    assert CheckpointStore(run / "checkpoints", read_only=True).all_steps() == [stop, 6]
+    steps = [s for s, *_ in _losses(run)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # only process 0 writes metrics, each step once
+
+
+def test_nan_guard_and_stop(straight, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path / "nan", "checkpoint.every=2")
+    spec = _spec_of(cfg)
+    sh, _ = T.state_shardings(spec)
+    step_fn = T.build_train_step(spec)  # the cached step of every run in this module
+    _, good, _, _ = restore_params(straight)
+    bad = jax.tree.map(np.array, good)
+    bad["norm"]["weight"][0] = np.nan
+    data = T.build_data(cfg, spec.model, n_devices=8)
+    batch = T.global_batch(T.device_batch(data.train.batch_at(0)), T.batch_sharding(spec.mesh), 1)
+    params = T.place(bad, sh["params"])
+    opt = jax.jit(T.make_optimizer(cfg.optim, N).init, out_shardings=sh["opt_state"])(params)
+    state = {"step": jax.device_put(jnp.int32(5), sh["step"]), "params": params, "opt_state": opt}
+    new, metrics = step_fn(state, batch)
+    assert not bool(metrics["finite"]) and int(new["step"]) == 5
+    assert np.array_equal(np.asarray(new["params"]["layers"]["mlp"]["up_proj"]["kernel"]),
+                          bad["layers"]["mlp"]["up_proj"]["kernel"])  # the update was skipped
+
+    real = T._fetch
+
+    def fake(m):
+        rec = real(m)
+        if rec["loss"] == losses[2]:  # the third step "diverges"
+            rec["finite"] = False
+        return rec
+
+    losses = [x[1] for x in _losses(straight)]
+    monkeypatch.setattr(T, "_fetch", fake)
+    with pytest.raises(T.TrainingDiverged, match=r"step 3: non-finite loss.*Last good checkpoint: .*checkpoints/2"):
+        T.train(cfg)
+    assert CheckpointStore(tmp_path / "nan" / "checkpoints", read_only=True).all_steps() == [2]
+    _, p2, _, _ = restore_params(tmp_path / "nan", 2)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(p2))
+
+
+def test_bad_inputs_give_clear_errors_and_keep_good_checkpoints(straight, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.hf_dir=/no/such/model: directory does not exist"):
+        T.train(_cfg(tmp_path / "a", "model.hf_dir=/no/such/model", "model.preset=null"))
+    run = tmp_path / "copy"
+    shutil.copytree(straight, run)
+    _, before, _, _ = restore_params(run)
+    # a partial save (orbax temp dir) is ignored; a corrupt newer step is an error naming it
+    (run / "checkpoints" / f"{N + 2}.orbax-checkpoint-tmp-99" / "params").mkdir(parents=True)
+    assert restore_params(run)[3] == N
+    bad = run / "checkpoints" / str(N + 4)
+    shutil.copytree(run / "checkpoints" / str(N), bad)
+    for f in (bad / "params").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    corrupt = rf"checkpoints/{N + 4}: cannot restore step {N + 4}.*other steps: \[{N}\]"
+    with pytest.raises(CheckpointError, match=corrupt):
+        T.train(_cfg(run, f"steps={N + 6}"))
+    (bad / "_CHECKPOINT_METADATA").unlink()
+    with pytest.raises(CheckpointError, match="partial checkpoint"):
+        restore_params(run, N + 4)
+    with pytest.raises(CheckpointError, match="checkpoint.resume=never"):
+        T.train(_cfg(run, "checkpoint.resume=never"))
+    with pytest.raises(CheckpointError, match="no checkpoint for step 3"):
+        restore_params(run, 3)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        restore_params(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="model differs"):
+        T.train(_cfg(run, "checkpoint.restore_step=12", "model.config.hidden_size=48"))
+    _, after, _, _ = restore_params(run, N)
+    assert _max_diff(before, after) == 0.0  # the good checkpoint is untouched
