@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from . import evaluate as E
 from .heads import parse_head
@@ -232,9 +230,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     def stage_train(label, idx, name, steps, lr, objective, init=None):
         _say(f"[{idx}/{n_stages}] train: {label} ({steps} steps)")
         t0 = time.perf_counter()
-        if init is not None:  # the train state is donated: every run gets its own copy of the start
-            init = jax.tree_util.tree_map(jnp.array, init)
-        res = train(_run_config(cfg, name, steps=steps, lr=lr, objective=objective), init_params=init)
+        res = train(_run_config(cfg, name, steps=steps, lr=lr, objective=objective), init_params=init,
+                    devices=jax.local_devices()[:1])  # the demo is a one-device job
         timings[name] = time.perf_counter() - t0
         last = res.history[-1] if res.history else {}
         if last:

@@ -1,0 +1,90 @@
+"""The embedded default end to end: `proactive-jax demo --quick` (files, table structure, determinism)."""
+import json
+
+import pytest
+
+from proactive_jax.cli import main
+from proactive_jax.demo import check_targets, load_demo_config
+
+# the determinism check runs --quick twice with fewer steps (same stages, same code paths)
+SMALL = ["pretrain_steps=30", "finetune_steps=10", "n_test=16", "n_calib=8", "n_train=200", "progress=false"]
+
+
+def _table_rows(text):
+    rows = [l for l in text.splitlines() if l.startswith("|")]
+    return [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_quick")
+    assert main(["demo", "--quick", "--out", str(out), "progress=false"]) == 0
+    return out
+
+
+def test_quick_demo_writes_everything(quick_run, capsys):
+    out = quick_run
+    for name in ("results.json", "table.md", "traces.txt", "lookup_quality_latency.png",
+                 "word-map_quality_latency.png"):
+        assert (out / name).exists(), name
+    for task in ("lookup", "word-map"):
+        assert (out / f"{task}_quality_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for model in ("proactive", "batch-ft"):
+            assert (out / "eval" / model / task / "results.json").exists()
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["tasks"]) == {"lookup", "word-map"}
+    assert {t["target"].split(":")[0] for t in res["targets"]} >= {"lookup", "word-map"}
+    table = (out / "table.md").read_text()
+    sections = table.split("### ")[1:]
+    assert [s.splitlines()[0].strip() for s in sections] == ["lookup", "word-map"]
+    for sec in sections:
+        rows = _table_rows(sec)
+        header = rows[0]
+        assert header[0] == "method" and header[2:4] == ["AIL", "RCO"]
+        if sec.startswith("word-map"):
+            assert header == ["method", "BLEU", "AIL", "RCO", "AL", "LAAL"]
+        else:
+            assert header == ["method", "acc", "AIL", "RCO"]
+        body = rows[2:]
+        methods = [r[0] for r in body]
+        assert methods[0] == "batch"
+        assert any(m.startswith("wait-k") for m in methods)
+        assert any(m.startswith("proactive-entropy") for m in methods)
+        assert any(m.startswith("proactive-attention") for m in methods)
+        assert any(m.startswith("batch-ft+") for m in methods)
+        for r in body:
+            assert len(r) == len(header)
+            float(r[1]), float(r[2])
+            assert 0.0 <= float(r[3]) <= 1.0  # RCO
+        batch_row = body[0]
+        assert float(batch_row[3]) == 1.0
+    traces = (out / "traces.txt").read_text()
+    assert "READ" in traces and "WRITE" in traces
+
+
+def test_quick_demo_is_deterministic(tmp_path):
+    tables = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        assert main(["demo", "--quick", "--out", str(out)] + SMALL) == 0
+        tables.append((out / "table.md").read_text())
+    assert tables[0] == tables[1]
+
+
+def test_demo_config_errors(tmp_path):
+    from proactive_jax.run_config import RunConfigError
+    with pytest.raises(RunConfigError, match="finetune_step"):
+        load_demo_config(None, ["finetune_step=3"])
+    assert main(["demo", "--out", str(tmp_path), "pretrain_steps=abc"]) == 2
+
+
+def test_check_targets_on_handmade_results():
+    def s(family, setting, q, rco, ail):
+        return {"family": family, "setting": setting, "headline": q, "latency": {"rco": rco, "ail": ail}}
+    res = {"lookup": {"proactive": {"settings": [s("batch", "batch", 100, 1.0, 4), s("wait-k", "wait-k:k=3", 30, .2, -8),
+                                                 s("entropy", "entropy:tau=0.1", 97, 0.6, -3)]},
+                      "batch-ft": {"settings": [s("entropy", "entropy:tau=0.1", 40, 0.6, -3)]}}}
+    got = {t["target"]: t["pass"] for t in check_targets(res)}
+    assert all(got.values()) and len(got) == 3
+    res["lookup"]["proactive"]["settings"][2]["latency"]["rco"] = 0.9
+    assert not check_targets(res)[0]["pass"]
