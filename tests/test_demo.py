@@ -88,3 +88,10 @@ def test_check_targets_on_handmade_results():
     assert all(got.values()) and len(got) == 3
     res["lookup"]["proactive"]["settings"][2]["latency"]["rco"] = 0.9
     assert not check_targets(res)[0]["pass"]
+
+
+def test_shipped_demo_yaml_equals_builtin_defaults():
+    from pathlib import Path
+    yaml_path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    assert load_demo_config(str(yaml_path)) == load_demo_config(None)
+    assert load_demo_config(str(yaml_path), quick=True) == load_demo_config(None, quick=True)
