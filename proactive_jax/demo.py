@@ -21,7 +21,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 
@@ -114,10 +113,9 @@ def _setting_label(model: str, s: dict) -> str:
     spec = s["setting"]
     params = spec.split(":", 1)[1] if ":" in spec else ""
     keep = [p for p in params.split(",") if p.split("=")[0] in ("k", "tau")]
-    name = {"entropy": "proactive-entropy", "attention": "proactive-attention"}.get(fam, fam)
-    if model != "proactive" and fam in ("entropy", "attention"):
-        name = f"{model}+{fam}"
-    elif model != "proactive":
+    if model == "proactive":
+        name = {"entropy": "proactive-entropy", "attention": "proactive-attention"}.get(fam, fam)
+    else:
         name = f"{model}+{fam}"
     return name + (f" ({','.join(keep)})" if keep else "")
 
@@ -317,17 +315,6 @@ def run_demo(cfg: DemoConfig) -> dict:
          + ", ".join(f"{t}_quality_latency.png" for t in cfg.tasks)
          + f" in {timings['total']:.0f}s")
     return summary
-
-
-def demo_main(argv=None) -> int:
-    import argparse
-
-    from .run_config import RunConfigError
-
-    p = argparse.ArgumentParser(prog="proactive-jax demo",
-                                description="train a tiny streaming model on built-in tasks and print the paper-style table")
-    add_demo_args(p)
-    return run_demo_cli(p.parse_args(argv))
 
 
 def add_demo_args(p) -> None:

@@ -54,9 +54,7 @@ def task_quality(task: str, metric: str | None = None):
         key = {"bleu": "bleu", "squad": "f1", "choice": "accuracy", "accuracy": "accuracy", "rouge": "rougeL",
                "wer": "wer"}[metric]
         return metric, key, key, metric == "bleu"
-    base = task.split("-")[0] if task.startswith(("mt", "iwslt")) else task
-    if task.startswith("iwslt"):
-        base = "mt"
+    base = "mt" if task.startswith(("mt", "iwslt")) else task
     if base not in TASK_QUALITY:
         raise EvalError(f"no default quality metric for task {task!r}; known tasks {sorted(TASK_QUALITY)} "
                         f"(or set metric to one of {sorted(M.QUALITY_METRICS)})")
@@ -468,7 +466,8 @@ def text_examples(cfg, split: str, n: int):
 def run_eval(cfg) -> dict:
     from transformers import AutoTokenizer
 
-    from .data import render_example, word_start_table
+    from .data import word_start_table
+    from .data.render import render_with_config
     from .loading import eos_ids_for, load_model
 
     if not cfg.checkpoint:
@@ -487,9 +486,7 @@ def run_eval(cfg) -> dict:
     def items(split, n):
         out = []
         for t in text_examples(cfg, split, n):
-            out.append(EvalItem(t.id, render_example(tok, t, parts, unit=cfg.render.unit,
-                                                     max_source_tokens=cfg.render.max_source_tokens,
-                                                     max_target_tokens=cfg.render.max_target_tokens),
+            out.append(EvalItem(t.id, render_with_config(tok, t, cfg.render, parts),
                                 list(t.references) or [t.target_text]))
         return out
 
@@ -529,10 +526,3 @@ def run_eval_cli(args) -> int:
           f"(decode {res['timing']['decode_s']:.1f}s, scoring {res['timing']['score_s']:.1f}s)")
     return 0
 
-
-def eval_main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="proactive-jax eval", description="evaluate decision heads")
-    add_eval_args(p)
-    return run_eval_cli(p.parse_args(argv))

@@ -203,12 +203,16 @@ def sums_from_logits(batch_logits, stream_logits, batch, obj: ObjectiveConfig):
     }
 
 
+def weighted_total(terms, obj: ObjectiveConfig):
+    """``w_batch * batch + w_mslm * mslm + kl_lambda * kl`` (of sums or of averages)."""
+    return obj.w_batch * terms["batch"] + obj.w_mslm * terms["mslm"] + obj.kl_lambda * terms["kl"]
+
+
 def combine(sums, count, obj: ObjectiveConfig):
     """Token-averaged terms and the weighted total."""
     n = jnp.maximum(count, 1).astype(jnp.float32)
     terms = {name: v / n for name, v in sums.items()}
-    total = obj.w_batch * terms["batch"] + obj.w_mslm * terms["mslm"] + obj.kl_lambda * terms["kl"]
-    return total, terms
+    return weighted_total(terms, obj), terms
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from .checkpoint import (CheckpointError, CheckpointStore, model_config_from_dict, model_config_to_dict,
                          restore_params)
 from .config import ModelConfig, load_hf_config
-from .objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, pack_batch, packed_loss_sums
+from .objective import (ObjectiveConfig, naive_loss_sums, num_loss_tokens, pack_batch, packed_loss_sums,
+                        weighted_total)
 from .run_config import (MODEL_PRESETS, DataSection, MeshSection, ModelSection, OptimSection, RunConfig,
                          RunConfigError, check_fields, dump_run_config, load_run_config, to_dict)
 
@@ -249,10 +250,6 @@ def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTrans
 # Loss and gradients (one value_and_grad; optional accumulation over microbatches)
 # ---------------------------------------------------------------------------------------------
 
-def _weighted(sums, obj: ObjectiveConfig):
-    return obj.w_batch * sums["batch"] + obj.w_mslm * sums["mslm"] + obj.kl_lambda * sums["kl"]
-
-
 def seq_tokens(batch) -> jax.Array:
     """Non-padding positions of the packed dual view ``S + 2T`` over the valid rows."""
     per_row = batch["source_len"] + 2 * (batch["header_len"] + batch["target_len"])
@@ -279,7 +276,7 @@ def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key
 
     def micro_loss(p, mb):
         sums = sums_fn(config, obj, p, mb, key)
-        return _weighted(sums, obj) / n, sums
+        return weighted_total(sums, obj) / n, sums
 
     vg = jax.value_and_grad(micro_loss, has_aux=True)
     if k == 1:
