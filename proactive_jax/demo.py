@@ -73,7 +73,25 @@ def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> Dem
         data = to_dict(cfg)
         data.update(dict(cfg.quick))
         cfg = load_config(DemoConfig, None, overrides, data=data)
+    validate_demo_config(cfg)
     return cfg
+
+
+def validate_demo_config(cfg: DemoConfig) -> None:
+    """Task names and head sweeps are checked before anything trains (RunConfigError naming the key)."""
+    from .data.synthetic import SYNTHETIC_TASKS
+    from .run_config import RunConfigError
+
+    for task in cfg.tasks:
+        if task not in SYNTHETIC_TASKS:
+            raise RunConfigError(f"tasks: unknown synthetic task {task!r}; expected some of {sorted(SYNTHETIC_TASKS)}")
+        if task not in cfg.heads:
+            raise RunConfigError(f"heads: no sweep list for task {task!r}")
+        for sweep in cfg.heads[task]:
+            try:
+                E.expand_sweep(sweep)
+            except E.EvalError as e:
+                raise RunConfigError(f"heads.{task}: {e}") from None
 
 
 def _say(msg: str) -> None:
@@ -263,8 +281,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     decode_s = 0.0
     for task in cfg.tasks:
-        if task not in cfg.heads:
-            raise E.EvalError(f"demo.heads has no sweep list for task {task!r}")
         test = _eval_items(cfg, task, "test", cfg.n_test, tok, parts)
         calib = _eval_items(cfg, task, "valid", cfg.n_calib, tok, parts)
         results[task] = {}

@@ -76,6 +76,11 @@ def test_demo_config_errors(tmp_path):
     with pytest.raises(RunConfigError, match="finetune_step"):
         load_demo_config(None, ["finetune_step=3"])
     assert main(["demo", "--out", str(tmp_path), "pretrain_steps=abc"]) == 2
+    with pytest.raises(RunConfigError, match="unknown synthetic task 'qa'"):
+        load_demo_config(None, ["tasks=[qa]"])
+    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*unknown decision head 'greedy'"):
+        load_demo_config(None, ["heads.lookup=[greedy]"])
+    assert not (tmp_path / "runs").exists(), "nothing trains on a bad config"
 
 
 def test_check_targets_on_handmade_results():
