@@ -44,7 +44,11 @@ def _run_hf_check(args: argparse.Namespace) -> int:
     from .model import forward
 
     tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
-    config, params = load_pretrained(args.dir, dtype=args.dtype)
+    try:
+        config, params = load_pretrained(args.dir, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
+        print(f"proactive-jax hf-check: {e}", file=sys.stderr)
+        return 2
     ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
     ours = np.asarray(forward(config, params, ids), np.float32)
     del params

@@ -506,3 +506,13 @@ def test_cli_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([])
     assert e.value.code == 2
+
+
+def test_cli_hf_check_bad_dir(tmp_path, capsys):
+    from proactive_jax.cli import main
+    assert main(["hf-check", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text('{"model_type": "llama"}')
+    assert main(["hf-check", str(tmp_path / "pickled")]) == 2
+    assert "llama" in capsys.readouterr().err
