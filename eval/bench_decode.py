@@ -23,11 +23,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from proactive_jax.config import ModelConfig  # noqa: E402
-from proactive_jax.decode import stream_decode  # noqa: E402
-from proactive_jax.heads import DecisionState, decide_encoded, encode_head, parse_head  # noqa: E402
-from proactive_jax.model import MaskVectors, abstract_params, apply_hidden, hidden_to_logits  # noqa: E402
-from proactive_jax.streaming import StreamExample  # noqa: E402
+from proactive_jax.models.config import ModelConfig  # noqa: E402
+from proactive_jax.method.decode import stream_decode  # noqa: E402
+from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head  # noqa: E402
+from proactive_jax.models.qwen import MaskVectors, abstract_params, apply_hidden, hidden_to_logits  # noqa: E402
+from proactive_jax.method.streaming import StreamExample  # noqa: E402
 
 
 def bench_config() -> ModelConfig:

@@ -49,8 +49,8 @@ def build(name: str, out: Path) -> dict:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from proactive_jax.config import ModelConfig, to_hf_dict
-    from proactive_jax.hf import expected_tensors
+    from proactive_jax.models.config import ModelConfig, to_hf_dict
+    from proactive_jax.models.hf import expected_tensors
 
     overrides, dtype, shard = SIZES[name]
     cfg = ModelConfig(model_type="qwen2", head_dim=overrides["hidden_size"] // overrides["num_attention_heads"],
@@ -99,7 +99,7 @@ def phase(kind: str, ckpt: Path, out: Path | None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from proactive_jax.hf import keep_on_host, load_pretrained, save_pretrained
+    from proactive_jax.models.hf import keep_on_host, load_pretrained, save_pretrained
 
     jnp.zeros(1).block_until_ready()  # backend up
     base = _rss_mib()

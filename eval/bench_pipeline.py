@@ -12,10 +12,10 @@ import time
 
 import jax
 
-from proactive_jax.run_config import load_run_config
-from proactive_jax.train import (StepSpec, batch_sharding, build_data, build_train_step, device_batch, global_batch,
+from proactive_jax.training.run_config import load_run_config
+from proactive_jax.training.loop import (StepSpec, batch_sharding, build_data, build_train_step, device_batch, global_batch,
                                  make_mesh, make_optimizer, resolve_model_config, state_shardings)
-from proactive_jax.model import init_params
+from proactive_jax.models.qwen import init_params
 
 
 def main():

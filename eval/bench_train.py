@@ -1,6 +1,6 @@
 """Train-step throughput: the packed dual view vs the naive two-pass objective, side by side.
 
-Runs the real jitted train step (``proactive_jax.train.build_train_step``: loss, one value_and_grad, AdamW,
+Runs the real jitted train step (``proactive_jax.training.step.build_train_step``: loss, one value_and_grad, AdamW,
 donated state) for both objective paths on the same batches and reports step time (the median over
 ``--rounds`` interleaved rounds of ``--steps`` steps dispatched back to back, as the training loop does), tokens/s
 (real example tokens, source + target, per second), the
@@ -65,8 +65,8 @@ def random_batches(n, batch, s_cap, t_cap, vocab, seed=0):
     """Streaming examples that fill the bucket (words of 1-3 tokens), packed like the pipeline does."""
     import numpy as np
 
-    from proactive_jax.objective import pack_batch
-    from proactive_jax.streaming import StreamExample
+    from proactive_jax.method.objective import pack_batch
+    from proactive_jax.method.streaming import StreamExample
 
     rng = np.random.default_rng(seed)
     tok = lambda k: tuple(int(x) for x in rng.integers(10, vocab, k))  # noqa: E731
@@ -101,8 +101,8 @@ class Mode:
         import jax.numpy as jnp
         import numpy as np
 
-        from proactive_jax import train as T
-        from proactive_jax.model import init_params
+        from proactive_jax.training import loop as T
+        from proactive_jax.models.qwen import init_params
 
         self.name = "packed" if packed else "naive"
         spec = T.StepSpec(model_cfg, run.objective, run.optim, 10_000, 1, packed, 0, mesh, run.mesh.param_sharding)
@@ -182,9 +182,9 @@ def main(argv=None):
 
     import jax
 
-    from proactive_jax import train as T
-    from proactive_jax.config import ModelConfig, load_hf_config
-    from proactive_jax.run_config import load_run_config
+    from proactive_jax.training import loop as T
+    from proactive_jax.models.config import ModelConfig, load_hf_config
+    from proactive_jax.training.run_config import load_run_config
 
     import tempfile
 

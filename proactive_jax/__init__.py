@@ -1,11 +1,17 @@
-"""proactive_jax: ProactiveLLM (streaming LLMs that decide when to write) in JAX/Flax."""
-from .config import ModelConfig
-from .decode import stream_decode
-from .hf import load_pretrained, save_pretrained
-from .model import forward, init_params
-from .objective import token_logprobs
-from .streaming import StreamExample
+"""proactive_jax: ProactiveLLM (streaming LLMs that decide when to write) in JAX/Flax.
 
-__all__ = ["ModelConfig", "StreamExample", "forward", "init_params", "load_pretrained", "save_pretrained",
-           "stream_decode", "token_logprobs"]
+Subpackages follow the data flow: ``models`` (decoders, HF I/O) -> ``method`` (streaming examples, the
+objective, decision heads, the decode loop) -> ``training`` (mesh, step, loop, checkpoints) ->
+``evaluation`` (metrics, sweeps, tables); ``data`` turns datasets into streaming examples.
+"""
+from .evaluation import metrics
+from .method.decode import stream_decode
+from .method.objective import token_logprobs
+from .method.streaming import StreamExample
+from .models.config import ModelConfig
+from .models.hf import load_pretrained, save_pretrained
+from .models.qwen import forward, init_params
+
+__all__ = ["ModelConfig", "StreamExample", "forward", "init_params", "load_pretrained", "metrics",
+           "save_pretrained", "stream_decode", "token_logprobs"]
 __version__ = "0.1.0"

@@ -40,8 +40,8 @@ def _run_hf_check(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .hf import load_pretrained
-    from .model import forward
+    from .models.hf import load_pretrained
+    from .models.qwen import forward
 
     tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
     try:
@@ -94,14 +94,14 @@ COMMANDS: dict[str, Command] = {
                     "print the paper-style table", _lazy_args("proactive_jax.demo", "add_demo_args"),
                     "proactive_jax.demo:run_demo_cli"),
     "train": Command("train a streaming LLM (batch + MSLM + SPSD) from a YAML run config",
-                     _lazy_args("proactive_jax.train", "add_train_args"), "proactive_jax.train:run_train"),
+                     _lazy_args("proactive_jax.training.loop", "add_train_args"), "proactive_jax.training.loop:run_train"),
     "export": Command("write a training run's checkpoint as a Hugging Face directory",
-                      _lazy_args("proactive_jax.train", "add_export_args"), "proactive_jax.train:run_export"),
+                      _lazy_args("proactive_jax.training.loop", "add_export_args"), "proactive_jax.training.loop:run_export"),
     "decode": Command("stream one text through a checkpoint with a decision head; show READs and WRITEs",
-                      _lazy_args("proactive_jax.decode_cli", "add_decode_args"),
-                      "proactive_jax.decode_cli:run_decode_cli"),
+                      _lazy_args("proactive_jax.method.decode_cli", "add_decode_args"),
+                      "proactive_jax.method.decode_cli:run_decode_cli"),
     "eval": Command("evaluate decision heads with threshold sweeps: results.json, table, plots",
-                    _lazy_args("proactive_jax.evaluate", "add_eval_args"), "proactive_jax.evaluate:run_eval_cli"),
+                    _lazy_args("proactive_jax.evaluation.evaluate", "add_eval_args"), "proactive_jax.evaluation.evaluate:run_eval_cli"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import jax
 
-from . import evaluate as E
-from .heads import parse_head
+from .evaluation import evaluate as E
+from .method.heads import parse_head
 
 QUALITY_NAME = {"lookup": "acc", "word-map": "BLEU"}
 
@@ -66,7 +66,7 @@ class DemoConfig:
 
 
 def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> DemoConfig:
-    from .run_config import load_config, to_dict
+    from .training.run_config import load_config, to_dict
 
     cfg = load_config(DemoConfig, path, overrides)
     if quick:
@@ -80,7 +80,7 @@ def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> Dem
 def validate_demo_config(cfg: DemoConfig) -> None:
     """Task names and head sweeps are checked before anything trains (RunConfigError naming the key)."""
     from .data.synthetic import SYNTHETIC_TASKS
-    from .run_config import RunConfigError
+    from .training.run_config import RunConfigError
 
     for task in cfg.tasks:
         if task not in SYNTHETIC_TASKS:
@@ -99,7 +99,7 @@ def _say(msg: str) -> None:
 
 
 def _run_config(cfg: DemoConfig, name: str, *, steps: int, lr: float, objective: dict):
-    from .run_config import load_run_config
+    from .training.run_config import load_run_config
 
     out = Path(cfg.out_dir) / "runs" / name
     data = {
@@ -229,9 +229,9 @@ def check_targets(results: dict) -> list[dict]:
 def run_demo(cfg: DemoConfig) -> dict:
     from .data import load_tokenizer, template_parts, word_start_table
     from .data.synthetic import ASSET_DIR
-    from .decode import format_events, interleave, stream_decode
-    from .loading import eos_ids_for
-    from .train import train
+    from .method.decode import format_events, interleave, stream_decode
+    from .models.loading import eos_ids_for
+    from .training.loop import train
 
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -341,7 +341,7 @@ def add_demo_args(p) -> None:
 
 
 def run_demo_cli(args) -> int:
-    from .run_config import RunConfigError
+    from .training.run_config import RunConfigError
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     try:

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from proactive_jax.config import ModelConfig  # noqa: E402
+from proactive_jax.models.config import ModelConfig  # noqa: E402
 
 
 def tiny_qwen3(**kw) -> ModelConfig:

@@ -12,7 +12,7 @@ The output is deterministic (fixed seed, Python's ``random`` only). Every trace 
 ``TextToTextInstance`` with ``--eval-latency-unit word``, default ``use_ref_len=True``), so the reference
 length goes through SimulEval's own ``reference_length`` property (``len(reference.split(" "))``). Traces
 with ``reference_length: null`` have ``instance.reference = None``: SimulEval then uses the hypothesis
-length, exactly like ``reference_length=None`` in ``proactive_jax.metrics``. A corpus-level block records
+length, exactly like ``reference_length=None`` in ``proactive_jax.evaluation.metrics``. A corpus-level block records
 each scorer's ``__call__`` (mean over instances, instances with empty delays skipped).
 
 This file never imports proactive_jax and proactive_jax never imports simuleval.

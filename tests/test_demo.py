@@ -72,7 +72,7 @@ def test_quick_demo_is_deterministic(tmp_path):
 
 
 def test_demo_config_errors(tmp_path):
-    from proactive_jax.run_config import RunConfigError
+    from proactive_jax.training.run_config import RunConfigError
     with pytest.raises(RunConfigError, match="finetune_step"):
         load_demo_config(None, ["finetune_step=3"])
     assert main(["demo", "--out", str(tmp_path), "pretrain_steps=abc"]) == 2

@@ -48,7 +48,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..streaming import ExampleError, StreamExample
+from ..method.streaming import ExampleError, StreamExample
 from .render import RenderConfig, TemplateParts, TextExample, render_example
 
 log = logging.getLogger(__name__)

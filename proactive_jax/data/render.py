@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..streaming import ExampleError, StreamExample
+from ..method.streaming import ExampleError, StreamExample
 
 UNIT_KINDS = ("word", "token", "sentence")
 PLACEHOLDER = "\u2063PJ_PLACEHOLDER_7Q\u2063"

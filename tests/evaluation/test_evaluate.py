@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from proactive_jax import evaluate as E
+from proactive_jax.evaluation import evaluate as E
 from proactive_jax.data import load_tokenizer, make_task, render_example, template_parts, word_start_table
-from proactive_jax.decode import stream_decode
-from proactive_jax.model import init_params
+from proactive_jax.method.decode import stream_decode
+from proactive_jax.models.qwen import init_params
 from tests.conftest import tiny_qwen3
 
 SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:,min_read=1"]

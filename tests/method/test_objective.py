@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax.model import init_params
-from proactive_jax.objective import (ObjectiveConfig, loss_fn, naive_loss_sums, pack_batch, packed_loss_sums,
+from proactive_jax.models.qwen import init_params
+from proactive_jax.method.objective import (ObjectiveConfig, loss_fn, naive_loss_sums, pack_batch, packed_loss_sums,
                                      token_logprobs)
-from proactive_jax.streaming import ExampleError, StreamExample
+from proactive_jax.method.streaming import ExampleError, StreamExample
 from tests.conftest import tiny_qwen2, tiny_qwen3
 from tests.streaming_util import random_example, random_phi
 
@@ -115,7 +115,7 @@ def test_bad_inputs():
 def _hf_model(kind, tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from proactive_jax.hf import load_pretrained
+    from proactive_jax.models.hf import load_pretrained
 
     torch.manual_seed(0)
     common = dict(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
@@ -166,7 +166,7 @@ def _reference_logprobs(model, ex: StreamExample, phi):
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_token_logprobs_match_transformers(kind, tmp_path_factory):
-    from proactive_jax.streaming import wait_k_schedule
+    from proactive_jax.method.streaming import wait_k_schedule
     model, cfg, params = _hf_model(kind, tmp_path_factory)
     rng = np.random.default_rng(21)
     checked = 0

@@ -37,10 +37,10 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .config import ModelConfig
-from .data.loaders import DatasetSpec
-from .data.render import RenderConfig
-from .objective import ObjectiveConfig
+from ..models.config import ModelConfig
+from ..data.loaders import DatasetSpec
+from ..data.render import RenderConfig
+from ..method.objective import ObjectiveConfig
 
 
 class RunConfigError(ValueError):

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import ModelConfig
-from .model import MaskVectors, apply_hidden, hidden_to_logits
+from ..models.config import ModelConfig
+from ..models.qwen import MaskVectors, apply_hidden, hidden_to_logits
 from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
                         validate_phi, wait_k_schedule)
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax.heads import (HEADS, DecisionState, HeadSpec, decide, encode_head, normalised_entropy,
+from proactive_jax.method.heads import (HEADS, DecisionState, HeadSpec, decide, encode_head, normalised_entropy,
                                  parse_head, resolve_layers)
 
 V, NL, NH = 50, 4, 3

@@ -22,7 +22,7 @@ every host builds the same deterministic data plan and feeds its own rows with
 ``jax.make_array_from_process_local_data``; only process 0 writes logs, metrics and exports; all processes
 take part in checkpointing (orbax).
 
-**Checkpoints and resume.** See :mod:`proactive_jax.checkpoint`. The data position is the step (batches are
+**Checkpoints and resume.** See :mod:`proactive_jax.training.checkpoint`. The data position is the step (batches are
 a pure function of the step) and the schedule RNG is derived from the step, so a resumed run continues
 exactly: N straight steps == N/2 steps + SIGTERM + resume for N/2 (tested). SIGTERM sets a flag; the loop
 saves at the next step boundary and returns cleanly. On multi-host runs JAX's preemption service (started
@@ -56,8 +56,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .checkpoint import (CheckpointError, CheckpointStore, model_config_from_dict, model_config_to_dict,
                          restore_params)
-from .config import ModelConfig, load_hf_config
-from .objective import (ObjectiveConfig, naive_loss_sums, num_loss_tokens, pack_batch, packed_loss_sums,
+from ..models.config import ModelConfig, load_hf_config
+from ..method.objective import (ObjectiveConfig, naive_loss_sums, num_loss_tokens, pack_batch, packed_loss_sums,
                         weighted_total)
 from .run_config import (MODEL_PRESETS, DataSection, MeshSection, ModelSection, OptimSection, RunConfig,
                          RunConfigError, check_fields, dump_run_config, load_run_config, to_dict)
@@ -330,7 +330,7 @@ class StepSpec:
 @functools.lru_cache(maxsize=32)
 def state_shardings(spec: StepSpec):
     """``(state shardings, abstract state)`` for ``{"step", "params", "opt_state"}``."""
-    from .model import abstract_params
+    from ..models.qwen import abstract_params
 
     abstract_p = abstract_params(spec.model)
     p_sh = param_shardings(abstract_p, spec.mesh, spec.param_sharding)
@@ -451,7 +451,7 @@ def _collate(m_cap):
 
 def _text_examples(data: DataSection, split: str, max_rows: int | None, *, n_synthetic: int | None = None):
     """``(dataset key, zero-arg loader of TextExamples)`` for the configured task and ``split``."""
-    from .data import loaders, synthetic
+    from ..data import loaders, synthetic
 
     if data.task == "synthetic":
         syn = data.synthetic
@@ -490,8 +490,8 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
     """Tokenizer, rendered + cached examples and the deterministic per-host pipelines (train, valid)."""
     from transformers import AutoTokenizer
 
-    from .data import pipeline as pl
-    from .data import synthetic
+    from ..data import pipeline as pl
+    from ..data import synthetic
 
     data = run.data
     tok_dir = data.tokenizer or (str(synthetic.ASSET_DIR) if data.task == "synthetic" else run.model.hf_dir)
@@ -601,7 +601,7 @@ class _SignalFlag:
 
     def _handle(self, signum, frame):
         self.signum = signum
-        print(f"proactive_jax.train: received signal {signum}; saving a checkpoint at the next step boundary",
+        print(f"proactive_jax.training: received signal {signum}; saving a checkpoint at the next step boundary",
               file=sys.stderr, flush=True)
 
     def restore(self):
@@ -654,7 +654,7 @@ class TrainResult:
 
 
 def _initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
-    from .model import init_params as random_params
+    from ..models.qwen import init_params as random_params
 
     sec = run.model
     if init_params is not None:  # copied: the caller's arrays are not consumed by the donated state
@@ -663,7 +663,7 @@ def _initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
     if mode == "auto":
         mode = "hf" if sec.hf_dir is not None else "random"
     if mode == "hf":
-        from .hf import load_pretrained
+        from ..models.hf import load_pretrained
 
         saved = load_hf_config(sec.hf_dir)
         if any(getattr(saved, k) != getattr(model_cfg, k) for k in _SHAPE_FIELDS):
@@ -904,7 +904,7 @@ def export(run_dir: str | Path, step: int | None = None, out_hf_dir: str | Path 
            dtype: str = "float32", tokenizer_dir: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
     """Write the params of ``run_dir`` (a run or checkpoints directory) at ``step`` (default latest) as a
     Hugging Face directory; the tokenizer is copied from ``tokenizer_dir`` or the run's tokenizer."""
-    from .hf import save_pretrained
+    from ..models.hf import save_pretrained
 
     if out_hf_dir is None:
         raise ValueError("export: out_hf_dir is required")
@@ -990,12 +990,3 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="proactive-jax export", description="write a checkpoint as a HF directory")
     add_export_args(p)
     return run_export(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    # python -m proactive_jax.train CONFIG [key=value ...]   |   python -m proactive_jax.train export --checkpoint ...
-    from proactive_jax import train as _module  # the importable module (not __main__): one set of caches
-
-    if sys.argv[1:2] == ["export"]:
-        sys.exit(_module.export_main(sys.argv[2:]))
-    sys.exit(_module.train_main(sys.argv[1:]))

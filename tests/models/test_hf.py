@@ -13,17 +13,18 @@ import jax
 import numpy as np
 import pytest
 
-from proactive_jax import cli, hf
-from proactive_jax.config import ConfigError, load_hf_config
-from proactive_jax.hf import CheckpointError, expected_tensors, keep_on_host, load_pretrained, save_pretrained
-from proactive_jax.model import abstract_params, forward
+from proactive_jax import cli
+from proactive_jax.models import hf
+from proactive_jax.models.config import ConfigError, load_hf_config
+from proactive_jax.models.hf import CheckpointError, expected_tensors, keep_on_host, load_pretrained, save_pretrained
+from proactive_jax.models.qwen import abstract_params, forward
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 from safetensors import safe_open  # noqa: E402
 
-from .test_model import BATCH, LENGTH, build_torch_model, diff_stats, torch_logits  # noqa: E402
+from .test_qwen import BATCH, LENGTH, build_torch_model, diff_stats, torch_logits  # noqa: E402
 
 VOCAB = 97
 

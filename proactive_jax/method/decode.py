@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import ModelConfig
+from ..models.config import ModelConfig
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
-from .model import MaskVectors, apply_hidden, hidden_to_logits, init_cache
+from ..models.qwen import MaskVectors, apply_hidden, hidden_to_logits, init_cache
 from .streaming import StreamExample
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from .config import ModelConfig, _freeze_rope_scaling
+from ..models.config import ModelConfig, _freeze_rope_scaling
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,9 @@ def restore_params(path: str | Path, step: int | None = None, *, shardings=None,
         step = steps[-1] if step is None else int(step)
         meta = store.restore_meta(step)
         if "model_config" not in meta:
-            raise CheckpointError(store._bad(step, "meta has no model_config (not written by proactive_jax.train)"))
+            raise CheckpointError(store._bad(step, "meta has no model_config (not written by proactive_jax.training)"))
         cfg = model_config_from_dict(meta["model_config"])
-        from .model import abstract_params
+        from ..models.qwen import abstract_params
 
         abstract = abstract_params(cfg)
         if shardings is None:

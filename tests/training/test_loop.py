@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from proactive_jax import train as T
-from proactive_jax.checkpoint import CheckpointError, CheckpointStore, restore_params
-from proactive_jax.config import ModelConfig
-from proactive_jax.model import abstract_params, init_params
-from proactive_jax.objective import ObjectiveConfig, pack_batch
-from proactive_jax.run_config import MeshSection, load_run_config
+from proactive_jax.training import loop as T
+from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.qwen import abstract_params, init_params
+from proactive_jax.method.objective import ObjectiveConfig, pack_batch
+from proactive_jax.training.run_config import MeshSection, load_run_config
 from tests.streaming_util import random_example
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny-synthetic.yaml"
 N = 12
 TINY = [
@@ -43,8 +43,8 @@ SMALL = ModelConfig(model_type="qwen3", vocab_size=128, hidden_size=32, intermed
 
 SIGTERM_WORKER = textwrap.dedent("""
     import json, os, signal, sys
-    from proactive_jax.run_config import load_run_config
-    from proactive_jax.train import train
+    from proactive_jax.training.run_config import load_run_config
+    from proactive_jax.training.loop import train
     cfg = load_run_config(sys.argv[1], json.loads(sys.argv[2]))
     kill_at = int(sys.argv[3])
     def hook(step, params):
@@ -58,8 +58,8 @@ MULTIHOST_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     import jax, numpy as np
     from jax.experimental import multihost_utils
-    from proactive_jax.run_config import load_run_config
-    from proactive_jax.train import train
+    from proactive_jax.training.run_config import load_run_config
+    from proactive_jax.training.loop import train
     pid, port = int(sys.argv[3]), int(sys.argv[4])
     over = json.loads(sys.argv[2]) + [f"distributed.coordinator_address=127.0.0.1:{port}",
         "distributed.num_processes=2", f"distributed.process_id={pid}", "distributed.initialization_timeout=60"]
@@ -251,7 +251,7 @@ def test_cli_train_lowers_loss_and_exports(straight, tmp_path):
     assert (straight / "run_config.yaml").is_file() and (straight / "run_meta.json").is_file()
     assert CheckpointStore(straight / "checkpoints", read_only=True).all_steps() == [N]
     # export -> a HF directory that hf.load_pretrained reads back, tokenizer included
-    from proactive_jax.hf import keep_on_host, load_pretrained
+    from proactive_jax.models.hf import keep_on_host, load_pretrained
 
     assert T.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").is_file()

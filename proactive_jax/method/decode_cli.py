@@ -22,10 +22,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 def run_decode_cli(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from .data import TextExample, render_example, split_words, template_parts, word_start_table
+    from ..data import TextExample, render_example, split_words, template_parts, word_start_table
     from .decode import format_events, interleave, stream_decode
     from .heads import parse_head
-    from .loading import eos_ids_for, load_model
+    from ..models.loading import eos_ids_for, load_model
 
     try:
         parse_head(args.head)

@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import metrics as M
-from .data.loaders import DatasetSpec
-from .data.render import RenderConfig
-from .heads import parse_head
+from ..data.loaders import DatasetSpec
+from ..data.render import RenderConfig
+from ..method.heads import parse_head
 
 # task -> (metric in metrics.QUALITY_METRICS, headline key, column name, show AL/LAAL)
 TASK_QUALITY = {
@@ -253,7 +253,7 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
                    progress: bool = True, decode_fn: Callable | None = None) -> dict:
     """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results."""
-    from .decode import calibrate_tau, stream_decode
+    from ..method.decode import calibrate_tau, stream_decode
     decode_fn = decode_fn or stream_decode
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,16 +443,16 @@ class EvalConfig:
 
 
 def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
-    from .run_config import load_config
+    from ..training.run_config import load_config
 
     return load_config(EvalConfig, path, overrides)
 
 
 def text_examples(cfg, split: str, n: int):
     """TextExamples of the eval task: synthetic tasks are generated, real tasks loaded (offline-capable)."""
-    from .data import make_task
-    from .data.loaders import load_task
-    from .data.synthetic import SYNTHETIC_TASKS
+    from ..data import make_task
+    from ..data.loaders import load_task
+    from ..data.synthetic import SYNTHETIC_TASKS
 
     if cfg.task in SYNTHETIC_TASKS:
         return make_task(cfg.task, n, seed=cfg.seed, split=split)
@@ -466,9 +466,9 @@ def text_examples(cfg, split: str, n: int):
 def run_eval(cfg) -> dict:
     from transformers import AutoTokenizer
 
-    from .data import word_start_table
-    from .data.render import render_with_config
-    from .loading import eos_ids_for, load_model
+    from ..data import word_start_table
+    from ..data.render import render_with_config
+    from ..models.loading import eos_ids_for, load_model
 
     if not cfg.checkpoint:
         raise EvalError("checkpoint is not set (an HF directory or a training run directory)")
@@ -508,7 +508,7 @@ def add_eval_args(p) -> None:
 def run_eval_cli(args) -> int:
     import sys
 
-    from .run_config import RunConfigError
+    from ..training.run_config import RunConfigError
 
     overrides = list(args.overrides)
     path = args.config

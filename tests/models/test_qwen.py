@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import pytest
 
-from proactive_jax.config import load_hf_config
-from proactive_jax.hf import load_pretrained
-from proactive_jax.model import abstract_params, forward
+from proactive_jax.models.config import load_hf_config
+from proactive_jax.models.hf import load_pretrained
+from proactive_jax.models.qwen import abstract_params, forward
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCH, LENGTH = 2, 12
 REL_TOL = 1e-4
 

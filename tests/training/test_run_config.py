@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from proactive_jax.objective import ObjectiveConfig
-from proactive_jax.run_config import (RunConfig, RunConfigError, apply_overrides, dump_run_config, from_dict,
+from proactive_jax.method.objective import ObjectiveConfig
+from proactive_jax.training.run_config import (RunConfig, RunConfigError, apply_overrides, dump_run_config, from_dict,
                                       load_config, load_run_config, to_dict)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["tiny-synthetic.yaml", "qwen2.5-3b-iwslt-ende.yaml", "qwen3-4b-squad.yaml"]
 
 

@@ -105,7 +105,7 @@ TIED_LM_HEAD = "lm_head.weight"
 
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat ``{path: shape}`` of the model's parameter tree (via ``jax.eval_shape``; nothing allocated)."""
-    from .model import abstract_params
+    from .qwen import abstract_params
 
     return {path: tuple(leaf.shape) for path, leaf in _flatten(abstract_params(config))}
 
@@ -366,7 +366,7 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
         (``safetensors.safe_open``, mmap based).
       **compute: further compute options for the config (``scan_layers``, ``remat``).
 
-    Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.model`.
+    Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.models.qwen`.
     """
     root = Path(path)
     if not root.exists():
@@ -532,7 +532,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
                     layout: str = "v4") -> Path:
     """Write a Hugging Face checkpoint directory that ``transformers`` loads.
 
-    Writes ``config.json`` (:func:`~proactive_jax.config.to_hf_dict`, ``layout`` "v4" or "v5"), the
+    Writes ``config.json`` (:func:`~proactive_jax.models.config.to_hf_dict`, ``layout`` "v4" or "v5"), the
     weights as ``model.safetensors`` or, above ``max_shard_size``, ``model-0000i-of-0000n.safetensors``
     plus ``model.safetensors.index.json`` (metadata ``{"format": "pt"}``), ``generation_config.json``
     (the one in ``tokenizer_dir`` if any, else bos/eos/pad from the config), and the tokenizer files

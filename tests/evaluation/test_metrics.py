@@ -1,4 +1,4 @@
-"""Tests for proactive_jax.metrics: SimulEval fixture, hand-computed cases, properties, bad input."""
+"""Tests for proactive_jax.evaluation.metrics: SimulEval fixture, hand-computed cases, properties, bad input."""
 import json
 import math
 from pathlib import Path
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from proactive_jax import metrics as mt
+from proactive_jax.evaluation import metrics as mt
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "simuleval_latency.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "simuleval_latency.json"
 SCORERS = {"AL": mt.al, "LAAL": mt.laal, "DAL": mt.dal, "AP": mt.ap}
 
 

@@ -22,7 +22,7 @@ def load_model(path: str | Path, step: int | None = None, *, dtype: str = "float
         cfg, params = load_pretrained(p, dtype=dtype)
         tok = str(p) if (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists() else None
         return cfg, params, tok
-    from .checkpoint import restore_params
+    from ..training.checkpoint import restore_params
 
     cfg, params, meta, _ = restore_params(p, step)
     if dtype != cfg.dtype:

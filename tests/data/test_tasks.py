@@ -14,7 +14,7 @@ from proactive_jax.data.render import render_example, template_parts
 from proactive_jax.data.tasks import DataError, RowRef, adapt_rows
 from tests.tokenizers_util import qwen_style_tokenizer
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "data"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax import decode as dec
-from proactive_jax.decode import calibrate_tau, format_events, interleave, stream_decode
-from proactive_jax.heads import DecisionState, decide_encoded, encode_head, parse_head
-from proactive_jax.model import MaskVectors, abstract_params, apply_hidden, forward, hidden_to_logits
-from proactive_jax.streaming import StreamExample
+from proactive_jax.method import decode as dec
+from proactive_jax.method.decode import calibrate_tau, format_events, interleave, stream_decode
+from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
+from proactive_jax.models.qwen import MaskVectors, abstract_params, apply_hidden, forward, hidden_to_logits
+from proactive_jax.method.streaming import StreamExample
 
-from .conftest import tiny_qwen2, tiny_qwen3
+from tests.conftest import tiny_qwen2, tiny_qwen3
 
 MAX_NEW = 10
 T_PAD = 48  # the brute force pads every sequence to this length (one compilation)

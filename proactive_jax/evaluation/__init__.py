@@ -1,0 +1,1 @@
+"""Evaluation: quality and latency metrics, head sweeps, tables and plots."""

@@ -1,0 +1,1 @@
+"""Models: the Qwen decoders and their Hugging Face I/O (config.json, safetensors)."""

@@ -1,0 +1,1 @@
+"""Training: run configs, the device mesh, the jitted train step, the loop, logs and Orbax checkpoints."""
