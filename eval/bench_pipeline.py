@@ -13,8 +13,10 @@ import time
 import jax
 
 from proactive_jax.training.run_config import load_run_config
-from proactive_jax.training.loop import (StepSpec, batch_sharding, build_data, build_train_step, device_batch, global_batch,
-                                 make_mesh, make_optimizer, resolve_model_config, state_shardings)
+from proactive_jax.training.data import build_data, device_batch
+from proactive_jax.training.mesh import batch_sharding, global_batch, make_mesh
+from proactive_jax.training.state import resolve_model_config
+from proactive_jax.training.step import StepSpec, build_train_step, make_optimizer, state_shardings
 from proactive_jax.models.qwen import init_params
 
 

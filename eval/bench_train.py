@@ -101,18 +101,18 @@ class Mode:
         import jax.numpy as jnp
         import numpy as np
 
-        from proactive_jax.training import loop as T
+        from proactive_jax.training import mesh as TM, step as TS
         from proactive_jax.models.qwen import init_params
 
         self.name = "packed" if packed else "naive"
-        spec = T.StepSpec(model_cfg, run.objective, run.optim, 10_000, 1, packed, 0, mesh, run.mesh.param_sharding)
-        sh, _ = T.state_shardings(spec)
+        spec = TS.StepSpec(model_cfg, run.objective, run.optim, 10_000, 1, packed, 0, mesh, run.mesh.param_sharding)
+        sh, _ = TS.state_shardings(spec)
         params = jax.jit(lambda: init_params(model_cfg, 0), out_shardings=sh["params"])()
-        opt = jax.jit(T.make_optimizer(run.optim, 10_000).init, out_shardings=sh["opt_state"])(params)
+        opt = jax.jit(TS.make_optimizer(run.optim, 10_000).init, out_shardings=sh["opt_state"])(params)
         self.state = {"step": jax.device_put(jnp.int32(0), sh["step"]), "params": params, "opt_state": opt}
-        self.step = T.build_train_step(spec)
-        b_sh = T.batch_sharding(mesh)
-        self.batches = [T.global_batch(b, b_sh, 1) for b in batches]
+        self.step = TS.build_train_step(spec)
+        b_sh = TM.batch_sharding(mesh)
+        self.batches = [TM.global_batch(b, b_sh, 1) for b in batches]
         t0 = time.perf_counter()
         compiled = self.step.lower(self.state, self.batches[0]).compile()
         self.compile_s = time.perf_counter() - t0
@@ -182,7 +182,7 @@ def main(argv=None):
 
     import jax
 
-    from proactive_jax.training import loop as T
+    from proactive_jax.training import data as TD, mesh as TM, state as TSt
     from proactive_jax.models.config import ModelConfig, load_hf_config
     from proactive_jax.training.run_config import load_run_config
 
@@ -193,21 +193,21 @@ def main(argv=None):
     if args.batch:
         over.append(f"data.global_batch_size={args.batch}")
     run = load_run_config(args.config, over)
-    model_cfg = T.resolve_model_config(run.model)
+    model_cfg = TSt.resolve_model_config(run.model)
     if args.model:
         model_cfg = ModelConfig(**MODELS[args.model])
     elif args.model_json:
         model_cfg = load_hf_config(args.model_json)
     model_cfg = model_cfg.replace(dtype=args.dtype or model_cfg.dtype, remat=args.remat or model_cfg.remat)
-    mesh = T.make_mesh(run.mesh)
+    mesh = TM.make_mesh(run.mesh)
     if args.bucket:
         batches = random_batches(4, run.data.global_batch_size, *args.bucket, model_cfg.vocab_size)
     else:
-        data = T.build_data(run, model_cfg, n_devices=mesh.size)
+        data = TD.build_data(run, model_cfg, n_devices=mesh.size)
         buckets = [data.train.host_batch(i)[0] for i in range(data.train.steps_per_epoch)]
         big = max(set(buckets), key=lambda b: b[0] + b[1])  # one bucket shape: one compile per mode
         steps = [i for i, b in enumerate(buckets) if b == big][:4]
-        batches = [T.device_batch(data.train.batch_at(i)) for i in steps]
+        batches = [TD.device_batch(data.train.batch_at(i)) for i in steps]
     shape = (batches[0]["source"].shape[0], batches[0]["source"].shape[1], batches[0]["target"].shape[1])
     modes = [Mode(m == "packed", args, run, model_cfg, batches, mesh) for m in args.modes.split(",")]
     for _ in range(args.rounds):  # interleaved rounds: a contended machine slows both paths alike

@@ -2,7 +2,7 @@
 (the same entry points as ``proactive-jax train`` / ``proactive-jax export``; used by the launch scripts)."""
 import sys
 
-from .loop import export_main, train_main
+from .cli import export_main, train_main
 
 if sys.argv[1:2] == ["export"]:
     sys.exit(export_main(sys.argv[2:]))

@@ -209,3 +209,22 @@ def restore_params(path: str | Path, step: int | None = None, *, shardings=None,
         return cfg, params, meta, step
     finally:
         store.close()
+
+def export(run_dir: str | Path, step: int | None = None, out_hf_dir: str | Path | None = None, *,
+           dtype: str = "float32", tokenizer_dir: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
+    """Write the params of ``run_dir`` (a run or checkpoints directory) at ``step`` (default latest) as a
+    Hugging Face directory; the tokenizer is copied from ``tokenizer_dir`` or the run's tokenizer."""
+    from ..models.hf import save_pretrained
+
+    if out_hf_dir is None:
+        raise ValueError("export: out_hf_dir is required")
+    cfg, params, meta, step = restore_params(run_dir, step)
+    tok = tokenizer_dir or meta.get("tokenizer_dir")
+    if tok is not None and not Path(tok).is_dir():
+        log.warning("tokenizer directory %s of the run does not exist; exporting without a tokenizer", tok)
+        tok = None
+    out = save_pretrained(cfg, params, out_hf_dir, tokenizer_dir=tok, dtype=dtype, max_shard_size=max_shard_size)
+    log.info("exported step %d of %s to %s", step, run_dir, out)
+    return Path(out)
+
+

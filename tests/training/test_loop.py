@@ -1,7 +1,7 @@
-"""The sharded train step, gradient accumulation, the loop, checkpoints/resume, multi-host, export.
+"""The training loop: CLI run, checkpoints/resume, another mesh, multi-host, NaN guard, bad inputs, export.
 
 Compile time dominates on CPU, so every in-process training run uses ONE configuration (``TINY`` with
-``N`` steps): ``train.build_train_step`` is cached per static spec, so all of them share one compilation.
+``N`` steps): ``training.step.build_train_step`` is cached per static spec, so all of them share one compilation.
 The SIGTERM run and the two multi-host processes start as subprocesses when the module starts and are
 collected by the tests that need them.
 """
@@ -18,15 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
-from proactive_jax.training import loop as T
+from proactive_jax.training import cli as TC, data as TD, loop as T, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
-from proactive_jax.models.config import ModelConfig
-from proactive_jax.models.qwen import abstract_params, init_params
-from proactive_jax.method.objective import ObjectiveConfig, pack_batch
-from proactive_jax.training.run_config import MeshSection, load_run_config
-from tests.streaming_util import random_example
+from proactive_jax.training.run_config import load_run_config
+from tests.training.util import max_diff as _max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny-synthetic.yaml"
@@ -38,8 +34,6 @@ TINY = [
     "data.global_batch_size=16", "objective.kl_topk=8", "optim.lr=3e-3", "optim.warmup_steps=2",
     f"steps={N}", "checkpoint.every=0", "eval_every=0", "progress=false", "tensorboard=false",
 ]
-SMALL = ModelConfig(model_type="qwen3", vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=False)
 
 SIGTERM_WORKER = textwrap.dedent("""
     import json, os, signal, sys
@@ -149,86 +143,14 @@ def _cfg(out_dir, *extra):
 
 
 def _spec_of(cfg):
-    model = T.resolve_model_config(cfg.model)
-    return T.StepSpec(model, cfg.objective, cfg.optim, cfg.steps, cfg.data.accum_steps, cfg.packed, cfg.seed,
-                      T.make_mesh(cfg.mesh), cfg.mesh.param_sharding)
+    model = TSt.resolve_model_config(cfg.model)
+    return TS.StepSpec(model, cfg.objective, cfg.optim, cfg.steps, cfg.data.accum_steps, cfg.packed, cfg.seed,
+                      TM.make_mesh(cfg.mesh), cfg.mesh.param_sharding)
 
 
 def _losses(run_dir) -> list:
     recs = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["mslm"], r["kl"]) for r in recs if r["kind"] == "train"]
-
-
-def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-# ---------------------------------------------------------------------------------------------
-# The step: meshes and accumulation
-# ---------------------------------------------------------------------------------------------
-
-def _loss_grads(mesh, k, params, batch, key):
-    obj = ObjectiveConfig(kl_topk=8)
-    if mesh is None:
-        dev = jax.devices()[0]
-        f = jax.jit(lambda p, b, kk: T.loss_and_grads(SMALL, obj, p, b, kk, accum_steps=k))
-        put = lambda t: jax.device_put(t, dev)  # noqa: E731
-        return f(put(params), put(batch), key)
-    psh = T.param_shardings(abstract_params(SMALL), mesh)
-    f = jax.jit(lambda p, b, kk: T.loss_and_grads(SMALL, obj, p, b, kk, accum_steps=k, mesh=mesh, grad_shardings=psh),
-                in_shardings=(psh, T.batch_sharding(mesh), T.replicated(mesh)))
-    return f(T.place(params, psh), T.place(batch, T.batch_sharding(mesh)), key)
-
-
-def test_sharded_loss_and_grads_equal_single_device_and_accumulation():
-    params = jax.tree.map(lambda x: x * 3.0 if x.ndim >= 2 else x, init_params(SMALL, 3))  # non-trivial KL
-    rng = np.random.default_rng(0)
-    batch = pack_batch([random_example(rng, vocab=120) for _ in range(14)], (24, 12), batch_size=16)
-    key = jax.random.PRNGKey(7)
-    devs = np.asarray(jax.devices())
-    ref_loss, ref_terms, ref_g = _loss_grads(None, 1, params, batch, key)
-    assert float(ref_terms["kl"]) > 1e-3 and float(ref_terms["tokens"]) > 20
-    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_g))
-    cases = {"dp(8,1)": (Mesh(devs.reshape(8, 1), T.MESH_AXES), 1),
-             "dp x fsdp(2,4)": (Mesh(devs.reshape(2, 4), T.MESH_AXES), 1),
-             "accum k=2 on (2,4)": (Mesh(devs.reshape(2, 4), T.MESH_AXES), 2)}
-    for name, (mesh, k) in cases.items():
-        loss, terms, g = _loss_grads(mesh, k, params, batch, key)
-        assert abs(float(loss) - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)), name
-        for t in ("batch", "mslm", "kl"):
-            assert abs(float(terms[t]) - float(ref_terms[t])) <= 1e-5 * max(abs(float(ref_terms[t])), 1e-3), (name, t)
-        assert _max_diff(g, ref_g) <= 1e-5 * scale, name
-        if "fsdp" in name:  # FSDP really shards: the embedding's hidden axis is split over the 4 fsdp devices
-            emb = g["embed_tokens"]["embedding"]
-            assert emb.addressable_shards[0].data.shape == (128, 32 // 4)
-
-
-def test_fsdp_specs_and_weight_decay_mask():
-    ab = abstract_params(SMALL)
-    spec = lambda p, a: T.param_partition_spec(p, a.shape, 4)  # noqa: E731
-    # the vocabulary axis of the embedding / LM head only when nothing else divides
-    assert tuple(spec(("embed_tokens", "embedding"), ab["embed_tokens"]["embedding"])) == (None, "fsdp")
-    assert tuple(spec(("lm_head", "kernel"), ab["lm_head"]["kernel"])) == ("fsdp", None)
-    assert tuple(T.param_partition_spec(("lm_head", "kernel"), (30, 128), 4)) == (None, "fsdp")
-    assert tuple(spec(("layers", "mlp", "up_proj", "kernel"), ab["layers"]["mlp"]["up_proj"]["kernel"])) == (
-        None, None, "fsdp")  # [layers, 32, 64]: the largest axis
-    q = ab["layers"]["self_attn"]["q_proj"]["kernel"]  # [layers, 32, 32]: never the layers axis
-    assert tuple(spec(("layers", "self_attn", "q_proj", "kernel"), q))[0] is None
-    assert tuple(T.param_partition_spec(("x",), (3, 5), 4)) == ()  # nothing divides: replicated
-    mask = T.decay_mask(ab)
-    assert mask["layers"]["mlp"]["up_proj"]["kernel"] and mask["embed_tokens"]["embedding"]
-    assert not mask["layers"]["input_layernorm"]["weight"] and not mask["norm"]["weight"]
-    assert not mask["layers"]["self_attn"]["q_norm"]["weight"]
-    b = abstract_params(SMALL.replace(qkv_bias=True))
-    assert not T.decay_mask(b)["layers"]["self_attn"]["q_proj"]["bias"]
-    sched = T.make_schedule(T.OptimSection(lr=1.0, warmup_steps=10, end_lr_ratio=0.1), 110)
-    assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6 and abs(float(sched(110)) - 0.1) < 1e-6
-    lin = T.make_schedule(T.OptimSection(lr=1.0, warmup_steps=0, schedule="linear"), 100)
-    assert abs(float(lin(50)) - 0.5) < 1e-6
-    with pytest.raises(Exception, match="does not match the 8 devices"):
-        T.make_mesh(MeshSection(data=3, fsdp=2))
-    assert dict(T.make_mesh(MeshSection(data=-1, fsdp=4)).shape) == {"data": 2, "fsdp": 4}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +161,7 @@ def test_fsdp_specs_and_weight_decay_mask():
 def straight(tmp_path_factory):
     """``proactive-jax train configs/tiny-synthetic.yaml ...`` for N steps, in process."""
     out = tmp_path_factory.mktemp("straight")
-    rc = T.train_main([str(CONFIG), *TINY, f"out_dir={out}"])
+    rc = TC.train_main([str(CONFIG), *TINY, f"out_dir={out}"])
     assert rc == 0
     return out
 
@@ -253,19 +175,19 @@ def test_cli_train_lowers_loss_and_exports(straight, tmp_path):
     # export -> a HF directory that hf.load_pretrained reads back, tokenizer included
     from proactive_jax.models.hf import keep_on_host, load_pretrained
 
-    assert T.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
+    assert TC.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     cfg, params = load_pretrained(tmp_path / "hf", place=keep_on_host)
     _, ref, _, step = restore_params(straight)
     assert step == N and cfg.num_hidden_layers == 1 and _max_diff(params, ref) == 0.0
-    assert T.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert TC.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     # the three ways to start (steps=0: nothing is trained, the initial params come back)
     hf_start = T.train(_cfg(tmp_path / "from_hf", f"model.hf_dir={tmp_path / 'hf'}", "model.init=hf", "steps=0"))
     assert hf_start.step == 0 and _max_diff(jax.device_get(hf_start.params), ref) == 0.0
     ck_start = T.train(_cfg(tmp_path / "from_ckpt", "model.init=checkpoint", f"model.init_checkpoint={straight}",
                             "steps=0"))
     assert _max_diff(jax.device_get(ck_start.params), ref) == 0.0
-    start = T.place(ref, T.state_shardings(_spec_of(_cfg("x")))[0]["params"])
+    start = TM.place(ref, TS.state_shardings(_spec_of(_cfg("x")))[0]["params"])
     given = T.train(_cfg(tmp_path / "given", "checkpoint.save_final=false"), init_params=start)
     assert given.step == N and given.history[0]["loss"] < _losses(straight)[0][1] - 1.0  # started trained
     assert _max_diff(jax.device_get(start), ref) == 0.0  # not consumed (the train state is donated)
@@ -288,7 +210,7 @@ def test_restore_onto_another_mesh(background):
     background.result("sigterm")
     ckpt = Path(background.tmp) / "resumed" / "checkpoints"
     cfg = _cfg("unused", "mesh.data=2", "mesh.fsdp=4")
-    sh, ab = T.state_shardings(_spec_of(cfg))  # FSDP shardings of the (2,4) mesh; no compilation
+    sh, ab = TS.state_shardings(_spec_of(cfg))  # FSDP shardings of the (2,4) mesh; no compilation
     _, on_host, _, _ = restore_params(ckpt, N // 2)
     store = CheckpointStore(ckpt, read_only=True)
     tgt = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
@@ -321,15 +243,15 @@ def test_two_processes_train_and_checkpoint_together(background):
 def test_nan_guard_and_stop(straight, tmp_path, monkeypatch):
     cfg = _cfg(tmp_path / "nan", "checkpoint.every=2")
     spec = _spec_of(cfg)
-    sh, _ = T.state_shardings(spec)
-    step_fn = T.build_train_step(spec)  # the cached step of every run in this module
+    sh, _ = TS.state_shardings(spec)
+    step_fn = TS.build_train_step(spec)  # the cached step of every run in this module
     _, good, _, _ = restore_params(straight)
     bad = jax.tree.map(np.array, good)
     bad["norm"]["weight"][0] = np.nan
-    data = T.build_data(cfg, spec.model, n_devices=8)
-    batch = T.global_batch(T.device_batch(data.train.batch_at(0)), T.batch_sharding(spec.mesh), 1)
-    params = T.place(bad, sh["params"])
-    opt = jax.jit(T.make_optimizer(cfg.optim, N).init, out_shardings=sh["opt_state"])(params)
+    data = TD.build_data(cfg, spec.model, n_devices=8)
+    batch = TM.global_batch(TD.device_batch(data.train.batch_at(0)), TM.batch_sharding(spec.mesh), 1)
+    params = TM.place(bad, sh["params"])
+    opt = jax.jit(TS.make_optimizer(cfg.optim, N).init, out_shardings=sh["opt_state"])(params)
     state = {"step": jax.device_put(jnp.int32(5), sh["step"]), "params": params, "opt_state": opt}
     new, metrics = step_fn(state, batch)
     assert not bool(metrics["finite"]) and int(new["step"]) == 5

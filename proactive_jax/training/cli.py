@@ -1,0 +1,89 @@
+"""``proactive-jax train`` and ``proactive-jax export`` (argument parsing and exit codes only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+import jax
+
+from .checkpoint import CheckpointError, export
+from .loop import TrainingDiverged, train
+from .run_config import RunConfigError, load_run_config
+
+log = logging.getLogger(__name__)
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML (e.g. configs/tiny-synthetic.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, YAML-typed (e.g. steps=200 out_dir=runs/x mesh.fsdp=4)")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax._src", "etils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    _setup_logging()
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except (RunConfigError, FileNotFoundError) as e:
+        print(f"proactive-jax train: {e}", file=sys.stderr)
+        return 2
+    try:
+        res = train(cfg)
+    except (RunConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"proactive-jax train: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"proactive-jax train: {e}", file=sys.stderr)
+        return 3
+    if jax.process_index() == 0:
+        last = res.history[-1] if res.history else {}
+        print(json.dumps({"out_dir": str(res.out_dir), "step": res.step, "stopped": res.stopped,
+                          "loss": last.get("loss"), "eval": res.evals[-1] if res.evals else None}))
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``proactive-jax train CONFIG [key=value ...]``."""
+    p = argparse.ArgumentParser(prog="proactive-jax train", description="train a streaming LLM (MSLM + SPSD)")
+    add_train_args(p)
+    return run_train(p.parse_args(argv))
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run directory (or its checkpoints/ directory)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    p.add_argument("--out", required=True, help="output Hugging Face directory")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="stored dtype of the weights (default float32)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory to copy (default: the run's)")
+    p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _setup_logging()
+    try:
+        out = export(args.checkpoint, args.step, args.out, dtype=args.dtype, tokenizer_dir=args.tokenizer,
+                     max_shard_size=args.max_shard_size)
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"proactive-jax export: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``proactive-jax export --checkpoint RUN_DIR [--step N] --out HF_DIR``."""
+    p = argparse.ArgumentParser(prog="proactive-jax export", description="write a checkpoint as a HF directory")
+    add_export_args(p)
+    return run_export(p.parse_args(argv))
+
+

@@ -1,0 +1,119 @@
+"""Run config -> data: the tokenizer, rendered and cached examples, and the per-host train / valid pipelines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..method.objective import pack_batch
+from ..models.config import ModelConfig
+from .run_config import DataSection, RunConfig, RunConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DataBundle:
+    train: Any  # data.pipeline.Pipeline
+    valid: Any | None
+    tokenizer_dir: str | None
+    vocab_size: int
+
+
+def _collate(m_cap):
+    def collate(examples, bucket):
+        return pack_batch(examples, bucket, batch_size=len(examples), m_cap=m_cap or bucket[0])
+    return collate
+
+
+def _text_examples(data: DataSection, split: str, max_rows: int | None, *, n_synthetic: int | None = None):
+    """``(dataset key, zero-arg loader of TextExamples)`` for the configured task and ``split``."""
+    from ..data import loaders, synthetic
+
+    if data.task == "synthetic":
+        syn = data.synthetic
+        split = {"validation": "valid"}.get(split, split)
+        n = n_synthetic if n_synthetic is not None else syn.n_train
+
+        def load():
+            out = []
+            for name in syn.tasks:
+                out += synthetic.make_task(name, n, seed=syn.seed, split=split)
+            return out
+
+        return f"synthetic:{','.join(syn.tasks)}:{n}:{syn.seed}:{split}", load
+    if data.task == "custom":
+        if data.dataset is None or data.adapter is None:
+            raise RunConfigError("data.task=custom needs data.dataset (a DatasetSpec) and data.adapter")
+        spec = dataclasses.replace(data.dataset, split=split, max_rows=max_rows)
+        adapter, opts = data.adapter, dict(data.adapter_options)
+    else:
+        if data.task not in loaders.KNOWN_DATASETS:
+            raise RunConfigError(f"data.task={data.task!r}: expected 'synthetic', 'custom' or one of "
+                                 f"{sorted(loaders.KNOWN_DATASETS)}")
+        spec, adapter, opts = loaders.known_dataset(data.task, split)
+        spec = dataclasses.replace(spec, max_rows=max_rows)
+        opts.update(data.adapter_options)
+
+    def load():
+        rows, _ = loaders.load_task(spec, adapter, on_bad_example=data.on_bad_example, **opts)
+        return rows
+
+    return f"{spec.key()}|{adapter}|{json.dumps(opts, sort_keys=True)}", load
+
+
+def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, host_count: int = 1,
+               n_devices: int = 1) -> DataBundle:
+    """Tokenizer, rendered + cached examples and the deterministic per-host pipelines (train, valid)."""
+    from transformers import AutoTokenizer
+
+    from ..data import pipeline as pl
+    from ..data import synthetic
+
+    data = run.data
+    tok_dir = data.tokenizer or (str(synthetic.ASSET_DIR) if data.task == "synthetic" else run.model.hf_dir)
+    if tok_dir is None or not Path(tok_dir).is_dir():
+        raise FileNotFoundError(f"data.tokenizer={tok_dir}: tokenizer directory does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    if len(tokenizer) > model_cfg.vocab_size:
+        raise RunConfigError(f"the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's vocab_size "
+                             f"is {model_cfg.vocab_size} (model.config.vocab_size)")
+    cache_dir = data.cache_dir or str(Path(run.out_dir) / "cache")
+    micro = data.micro_batch_size or data.global_batch_size
+    if micro % n_devices:
+        raise RunConfigError(f"the (micro)batch of {micro} rows (data.micro_batch_size or data.global_batch_size) "
+                             f"must be a multiple of the {n_devices} devices of the mesh")
+
+    def pipeline(split, max_rows, batch_size, n_syn=None):
+        key, load = _text_examples(data, split, max_rows, n_synthetic=n_syn)
+        prepared = pl.prepare_examples(load, tokenizer, data.render, dataset_key=key, cache_dir=cache_dir,
+                                       on_bad_example=data.on_bad_example)
+        if not prepared.examples:
+            raise RunConfigError(f"data.task={data.task!r} split {split!r}: no usable examples")
+        return pl.Pipeline(prepared.examples, [tuple(b) for b in data.buckets], global_batch_size=batch_size,
+                           collate=_collate(data.m_cap), seed=data.seed, host_index=host_index,
+                           host_count=host_count, remainder=data.remainder, on_unfit=data.on_unfit,
+                           ids=prepared.ids)
+
+    train = pipeline(data.split, data.max_train_rows, data.global_batch_size)
+    valid = None
+    want_valid = run.eval_every > 0 and data.valid_batches > 0 and (
+        data.task == "synthetic" and data.synthetic.n_valid > 0 or data.task != "synthetic" and data.valid_split)
+    if want_valid:
+        valid = pipeline(data.valid_split or "valid", data.max_valid_rows, micro, n_syn=data.synthetic.n_valid)
+    return DataBundle(train, valid, str(tok_dir), len(tokenizer))
+
+
+def device_batch(host_batch: dict) -> dict:
+    """Pipeline output -> the arrays the step takes (``valid`` folded into ``example_mask``)."""
+    b = {k: v for k, v in host_batch.items() if k not in ("valid", "example_index")}
+    if "valid" in host_batch:
+        b["example_mask"] = (np.asarray(b["example_mask"]) * np.asarray(host_batch["valid"])).astype(np.int32)
+    return b
+
+

@@ -1,0 +1,116 @@
+"""The model config of a run and its initial train state: fresh (random or from a HF directory), from another
+run's checkpoint, or resumed from this run's own checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.config import ModelConfig, load_hf_config
+from .checkpoint import CheckpointError, model_config_from_dict, restore_params
+from .mesh import path_keys, place
+from .run_config import MODEL_PRESETS, ModelSection, RunConfig, RunConfigError, check_fields
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_config(sec: ModelSection) -> ModelConfig:
+    compute = dict(dtype=sec.dtype, remat=sec.remat, scan_layers=sec.scan_layers)
+    if sec.hf_dir is not None:
+        if not Path(sec.hf_dir).is_dir():
+            raise FileNotFoundError(f"model.hf_dir={sec.hf_dir}: directory does not exist (expected a Hugging "
+                                    "Face checkpoint directory with config.json and *.safetensors)")
+        cfg = load_hf_config(sec.hf_dir)
+    elif sec.config_json is not None:
+        if not Path(sec.config_json).exists():
+            raise FileNotFoundError(f"model.config_json={sec.config_json}: file not found")
+        cfg = load_hf_config(sec.config_json)
+    elif sec.preset is not None:
+        cfg = ModelConfig(**MODEL_PRESETS[sec.preset])
+    else:
+        cfg = ModelConfig()
+    over = check_fields(ModelConfig, sec.config, "model.config")
+    try:
+        return cfg.replace(**over, **compute)
+    except ValueError as e:
+        raise RunConfigError(f"model.config: {e}") from None
+
+
+def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
+    from ..models.qwen import init_params as random_params
+
+    sec = run.model
+    if init_params is not None:  # copied: the caller's arrays are not consumed by the donated state
+        return jax.tree.map(lambda x: x.copy(), place(init_params, p_sh)), "given"
+    mode = sec.init
+    if mode == "auto":
+        mode = "hf" if sec.hf_dir is not None else "random"
+    if mode == "hf":
+        from ..models.hf import load_pretrained
+
+        saved = load_hf_config(sec.hf_dir)
+        if any(getattr(saved, k) != getattr(model_cfg, k) for k in SHAPE_FIELDS):
+            raise RunConfigError(f"model.config changes the shape of the weights in model.hf_dir={sec.hf_dir} "
+                                 f"({ {k: sec.config[k] for k in sec.config if k in SHAPE_FIELDS} }); "
+                                 "use model.init=random or drop those overrides")
+        flat = {}
+        for path, s in jax.tree_util.tree_flatten_with_path(p_sh)[0]:
+            flat[path_keys(path)] = s
+        _, params = load_pretrained(sec.hf_dir, dtype=model_cfg.dtype,
+                                    place=lambda path, x: place(x, flat[tuple(path)]))
+        return params, f"hf:{sec.hf_dir}"
+    if mode == "checkpoint":
+        cfg, params, _, step = restore_params(sec.init_checkpoint, sec.init_step, shardings=p_sh)
+        check_same_shape(cfg, model_cfg, f"model.init_checkpoint={sec.init_checkpoint}")
+        return params, f"checkpoint:{sec.init_checkpoint}@{step}"
+    seed = run.seed if sec.init_seed is None else sec.init_seed
+    params = jax.jit(lambda: random_params(model_cfg, seed), out_shardings=p_sh)()
+    return params, f"random:{seed}"
+
+
+SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim", "tie_word_embeddings", "qkv_bias",
+                 "o_bias", "qk_norm")
+
+
+def check_same_shape(saved: ModelConfig, cur: ModelConfig, where: str) -> None:
+    diff = {k: (getattr(saved, k), getattr(cur, k)) for k in SHAPE_FIELDS if getattr(saved, k) != getattr(cur, k)}
+    if diff:
+        raise CheckpointError(f"{where}: the checkpoint's model differs from the configured one "
+                              f"(field: saved vs configured): {diff}")
+
+
+def host_value(x) -> np.ndarray:
+    """The value of a replicated array (multi-host safe: read from a local shard)."""
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def restore_or_init(run: RunConfig, model_cfg: ModelConfig, store, sh, abstract, tx, init_params=None):
+    """``(state, source)``: the train state ``{"step", "params", "opt_state"}`` on the shardings ``sh``, resumed
+    from ``store`` (``checkpoint.resume`` / ``restore_step``) or freshly initialised (``model.init``)."""
+    ckpt = run.checkpoint
+    steps_on_disk = store.all_steps()
+    if steps_on_disk and ckpt.resume == "never":
+        raise CheckpointError(f"{store.directory}: holds checkpoints {steps_on_disk} but checkpoint.resume=never; "
+                              "choose another out_dir or checkpoint.resume=auto")
+    if not steps_on_disk and ckpt.resume == "require":
+        raise CheckpointError(f"{store.directory}: no checkpoint to resume from (checkpoint.resume=require)")
+    if steps_on_disk and ckpt.resume != "never":
+        step0 = ckpt.restore_step if ckpt.restore_step is not None else steps_on_disk[-1]
+        meta = store.restore_meta(step0)
+        if "model_config" in meta:
+            check_same_shape(model_config_from_dict(meta["model_config"]), model_cfg, f"{store.directory}/{step0}")
+        tgt = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+        params, tr, _ = store.restore(step0, jax.tree.map(tgt, abstract["params"], sh["params"]),
+                                      jax.tree.map(tgt, {"step": abstract["step"], "opt_state": abstract["opt_state"]},
+                                                   {"step": sh["step"], "opt_state": sh["opt_state"]}))
+        return {"step": tr["step"], "params": params, "opt_state": tr["opt_state"]}, f"resumed:{store.directory}@{step0}"
+    params, source = initial_params(run, model_cfg, sh["params"], init_params)
+    opt_state = jax.jit(tx.init, out_shardings=sh["opt_state"])(params)
+    return {"step": jax.device_put(jnp.int32(0), sh["step"]), "params": params, "opt_state": opt_state}, source

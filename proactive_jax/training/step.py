@@ -1,0 +1,207 @@
+"""The optimizer and the jitted, sharded train step.
+
+One step: ``fold_in(key(seed), step)`` -> per-row read schedules (keys ``fold_in(key, global row)``) -> the
+packed dual-view loss sums (``method.objective.packed_loss_sums``) -> ``jax.value_and_grad`` -> (optional)
+``lax.scan`` over microbatches accumulating token *sums* -> divide once by the token count of the whole
+global batch -> global-norm clipping + AdamW (warmup, cosine/linear decay, no decay on norms/biases) ->
+update of the float32 master weights (compute in ``ModelConfig.dtype``, remat by ``ModelConfig.remat``).
+A non-finite loss or gradient norm leaves the state untouched. The train state is donated, so the update
+happens in place. Steps are cached per static :class:`StepSpec`, so repeated runs share one compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ..method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, packed_loss_sums, weighted_total
+from ..models.config import ModelConfig
+from .mesh import BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated
+from .run_config import OptimSection
+
+log = logging.getLogger(__name__)
+
+
+def warmup_steps(optim: OptimSection, total_steps: int) -> int:
+    if optim.warmup_steps:
+        return int(optim.warmup_steps)
+    return int(round(optim.warmup_ratio * total_steps))
+
+
+def make_schedule(optim: OptimSection, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to ``lr``, then cosine / linear decay to ``lr * end_lr_ratio`` at ``total_steps``."""
+    total = max(int(total_steps), 1)
+    warm = min(warmup_steps(optim, total), total)
+    end = optim.lr * optim.end_lr_ratio
+    if optim.schedule == "constant":
+        decay = optax.constant_schedule(optim.lr)
+    elif optim.schedule == "linear":
+        decay = optax.linear_schedule(optim.lr, end, max(total - warm, 1))
+    else:
+        decay = optax.cosine_decay_schedule(optim.lr, max(total - warm, 1), alpha=optim.end_lr_ratio)
+    if warm == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warm), decay], [warm])
+
+
+def decay_mask(params):
+    """True where weight decay applies: matrices; not norms (``*norm*`` names) and not biases."""
+    def want(path, leaf):
+        names = path_keys(path)
+        if not names:
+            return leaf.ndim >= 2
+        if names[-1] == "bias" or any("norm" in n for n in names):
+            return False
+        per_layer_ndim = leaf.ndim - (1 if names[0] == "layers" else 0)
+        return per_layer_ndim >= 2
+
+    return jax.tree_util.tree_map_with_path(want, params)
+
+
+def make_optimizer(optim: OptimSection, total_steps: int) -> optax.GradientTransformation:
+    parts = []
+    if optim.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(optim.clip_norm))
+    parts.append(optax.adamw(make_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                             weight_decay=optim.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def seq_tokens(batch) -> jax.Array:
+    """Non-padding positions of the packed dual view ``S + 2T`` over the valid rows."""
+    per_row = batch["source_len"] + 2 * (batch["header_len"] + batch["target_len"])
+    return jnp.sum(per_row * batch["example_mask"])
+
+
+def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key, *, accum_steps: int = 1,
+                   packed: bool = True, mesh: Mesh | None = None, grad_shardings=None):
+    """``(loss, terms, grads)`` of the global batch, token-averaged over the WHOLE batch.
+
+    With ``accum_steps = k > 1`` the batch (B rows) is split into k microbatches of B/k rows, row
+    ``a*k + j`` going to microbatch j (so every device keeps its own rows), and a ``lax.scan`` accumulates
+    the gradients of the token *sums*; everything is divided once by the global token count. Row ``r`` of
+    the global batch always draws its schedule with ``fold_in(key, r)``, so the result equals one large
+    batch (to float rounding).
+    """
+    sums_fn = packed_loss_sums if packed else naive_loss_sums
+    count = num_loss_tokens(batch)
+    n = jnp.maximum(count, 1).astype(jnp.float32)
+    b = batch["target"].shape[0]
+    k = int(accum_steps)
+    if b % k:
+        raise ValueError(f"batch of {b} rows does not split into {k} microbatches")
+
+    def micro_loss(p, mb):
+        sums = sums_fn(config, obj, p, mb, key)
+        return weighted_total(sums, obj) / n, sums
+
+    vg = jax.value_and_grad(micro_loss, has_aux=True)
+    if k == 1:
+        mb = dict(batch)
+        mb["row_id"] = jnp.arange(b, dtype=jnp.int32)
+        (loss, sums), grads = vg(params, mb)
+        if grad_shardings is not None:  # reduce-scatter straight into the parameters' layout
+            grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+    else:
+        m = b // k
+        micro = {name: x.reshape((m, k) + x.shape[1:]).swapaxes(0, 1) for name, x in batch.items()}
+        micro["row_id"] = jnp.arange(b, dtype=jnp.int32).reshape(m, k).T
+        if mesh is not None:
+            spec = NamedSharding(mesh, P(None, BATCH_AXES))
+            micro = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, spec), micro)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        if grad_shardings is not None:
+            zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+        zero_sums = {name: jnp.zeros((), jnp.float32) for name in ("batch", "mslm", "kl")}
+
+        def body(carry, mb):
+            g_acc, l_acc, s_acc = carry
+            (l, s), g = vg(params, mb)
+            g_acc = jax.tree.map(jnp.add, g_acc, g)
+            if grad_shardings is not None:
+                g_acc = jax.lax.with_sharding_constraint(g_acc, grad_shardings)
+            return (g_acc, l_acc + l, jax.tree.map(jnp.add, s_acc, s)), None
+
+        (grads, loss, sums), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32), zero_sums), micro)
+    terms = {name: v / n for name, v in sums.items()}
+    return loss, {**terms, "tokens": count}, grads
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    model: ModelConfig
+    objective: ObjectiveConfig
+    optim: OptimSection
+    total_steps: int
+    accum_steps: int
+    packed: bool
+    seed: int
+    mesh: Mesh
+    param_sharding: str = "fsdp"
+
+
+@functools.lru_cache(maxsize=32)
+def state_shardings(spec: StepSpec):
+    """``(state shardings, abstract state)`` for ``{"step", "params", "opt_state"}``."""
+    from ..models.qwen import abstract_params
+
+    abstract_p = abstract_params(spec.model)
+    p_sh = param_shardings(abstract_p, spec.mesh, spec.param_sharding)
+    tx = make_optimizer(spec.optim, spec.total_steps)
+    abstract_o = jax.eval_shape(tx.init, abstract_p)
+    o_sh = opt_state_shardings(abstract_o, abstract_p, p_sh, spec.mesh)
+    sh = {"step": replicated(spec.mesh), "params": p_sh, "opt_state": o_sh}
+    abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_p, "opt_state": abstract_o}
+    return sh, abstract
+
+
+@functools.lru_cache(maxsize=32)
+def build_train_step(spec: StepSpec) -> Callable:
+    """The jitted, sharded, donating step ``(state, batch) -> (state, metrics)``."""
+    tx = make_optimizer(spec.optim, spec.total_steps)
+    schedule = make_schedule(spec.optim, spec.total_steps)
+    sh, _ = state_shardings(spec)
+    mesh = spec.mesh
+
+    def step_fn(state, batch):
+        params, opt_state, step = state["params"], state["opt_state"], state["step"]
+        key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), step)
+        loss, terms, grads = loss_and_grads(spec.model, spec.objective, params, batch, key,
+                                            accum_steps=spec.accum_steps, packed=spec.packed, mesh=mesh,
+                                            grad_shardings=sh["params"])
+        gnorm = optax.tree.norm(grads)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - a non-finite step changes nothing
+        new_state = {"step": jnp.where(ok, step + 1, step).astype(jnp.int32),
+                     "params": jax.tree.map(keep, new_params, params),
+                     "opt_state": jax.tree.map(keep, new_opt, opt_state)}
+        metrics = {"loss": loss, **terms, "seq_tokens": seq_tokens(batch), "grad_norm": gnorm,
+                   "lr": schedule(step), "finite": ok}
+        return new_state, metrics
+
+    return jax.jit(step_fn, in_shardings=(sh, batch_sharding(mesh)),
+                   out_shardings=(sh, replicated(mesh)), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=32)
+def build_eval_sums(spec: StepSpec) -> Callable:
+    """Jitted ``(params, batch, key) -> (sums, count)`` with the train step's shardings (no gradients)."""
+    sh, _ = state_shardings(spec)
+    sums_fn = packed_loss_sums if spec.packed else naive_loss_sums
+
+    def f(params, batch, key):
+        return sums_fn(spec.model, spec.objective, params, batch, key), num_loss_tokens(batch)
+
+    return jax.jit(f, in_shardings=(sh["params"], batch_sharding(spec.mesh), replicated(spec.mesh)),
+                   out_shardings=replicated(spec.mesh))
+
+
