@@ -33,7 +33,8 @@ import numpy as np
 
 from ..models.config import ModelConfig
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
-from ..models.qwen import MaskVectors, apply_hidden, hidden_to_logits, init_cache
+from ..models.attention import MaskVectors
+from ..models.qwen import apply_hidden, hidden_to_logits, init_cache
 from .streaming import StreamExample
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
@@ -77,6 +78,8 @@ def bucket(x: int, minimum: int = 1) -> int:
 # The jitted loop
 # ---------------------------------------------------------------------------------------------
 
+# Longer than ~80 lines on purpose: the prefill, the loop state and the loop body are one traced function
+# sharing a dozen derived shapes and tables; each part is commented step by step below.
 def _decode_impl(config: ModelConfig, with_stats: bool, max_new: int, return_logits: bool, prompt_cap: int,
                  unit_cap: int, params, head_vals, batch):
     global TRACE_COUNT

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
-from ..models.qwen import MaskVectors, apply_hidden, hidden_to_logits
+from ..models.attention import MaskVectors
+from ..models.qwen import apply_hidden, hidden_to_logits
 from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
                         validate_phi, wait_k_schedule)
 

@@ -1,59 +1,27 @@
 """Qwen2 / Qwen2.5 / Qwen3 decoder in Flax linen, with attention driven by per-token mask vectors.
 
-Masks are data, not matrices (method.md section 4). Every token carries three integers:
-
-- ``segment``: -1 padding, 0 source group, 1, 2, ... a target copy (the packed dual view uses 1 for the
-  batch copy and 2 for the stream copy);
-- ``index``: the token's order index (its slot in the packed sequence or in the KV cache);
-- ``limit``: for target tokens, how many source tokens are visible (source keys with ``index < limit``).
-
-Key ``k`` is visible to query ``q`` iff ``seg[k] >= 0`` and
-``(seg[k] == seg[q] and idx[k] <= idx[q]) or (seg[k] == 0 and seg[q] > 0 and idx[k] < limit[q])``.
-Source tokens therefore never see target tokens, and the source must occupy indices ``0..S-1``.
-The boolean mask exists only inside :func:`visibility_mask`, called from the attention function.
-
+The attention rule (segment, index, limit) and the attention functions live in :mod:`.attention`.
 Positions (RoPE, GPE) are a separate per-token vector. With everything in segment 0 and
 ``index = arange`` this is plain causal attention.
 
-Parameters are a nested dict whose names mirror the Hugging Face tensor names (see ``hf.py``); layers
+Parameters are a nested dict whose names mirror the Hugging Face tensor names (see :mod:`.hf`); layers
 are always stacked along a leading axis (``layers``), scanned or unrolled by ``config.scan_layers``.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from .attention import MaskVectors, causal_vectors, dense_attention, stream_attention_stats, visibility_mask
 from .config import ModelConfig, rope_frequencies
 
 Array = jax.Array
-NEG_INF = float(np.finfo(np.float32).min)
 
-
-class MaskVectors(NamedTuple):
-    segment: Array  # [B, T] int32
-    index: Array  # [B, T] int32
-    limit: Array  # [B, T] int32
-
-
-def causal_vectors(batch: int, length: int) -> MaskVectors:
-    """Plain causal attention: one source segment, index 0..length-1."""
-    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    z = jnp.zeros((batch, length), jnp.int32)
-    return MaskVectors(z, idx, z)
-
-
-def visibility_mask(q: MaskVectors, k_segment: Array, k_index: Array) -> Array:
-    """Dense boolean mask ``[B, Tq, Tk]`` from the per-token vectors (the one place the rule lives)."""
-    qs, qi, ql = q.segment[:, :, None], q.index[:, :, None], q.limit[:, :, None]
-    ks, ki = k_segment[:, None, :], k_index[:, None, :]
-    same = (ks == qs) & (ki <= qi)
-    src = (ks == 0) & (qs > 0) & (ki < ql)
-    return (same | src) & (ks >= 0)
 
 
 def rms_norm(x: Array, weight: Array, eps: float, dtype) -> Array:
@@ -81,27 +49,6 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray, scale: float) -
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rot * sin
-
-
-def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index: Array,
-                           stream_start: Array) -> Array:
-    """Statistics of one query's attention over the streamed source tokens (units, not the prompt).
-
-    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]. The probabilities on visible source keys
-    with ``index >= stream_start`` are renormalised; returns ``[B, Tq, H, 2]``: the normalised entropy
-    (entropy / log(count); 0 when fewer than two such keys) and the largest renormalised probability.
-    """
-    b, kv, g, tq, tk = probs.shape
-    stream = mask & ((k_segment == 0) & (k_index >= stream_start[:, None]))[:, None, :]  # [B,Tq,Tk]
-    p = jnp.where(stream[:, None, None], probs, 0.0)
-    mass = jnp.sum(p, axis=-1, keepdims=True)
-    q = p / jnp.maximum(mass, 1e-30)
-    ent = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.maximum(q, 1e-30)), 0.0), axis=-1)
-    count = jnp.sum(stream, axis=-1).astype(jnp.float32)[:, None, None, :]  # [B,1,1,Tq]
-    norm_ent = jnp.where(count > 1, ent / jnp.log(jnp.maximum(count, 2.0)), 0.0)
-    mx = jnp.max(q, axis=-1)
-    out = jnp.stack([norm_ent, mx], axis=-1)  # [B,KV,G,Tq,2]
-    return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
 
 
 class Attention(nn.Module):
@@ -144,13 +91,7 @@ class Attention(nn.Module):
             new_cache = (ck, cv)
 
         mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
-        g = h // kv
-        qg = q.reshape(b, t, kv, g, hd)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / np.sqrt(hd))
-        scores = jnp.where(mask[:, None, None], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(dtype), values)
+        out, probs = dense_attention(q, keys, values, mask)
         out = out.reshape(b, t, h * hd)
         y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
         stats = None

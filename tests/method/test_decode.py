@@ -9,7 +9,8 @@ import pytest
 from proactive_jax.method import decode as dec
 from proactive_jax.method.decode import calibrate_tau, format_events, interleave, stream_decode
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
-from proactive_jax.models.qwen import MaskVectors, abstract_params, apply_hidden, forward, hidden_to_logits
+from proactive_jax.models.attention import MaskVectors
+from proactive_jax.models.qwen import abstract_params, apply_hidden, forward, hidden_to_logits
 from proactive_jax.method.streaming import StreamExample
 
 from tests.conftest import tiny_qwen2, tiny_qwen3

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax.models.qwen import visibility_mask
+from proactive_jax.models.attention import visibility_mask
 from proactive_jax.method.objective import ObjectiveConfig, batch_schedules, pack_batch, packed_inputs, stream_limits
 from proactive_jax.method.streaming import (ExampleError, StreamExample, sample_schedule, validate_phi, visible_counts,
                                      wait_k_schedule)

@@ -1,0 +1,88 @@
+"""Attention from mask vectors: the visibility rule, the dense reference attention, and where fused kernels plug in.
+
+Masks are data, not matrices (method.md section 4). Every token carries three integers:
+
+- ``segment``: -1 padding, 0 source group, 1, 2, ... a target copy (the packed dual view uses 1 for the
+  batch copy and 2 for the stream copy);
+- ``index``: the token's order index (its slot in the packed sequence or in the KV cache);
+- ``limit``: for target tokens, how many source tokens are visible (source keys with ``index < limit``).
+
+Key ``k`` is visible to query ``q`` iff ``seg[k] >= 0`` and
+``(seg[k] == seg[q] and idx[k] <= idx[q]) or (seg[k] == 0 and seg[q] > 0 and idx[k] < limit[q])``.
+Source tokens therefore never see target tokens, and the source must occupy indices ``0..S-1``.
+The boolean mask exists only inside :func:`visibility_mask`, called from the attention function.
+
+:func:`dense_attention` is the reference XLA path (fp32 scores and softmax); fused kernels (splash / Pallas
+on TPU, cuDNN on GPU) take the same ``(q, keys, values)`` plus the mask vectors and must equal it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+NEG_INF = float(np.finfo(np.float32).min)
+
+
+class MaskVectors(NamedTuple):
+    segment: Array  # [B, T] int32
+    index: Array  # [B, T] int32
+    limit: Array  # [B, T] int32
+
+
+def causal_vectors(batch: int, length: int) -> MaskVectors:
+    """Plain causal attention: one source segment, index 0..length-1."""
+    idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    z = jnp.zeros((batch, length), jnp.int32)
+    return MaskVectors(z, idx, z)
+
+
+def visibility_mask(q: MaskVectors, k_segment: Array, k_index: Array) -> Array:
+    """Dense boolean mask ``[B, Tq, Tk]`` from the per-token vectors (the one place the rule lives)."""
+    qs, qi, ql = q.segment[:, :, None], q.index[:, :, None], q.limit[:, :, None]
+    ks, ki = k_segment[:, None, :], k_index[:, None, :]
+    same = (ks == qs) & (ki <= qi)
+    src = (ks == 0) & (qs > 0) & (ki < ql)
+    return (same | src) & (ks >= 0)
+
+
+def dense_attention(q: Array, keys: Array, values: Array, mask: Array) -> tuple[Array, Array]:
+    """Grouped-query attention with a dense boolean mask: the reference path.
+
+    ``q`` [B, Tq, H, D], ``keys`` / ``values`` [B, Tk, KV, D] (H a multiple of KV), ``mask`` [B, Tq, Tk].
+    Returns ``(out [B, Tq, KV, H/KV, D] in q's dtype, probs [B, KV, H/KV, Tq, Tk] float32)``.
+    """
+    b, t, h, hd = q.shape
+    kv = keys.shape[2]
+    qg = q.reshape(b, t, kv, h // kv, hd)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(hd))
+    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), values)
+    return out, probs
+
+
+def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index: Array,
+                           stream_start: Array) -> Array:
+    """Statistics of one query's attention over the streamed source tokens (units, not the prompt).
+
+    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]. The probabilities on visible source keys
+    with ``index >= stream_start`` are renormalised; returns ``[B, Tq, H, 2]``: the normalised entropy
+    (entropy / log(count); 0 when fewer than two such keys) and the largest renormalised probability.
+    """
+    b, kv, g, tq, tk = probs.shape
+    stream = mask & ((k_segment == 0) & (k_index >= stream_start[:, None]))[:, None, :]  # [B,Tq,Tk]
+    p = jnp.where(stream[:, None, None], probs, 0.0)
+    mass = jnp.sum(p, axis=-1, keepdims=True)
+    q = p / jnp.maximum(mass, 1e-30)
+    ent = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.maximum(q, 1e-30)), 0.0), axis=-1)
+    count = jnp.sum(stream, axis=-1).astype(jnp.float32)[:, None, None, :]  # [B,1,1,Tq]
+    norm_ent = jnp.where(count > 1, ent / jnp.log(jnp.maximum(count, 2.0)), 0.0)
+    mx = jnp.max(q, axis=-1)
+    out = jnp.stack([norm_ent, mx], axis=-1)  # [B,KV,G,Tq,2]
+    return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
