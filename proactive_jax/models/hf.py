@@ -5,8 +5,8 @@ exporter walk it. Per-layer HF tensors (``model.layers.{layer}....``) are stacke
 one parameter leaf (``params["layers"]...``). HF ``nn.Linear`` weights are ``[out, in]``; Flax kernels are
 ``[in, out]``, so those entries carry ``transpose=True``.
 
-Loading reads one tensor at a time straight from the file (``pread`` at the offsets in the safetensors
-header; no pickle, no torch, no mmap), casts it into a preallocated float32 leaf, and hands each finished
+Loading reads one tensor at a time straight from the file (:mod:`.safetensors_io`: ``pread`` at the offsets
+in the safetensors header; no pickle, no torch, no mmap), casts it into a preallocated float32 leaf, and hands each finished
 leaf to ``place`` (by default ``jax.device_put``), so host memory peaks at about one float32 copy of the
 model plus one tensor. bf16/f16 checkpoints are read through ``ml_dtypes`` (a JAX dependency).
 Exporting streams the tensors into ``.safetensors`` files one at a time, in a temporary directory that
@@ -19,16 +19,15 @@ import dataclasses
 import json
 import math
 import os
-import re
 import secrets
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from .config import ModelConfig, load_hf_config, to_hf_dict
+from .safetensors_io import _READERS, _ST_NAME, CheckpointError, _np_dtypes, parse_size, write_safetensors
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -40,10 +39,6 @@ PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json", 
 # buffers that some exporters write and that carry no parameters
 IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is malformed; the message names the file/tensor and what was expected."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,140 +152,6 @@ def _set(tree: dict, path, value):
 
 
 # ---------------------------------------------------------------------------------------------
-# safetensors reading: header parse + pread per tensor
-# ---------------------------------------------------------------------------------------------
-
-def _np_dtypes() -> dict[str, np.dtype]:
-    import ml_dtypes
-
-    return {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-            "BF16": np.dtype(ml_dtypes.bfloat16)}
-
-
-_ST_NAME = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class SafetensorsFile:
-    """A lazily read ``.safetensors`` file: the header is parsed on open, tensors are read on demand."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._f = open(self.path, "rb")
-        try:
-            self._parse()
-        except BaseException:
-            self._f.close()
-            raise
-
-    def _parse(self):
-        size = os.fstat(self._f.fileno()).st_size
-        head = self._f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{self.path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{self.path}: not a safetensors file (header length {n} does not fit "
-                                  f"in a file of {size} bytes)")
-        try:
-            header = json.loads(self._f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{self.path}: safetensors header is not valid JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
-        self.metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + n
-        self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, e in header.items():
-            try:
-                dtype, shape, (begin, end) = e["dtype"], tuple(int(s) for s in e["shape"]), e["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{self.path}: tensor {name!r} has a malformed header entry {e!r}") from None
-            item = _itemsize(dtype)
-            if item is not None and end - begin != math.prod(shape) * item:
-                raise CheckpointError(f"{self.path}: tensor {name!r} data_offsets [{begin}, {end}] do not match "
-                                      f"shape {list(shape)} and dtype {dtype}")
-            if not 0 <= begin <= end or self._data_start + end > size:
-                raise CheckpointError(f"{self.path}: tensor {name!r} data_offsets [{begin}, {end}] lie outside "
-                                      f"the file ({size} bytes; file truncated?)")
-            self.entries[name] = (dtype, shape, begin, end)
-
-    def keys(self) -> list[str]:
-        return list(self.entries)
-
-    def info(self, name: str) -> tuple[str, tuple[int, ...]]:
-        dtype, shape, _, _ = self.entries[name]
-        return dtype, shape
-
-    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor as a numpy array (bf16 as ``ml_dtypes.bfloat16``).
-
-        With ``out`` (C-contiguous, same dtype and shape) the bytes are read straight into it; otherwise
-        into a fresh buffer.
-        """
-        dtype, shape, begin, end = self.entries[name]
-        npd = _np_dtypes().get(dtype)
-        if npd is None:
-            raise CheckpointError(f"{self.path}: tensor {name!r} has dtype {dtype}; expected a floating "
-                                  f"dtype ({', '.join(_np_dtypes())})")
-        direct = (out is not None and out.dtype == npd and out.shape == shape and out.flags.c_contiguous)
-        buf = out.reshape(-1).view(np.uint8) if direct else np.empty(end - begin, np.uint8)
-        view, off = memoryview(buf), self._data_start + begin
-        got = 0
-        while got < len(buf):
-            k = os.preadv(self._f.fileno(), [view[got:]], off + got)
-            if k <= 0:
-                raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name!r}")
-            got += k
-        return out if direct else buf.view(npd).reshape(shape)
-
-    def close(self):
-        self._f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _itemsize(st_dtype: str) -> int | None:
-    sizes = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-             "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
-    return sizes.get(st_dtype)
-
-
-class _SafeOpenFile:
-    """The same interface over ``safetensors.safe_open`` (mmap based); kept for comparison (bench)."""
-
-    def __init__(self, path):
-        from safetensors import safe_open
-
-        self.path = Path(path)
-        try:
-            self._f = safe_open(str(path), framework="numpy")
-        except Exception as e:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"{self.path}: cannot open as safetensors ({e})") from None
-        self.metadata = self._f.metadata() or {}
-
-    def keys(self):
-        return list(self._f.keys())
-
-    def info(self, name):
-        sl = self._f.get_slice(name)
-        return str(sl.get_dtype()), tuple(sl.get_shape())
-
-    def read(self, name, out=None):
-        return self._f.get_tensor(name)
-
-    def close(self):
-        self._f = None
-
-
-_READERS = {"pread": SafetensorsFile, "safe_open": _SafeOpenFile}
-
-
-# ---------------------------------------------------------------------------------------------
 # load_pretrained
 # ---------------------------------------------------------------------------------------------
 
@@ -349,6 +210,77 @@ def place_on(shardings) -> Callable[[tuple[str, ...], np.ndarray], Any]:
     return lambda path, array: jax.device_put(array, _get(shardings, path))
 
 
+def _tensor_index(files, weight_map, index_path, open_file, handles: list) -> dict[str, Any]:
+    """Which open file holds which tensor (the headers are the truth; the index must agree with them)."""
+    where: dict[str, Any] = {}
+    for fp in files:
+        h = open_file(fp)
+        handles.append(h)
+        for name in h.keys():
+            if name in where:
+                raise CheckpointError(f"tensor {name!r} appears in both {where[name].path.name} and {fp.name}")
+            where[name] = h
+    if weight_map is not None:
+        for name, fname in weight_map.items():
+            if name not in where or where[name].path.name != fname:
+                found = f"it is in {where[name].path.name}" if name in where else "no shard holds it"
+                raise CheckpointError(f"{index_path}: maps tensor {name!r} to {fname}, but {found}")
+    return where
+
+
+def _check_tensors(root: Path, config: ModelConfig, layout, where: Mapping[str, Any], files) -> None:
+    """Every expected tensor is present with its shape and a floating dtype; nothing unexpected is there."""
+    expected = expected_tensors(config, layout)
+    d, v = config.hidden_size, config.vocab_size
+    if config.tie_word_embeddings and TIED_LM_HEAD in where:
+        shape = where[TIED_LM_HEAD].info(TIED_LM_HEAD)[1]
+        if shape != (v, d):
+            raise CheckpointError(
+                f"{where[TIED_LM_HEAD].path}: tensor {TIED_LM_HEAD!r} has shape {list(shape)}, expected "
+                f"{[v, d]} (tie_word_embeddings=true; the tensor is otherwise ignored)")
+    ignored = {n for n in where if n.endswith(IGNORED_TENSOR_SUFFIXES)}
+    if config.tie_word_embeddings:
+        ignored.add(TIED_LM_HEAD)
+    unexpected = sorted(set(where) - set(expected) - ignored)
+    if unexpected:
+        listed = ", ".join(f"{n!r} (in {where[n].path.name})" for n in unexpected[:8])
+        more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
+        raise CheckpointError(f"{root}: unexpected tensors for {config.model_type} with "
+                              f"{config.num_hidden_layers} layers: {listed}{more}")
+    missing = [n for n in expected if n not in where]
+    if missing:
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise CheckpointError(f"{root}: missing tensors {missing[:8]}{more} "
+                              f"(looked in {', '.join(f.name for f in files)})")
+    for name, shape in expected.items():
+        st_dtype, actual = where[name].info(name)
+        if actual != shape:
+            raise CheckpointError(f"{where[name].path}: tensor {name!r} has shape {list(actual)}, expected "
+                                  f"{list(shape)} from config.json")
+        if st_dtype not in ("F32", "BF16", "F16", "F64"):
+            raise CheckpointError(f"{where[name].path}: tensor {name!r} has dtype {st_dtype}, expected a "
+                                  f"floating dtype (F32, BF16, F16)")
+
+
+def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -> dict:
+    """One leaf at a time: preallocate, fill tensor by tensor, hand over to ``place``, drop."""
+    params: dict = {}
+    for spec, leaf_shape in layout:
+        leaf = np.empty(leaf_shape, np.float32)
+        layers = range(config.num_hidden_layers) if spec.per_layer else [None]
+        for i in layers:
+            name = spec.name(i)
+            dst = leaf[i] if spec.per_layer else leaf
+            # float32 and not transposed: read straight into the leaf; else one temporary tensor
+            t = where[name].read(name, out=None if spec.transpose else dst)
+            if t is not dst:
+                dst[...] = t.T if spec.transpose else t
+            del t
+        _set(params, spec.path, place(spec.path, leaf))
+        del leaf
+    return params
+
+
 def load_pretrained(path: str | Path, dtype: str = "float32", *,
                     place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
                     reader: str = "pread", **compute) -> tuple[ModelConfig, dict]:
@@ -383,67 +315,9 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
 
     handles: list = []
     try:
-        # which file holds which tensor (headers are the truth; the index must agree with them)
-        where: dict[str, Any] = {}
-        for fp in files:
-            h = open_file(fp)
-            handles.append(h)
-            for name in h.keys():
-                if name in where:
-                    raise CheckpointError(f"tensor {name!r} appears in both {where[name].path.name} and {fp.name}")
-                where[name] = h
-        if weight_map is not None:
-            for name, fname in weight_map.items():
-                if name not in where or where[name].path.name != fname:
-                    found = f"it is in {where[name].path.name}" if name in where else "no shard holds it"
-                    raise CheckpointError(f"{index_path}: maps tensor {name!r} to {fname}, but {found}")
-
-        expected = expected_tensors(config, layout)
-        d, v = config.hidden_size, config.vocab_size
-        if config.tie_word_embeddings and TIED_LM_HEAD in where:
-            shape = where[TIED_LM_HEAD].info(TIED_LM_HEAD)[1]
-            if shape != (v, d):
-                raise CheckpointError(
-                    f"{where[TIED_LM_HEAD].path}: tensor {TIED_LM_HEAD!r} has shape {list(shape)}, expected "
-                    f"{[v, d]} (tie_word_embeddings=true; the tensor is otherwise ignored)")
-        ignored = {n for n in where if n.endswith(IGNORED_TENSOR_SUFFIXES)}
-        if config.tie_word_embeddings:
-            ignored.add(TIED_LM_HEAD)
-        unexpected = sorted(set(where) - set(expected) - ignored)
-        if unexpected:
-            listed = ", ".join(f"{n!r} (in {where[n].path.name})" for n in unexpected[:8])
-            more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
-            raise CheckpointError(f"{root}: unexpected tensors for {config.model_type} with "
-                                  f"{config.num_hidden_layers} layers: {listed}{more}")
-        missing = [n for n in expected if n not in where]
-        if missing:
-            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-            raise CheckpointError(f"{root}: missing tensors {missing[:8]}{more} "
-                                  f"(looked in {', '.join(f.name for f in files)})")
-        for name, shape in expected.items():
-            st_dtype, actual = where[name].info(name)
-            if actual != shape:
-                raise CheckpointError(f"{where[name].path}: tensor {name!r} has shape {list(actual)}, expected "
-                                      f"{list(shape)} from config.json")
-            if st_dtype not in ("F32", "BF16", "F16", "F64"):
-                raise CheckpointError(f"{where[name].path}: tensor {name!r} has dtype {st_dtype}, expected a "
-                                      f"floating dtype (F32, BF16, F16)")
-
-        # one leaf at a time: preallocate, fill tensor by tensor, hand over, drop
-        params: dict = {}
-        for spec, leaf_shape in layout:
-            leaf = np.empty(leaf_shape, np.float32)
-            layers = range(config.num_hidden_layers) if spec.per_layer else [None]
-            for i in layers:
-                name = spec.name(i)
-                dst = leaf[i] if spec.per_layer else leaf
-                # float32 and not transposed: read straight into the leaf; else one temporary tensor
-                t = where[name].read(name, out=None if spec.transpose else dst)
-                if t is not dst:
-                    dst[...] = t.T if spec.transpose else t
-                del t
-            _set(params, spec.path, place(spec.path, leaf))
-            del leaf
+        where = _tensor_index(files, weight_map, index_path, open_file, handles)
+        _check_tensors(root, config, layout, where, files)
+        params = _read_leaves(config, layout, where, place)
     finally:
         for h in handles:
             h.close()
@@ -453,17 +327,6 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
 # ---------------------------------------------------------------------------------------------
 # save_pretrained
 # ---------------------------------------------------------------------------------------------
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string like "5GB" (10**9), "500MiB" (2**20), "10KB"."""
-    if isinstance(size, (int, np.integer)):
-        return int(size)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(size), flags=re.IGNORECASE)
-    if not m:
-        raise ValueError(f"max_shard_size {size!r}: expected bytes or a size like '5GB', '500MiB'")
-    num, unit, binary = float(m.group(1)), m.group(2).upper(), bool(m.group(3))
-    power = "_KMGT".index(unit) if unit else 0
-    return int(num * ((1024 if binary else 1000) ** power))
 
 
 def _check_params(shapes: dict[tuple[str, ...], tuple[int, ...]], params) -> None:
@@ -489,30 +352,6 @@ def _hf_array(params, spec: TensorSpec, layer: int | None, out_dtype: np.dtype) 
     return np.ascontiguousarray(x.astype(out_dtype, copy=False))
 
 
-def _write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], get: Callable[[str], np.ndarray],
-                       st_dtype: str, itemsize: int) -> None:
-    """Stream a safetensors file: header from the shapes, then each tensor as it is produced."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    off = 0
-    for name, shape in tensors:
-        n = math.prod(shape) * itemsize
-        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for name, shape in tensors:
-            x = get(name)
-            if x.shape != tuple(shape):
-                raise CheckpointError(f"tensor {name!r}: produced shape {list(x.shape)}, expected {list(shape)}")
-            f.write(x.reshape(-1).view(np.uint8).data)
-            del x
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _generation_config(config: ModelConfig, tokenizer_dir: Path | None) -> dict:
     gen: dict[str, Any] = {}
     src = tokenizer_dir / "generation_config.json" if tokenizer_dir else None
@@ -525,6 +364,38 @@ def _generation_config(config: ModelConfig, tokenizer_dir: Path | None) -> dict:
         if value is not None:
             gen.setdefault(key, value)
     return gen
+
+
+def _split_shards(order, itemsize: int, limit: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """Consecutive tensors grouped into shards of at most ``limit`` bytes (a larger tensor stands alone)."""
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in order:
+        n = math.prod(shape) * itemsize
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+    return shards
+
+
+def _tokenizer_files(tok_dir: Path | None) -> list[Path]:
+    if tok_dir is None:
+        return []
+    if not tok_dir.is_dir():
+        raise FileNotFoundError(f"{tok_dir}: tokenizer directory does not exist")
+    files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
+    if not files:
+        raise FileNotFoundError(f"{tok_dir}: no tokenizer files found (looked for {', '.join(TOKENIZER_FILES)})")
+    return files
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(f"{out}: exists, is not empty and holds no config.json; refusing to replace it")
 
 
 def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_dir: str | Path | None = None, *,
@@ -547,15 +418,8 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(_ST_NAME)}")
     out = Path(out_dir)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
-    if tok_dir is not None and not tok_dir.is_dir():
-        raise FileNotFoundError(f"{tok_dir}: tokenizer directory does not exist")
-    tok_files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()] if tok_dir else []
-    if tok_dir is not None and not tok_files:
-        raise FileNotFoundError(f"{tok_dir}: no tokenizer files found (looked for {', '.join(TOKENIZER_FILES)})")
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise FileExistsError(f"{out}: exists, is not empty and holds no config.json; refusing to replace it")
+    tok_files = _tokenizer_files(tok_dir)
+    _check_out_dir(out)
     layout_ = tensor_layout(config)
     _check_params({spec.path: shape for spec, shape in layout_}, params)
     hf_config = to_hf_dict(config, layout=layout, torch_dtype=dtype)
@@ -570,15 +434,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     specs = {spec.name(i): (spec, i) for spec, _, i in first + layers + rest}
     order = [(spec.name(i), spec.hf_shape(shape)) for spec, shape, i in first + layers + rest]
 
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shape in order:
-        n = math.prod(shape) * itemsize
-        if shards[-1] and size + n > shard_limit:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, shape))
-        size += n
+    shards = _split_shards(order, itemsize, shard_limit)
 
     def get(name):
         spec, layer = specs[name]
@@ -589,12 +445,12 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     os.mkdir(tmp)
     try:
         if len(shards) == 1:
-            _write_safetensors(tmp / SAFE_WEIGHTS_NAME, shards[0], get, st_dtype, itemsize)
+            write_safetensors(tmp / SAFE_WEIGHTS_NAME, shards[0], get, st_dtype, itemsize)
         else:
             weight_map = {}
             for k, shard in enumerate(shards):
                 fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-                _write_safetensors(tmp / fname, shard, get, st_dtype, itemsize)
+                write_safetensors(tmp / fname, shard, get, st_dtype, itemsize)
                 weight_map.update({name: fname for name, _ in shard})
             total = sum(math.prod(s) * itemsize for _, s in order)
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

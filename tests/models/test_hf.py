@@ -387,7 +387,7 @@ def test_failed_save_keeps_existing_checkpoint(qwen3_untied, tmp_path, monkeypat
 
     # 1) fails while writing the second shard
     calls = {"n": 0}
-    real = hf._write_safetensors
+    real = hf.write_safetensors
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -395,7 +395,7 @@ def test_failed_save_keeps_existing_checkpoint(qwen3_untied, tmp_path, monkeypat
             raise OSError("disk full (simulated)")
         return real(*a, **kw)
 
-    monkeypatch.setattr(hf, "_write_safetensors", flaky)
+    monkeypatch.setattr(hf, "write_safetensors", flaky)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(config, params, out, max_shard_size=30_000)
     monkeypatch.undo()
