@@ -5,7 +5,7 @@
 import argparse
 from pathlib import Path
 
-from proactive_jax.evaluation.evaluate import load_results, plot_quality_latency
+from proactive_jax.evaluation.results import load_results, plot_quality_latency
 
 
 def main(argv=None):

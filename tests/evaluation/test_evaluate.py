@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from proactive_jax.evaluation import evaluate as E
+from proactive_jax.evaluation import evaluate as E, results as R
 from proactive_jax.data import load_tokenizer, make_task, render_example, template_parts, word_start_table
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.models.qwen import init_params
@@ -87,14 +87,14 @@ def test_bad_inputs(setup, tmp_path):
     with pytest.raises(E.EvalError, match="tau"):
         E.expand_sweep("entropy:tau=1.5")
     with pytest.raises(E.EvalError, match="unknown metric"):
-        E.task_quality("lookup", metric="meteor")
+        R.task_quality("lookup", metric="meteor")
     (tmp_path / "records.jsonl").write_text(json.dumps({"kind": "decode", "task": "word-map", "setting": "batch",
                                                         "id": "x"}) + "\n")
     with pytest.raises(E.EvalError, match="task 'word-map'"):
-        E.RecordStore(tmp_path / "records.jsonl", "lookup")
+        R.RecordStore(tmp_path / "records.jsonl", "lookup")
     (tmp_path / "results.json").write_text(json.dumps({"task": "word-map", "settings": []}))
     with pytest.raises(E.EvalError, match="expected task 'lookup'"):
-        E.load_results(tmp_path, task="lookup")
+        R.load_results(tmp_path, task="lookup")
     with pytest.raises(ValueError, match="2 predictions but 1"):
         E.M.quality("squad", ["a", "b"], [["a"]])
 

@@ -1,0 +1,180 @@
+"""What an evaluation writes and reads: resumable records (``records.jsonl``), ``results.json``, the
+paper-style markdown table and the quality-latency plots, and the quality metric of each task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import metrics as M
+
+log = logging.getLogger(__name__)
+
+
+# task -> (metric in metrics.QUALITY_METRICS, headline key, column name, show AL/LAAL)
+TASK_QUALITY = {
+    "lookup": ("squad", "exact_match", "acc", False),
+    "word-map": ("bleu", "bleu", "BLEU", True),
+    "mt": ("bleu", "bleu", "BLEU", True),
+    "squad": ("squad", "f1", "F1", False),
+    "mctest": ("choice", "accuracy", "acc", False),
+    "dialogsum": ("rouge", "rougeL", "ROUGE-L", False),
+}
+
+
+FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message names what is wrong."""
+
+
+def task_quality(task: str, metric: str | None = None):
+    if metric is not None:
+        if metric not in M.QUALITY_METRICS:
+            raise EvalError(f"unknown metric {metric!r}; known: {sorted(M.QUALITY_METRICS)}")
+        key = {"bleu": "bleu", "squad": "f1", "choice": "accuracy", "accuracy": "accuracy", "rouge": "rougeL",
+               "wer": "wer"}[metric]
+        return metric, key, key, metric == "bleu"
+    base = "mt" if task.startswith(("mt", "iwslt")) else task
+    if base not in TASK_QUALITY:
+        raise EvalError(f"no default quality metric for task {task!r}; known tasks {sorted(TASK_QUALITY)} "
+                        f"(or set metric to one of {sorted(M.QUALITY_METRICS)})")
+    return TASK_QUALITY[base]
+
+
+class RecordStore:
+    """Append-only JSON lines. A torn last line (no newline) from an interrupted run is dropped."""
+
+    def __init__(self, path: str | Path, task: str):
+        self.path = Path(path)
+        self.task = task
+        self.records: list[dict] = []
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            keep = raw[:raw.rfind(b"\n") + 1] if not raw.endswith(b"\n") else raw
+            if len(keep) != len(raw):
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(keep))
+            for i, line in enumerate(keep.decode("utf-8").splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise EvalError(f"{self.path}:{i + 1}: not a JSON record ({e})") from None
+                if rec.get("task") != task:
+                    raise EvalError(f"{self.path}:{i + 1}: record of task {rec.get('task')!r}, but this "
+                                    f"evaluation is task {task!r}; use another out_dir")
+                self.records.append(rec)
+
+    def done(self, setting: str) -> set:
+        return {r["id"] for r in self.records if r.get("setting") == setting and r.get("kind") == "decode"}
+
+    def find(self, kind: str, setting: str) -> dict | None:
+        for r in self.records:
+            if r.get("kind") == kind and r.get("setting") == setting:
+                return r
+        return None
+
+    def append(self, recs: Iterable[dict]) -> None:
+        recs = [{**r, "task": self.task} for r in recs]
+        if not recs:
+            return
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in recs).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.records.extend(recs)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_outputs(results: dict, out: Path, task: str, metric: str | None = None) -> None:
+    write_atomic(out / "results.json", json.dumps(results, indent=1, sort_keys=True))
+    write_atomic(out / "table.md", markdown_table(results, task, metric))
+    plot_quality_latency([results], out / "quality_latency.png", task=task, metric=metric)
+
+
+def markdown_table(results: Mapping, task: str, metric: str | None = None) -> str:
+    _, _, qname, show_al = task_quality(task, metric)
+    cols = ["method", qname, "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
+    for s in results["settings"]:
+        lat = s["latency"]
+        row = [s["setting"], f"{s['headline']:.2f}", f"{lat.get('ail', float('nan')):.2f}",
+               f"{lat.get('rco', float('nan')):.2f}"]
+        if show_al:
+            row += [f"{lat.get('al_word', lat.get('al_token', float('nan'))):.2f}",
+                    f"{lat.get('laal_word', lat.get('laal_token', float('nan'))):.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_quality_latency(results_list: Sequence[Mapping], path: str | Path, *, task: str,
+                         metric: str | None = None, labels: Sequence[str] | None = None) -> None:
+    """Quality vs AIL and vs RCO; one curve per head family (and per results file when overlaid)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, qname, _ = task_quality(task, metric)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k, res in enumerate(results_list):
+        prefix = (labels[k] + " ") if labels else ""
+        fams: dict[str, list] = {}
+        for s in res["settings"]:
+            fams.setdefault(s["family"], []).append(s)
+        for fam in sorted(fams, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else 99):
+            pts = sorted(fams[fam], key=lambda s: s["latency"].get("ail", 0.0))
+            for ax, key in zip(axes, ("ail", "rco")):
+                xs = [s["latency"].get(key, np.nan) for s in pts]
+                ys = [s["headline"] for s in pts]
+                ax.plot(xs, ys, marker="o", label=prefix + fam)
+    for ax, key in zip(axes, ("AIL", "RCO")):
+        ax.set_xlabel(key)
+        ax.set_ylabel(qname)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{task}: quality vs latency")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def load_results(path: str | Path, task: str | None = None) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        res = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise EvalError(f"{p}: results file not found") from None
+    except json.JSONDecodeError as e:
+        raise EvalError(f"{p}: not a results file ({e})") from None
+    if "settings" not in res or "task" not in res:
+        raise EvalError(f"{p}: not a proactive_jax results file (no 'task'/'settings')")
+    if task is not None and res["task"] != task:
+        raise EvalError(f"{p}: results of task {res['task']!r}, expected task {task!r}")
+    return res
+
+
