@@ -7,11 +7,12 @@ objective, decision heads, the decode loop) -> ``training`` (mesh, step, loop, c
 from .evaluation import metrics
 from .method.decode import stream_decode
 from .method.objective import token_logprobs
+from .method.session import SessionBatch, StreamSession
 from .method.streaming import StreamExample
 from .models.config import ModelConfig
 from .models.hf import load_pretrained, save_pretrained
 from .models.qwen import forward, init_params
 
 __all__ = ["ModelConfig", "StreamExample", "forward", "init_params", "load_pretrained", "metrics",
-           "save_pretrained", "stream_decode", "token_logprobs"]
+           "save_pretrained", "SessionBatch", "stream_decode", "StreamSession", "token_logprobs"]
 __version__ = "0.1.0"

@@ -56,7 +56,8 @@ class DecodeResult:
     ``writes`` [D] bool (True = WRITE), ``reads`` [D] int32 (n at the decision), ``forced`` [D] bool (the
     statistic did not decide: n = M+1, or a continuation token under decide_at=word);
     ``M``: content units; ``finished``: stopped at an eos id (else at max_new_tokens);
-    ``logits`` [D, V] float32: the next-token logits at each decision (only with ``return_logits``).
+    ``logits`` [D, V] float32: the next-token logits at each decision (only with ``return_logits``);
+    ``seconds`` [D] float64: wall-clock time of each decision (live sessions, :mod:`.session`; else None).
     """
 
     tokens: np.ndarray
@@ -68,6 +69,7 @@ class DecodeResult:
     M: int
     finished: bool
     logits: np.ndarray | None = None
+    seconds: np.ndarray | None = None
 
 
 def bucket(x: int, minimum: int = 1) -> int:

@@ -1,0 +1,373 @@
+"""Live streaming: an incremental session over the decoder's jitted prefill and decision step.
+
+A :class:`StreamSession` serves one live source: :meth:`~StreamSession.push` takes the next source unit
+(token ids) and returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the
+end marker and returns the rest. A :class:`SessionBatch` advances several sessions together, one row
+each, the way a server would. Both run :func:`.decode.prefill` once and then :func:`.decode.decision_step`
+per decision, on fixed-shape caches (capacity fixed at construction): the same functions the batch
+decoder loops over, so a session's tokens and read schedule equal :func:`.decode.stream_decode`'s on the
+whole example. Nothing read is ever re-encoded: every unit is fed once, into its own cache slots.
+
+How a push runs: the device state always holds the pending decision for the current logits (see
+:mod:`.decode`). The host advances every row whose pending decision is WRITE, or READ with a queued unit;
+a row that wants to READ with nothing queued waits for the next push. One step = one decision of every
+advancing row; its wall-clock time (dispatch, compute, read-back of the decision) is recorded per row.
+
+Before :meth:`finish` the session does not know M, the number of units: the device's ``M`` is a sentinel
+larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
+the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ
+from the batch decoder's for decisions made before the end was known.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..models.config import ModelConfig
+from .decode import (DecodeResult, StepShapes, _check_ids, _vocab_table, bucket, decision_step, prefill)
+from .heads import HeadSpec, encode_head, parse_head
+
+log = logging.getLogger(__name__)
+
+M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read count
+TRACE_COUNT = 0  # incremented each time the session step or prefill is traced (compiled for new shapes)
+
+
+class SessionError(ValueError):
+    """Bad use of a session (closed, bad unit); the message says which row and why."""
+
+
+def _traced(fn):
+    def run(*args, **kw):
+        global TRACE_COUNT
+        TRACE_COUNT += 1
+        return fn(*args, **kw)
+    return run
+
+
+_prefill_jit = jax.jit(_traced(prefill), static_argnums=0)
+_step_jit = jax.jit(_traced(decision_step), static_argnums=0, donate_argnums=4)
+_PENDING = ("cand", "write", "score", "forced", "done")
+
+
+def _check(ids, vocab: int, what: str):
+    try:
+        _check_ids(ids, vocab, what)
+    except ValueError as e:
+        raise SessionError(str(e)) from None
+
+
+def _ids(x, what: str) -> list[int]:
+    try:
+        out = [int(t) for t in x]
+    except (TypeError, ValueError):
+        raise SessionError(f"{what}: expected a list of token ids, got {x!r}") from None
+    return out
+
+
+class SessionBatch:
+    """Several live sessions advanced together (row i = session i).
+
+    ``prompts``, ``ends``, ``headers``: token-id lists per session (as in ``StreamExample``).
+    ``max_new_tokens``, ``eos_ids`` (None: ``config.eos_ids``), ``word_starts`` (bool per vocabulary id;
+    None: every token starts a word), ``target_offset`` as in :func:`.decode.stream_decode`.
+    Capacity (fixed: the caches never grow and the step never recompiles): ``max_source_len`` source
+    tokens per session (prompt + units + end; default ``min(1024, max_position_embeddings)``) and
+    ``unit_capacity`` tokens per unit (default 8, at least the end marker's length); ``prompt_capacity``,
+    ``header_capacity`` (default: the longest, bucketed) let sessions of different prompt / header lengths
+    share one compiled program. ``clock``: the timer for per-decision wall-clock times (seconds).
+    """
+
+    def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompts: Sequence, ends: Sequence,
+                 headers: Sequence, max_new_tokens: int, eos_ids=None, word_starts=None,
+                 target_offset: int = 0, max_source_len: int | None = None, unit_capacity: int | None = None,
+                 prompt_capacity: int | None = None, header_capacity: int | None = None, clock: Callable[[], float] = time.perf_counter):
+        self.config, self.params, self.clock = config, params, clock
+        self.spec = parse_head(head)
+        self.head_vals = encode_head(self.spec, config.num_hidden_layers)
+        V = config.vocab_size
+        prompts = [_ids(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+        ends = [_ids(e, f"ends[{i}]") for i, e in enumerate(ends)]
+        headers = [_ids(h, f"headers[{i}]") for i, h in enumerate(headers)]
+        B = len(prompts)
+        if B == 0 or len(ends) != B or len(headers) != B:
+            raise SessionError(f"need one prompt, end and header per session; got {len(prompts)} prompts, "
+                               f"{len(ends)} ends, {len(headers)} headers")
+        for i in range(B):
+            for part, ids in (("prompt", prompts[i]), ("end", ends[i]), ("header", headers[i])):
+                _check(ids, V, f"session {i}: {part}")
+            if not headers[i]:
+                raise SessionError(f"session {i}: header is empty: decoding needs at least one header token")
+            if not ends[i]:
+                raise SessionError(f"session {i}: end is empty: the end-of-source marker needs a token")
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise SessionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not isinstance(target_offset, (int, np.integer)) or target_offset < 0:
+            raise SessionError(f"target_offset must be a non-negative int, got {target_offset!r} "
+                               "('contiguous' needs the source length in advance: not available live)")
+        src_cap = int(max_source_len or min(1024, config.max_position_embeddings))
+        U = int(unit_capacity or bucket(max([8] + [len(e) for e in ends])))
+        if max(len(e) for e in ends) > U:
+            raise SessionError(f"unit_capacity={U} is smaller than an end marker ({max(len(e) for e in ends)} tokens)")
+        for i in range(B):
+            if len(prompts[i]) + 1 + len(ends[i]) > src_cap:
+                raise SessionError(f"session {i}: prompt ({len(prompts[i])}) + one unit + end ({len(ends[i])}) "
+                                   f"do not fit max_source_len={src_cap}")
+        last = max(src_cap - 1, int(target_offset) + max(len(h) for h in headers) + int(max_new_tokens) - 1)
+        if last >= config.max_position_embeddings:
+            raise SessionError(f"position {last} (max_source_len {src_cap}, header + max_new_tokens "
+                               f"{int(max_new_tokens)}) exceeds max_position_embeddings={config.max_position_embeddings}")
+        ws = np.ones(V, bool) if word_starts is None else _vocab_table(word_starts, V, "word_starts", True)
+        eos_ids = config.eos_ids if eos_ids is None else eos_ids
+        eos_ids = [int(eos_ids)] if np.ndim(eos_ids) == 0 else [int(x) for x in eos_ids]
+        _check(eos_ids, V, "eos_ids")
+        eos = np.zeros(V, bool)
+        eos[eos_ids] = True
+        self.eos_ids, self.word_starts = eos_ids, ws
+
+        P = bucket(max([len(p) for p in prompts] + [int(prompt_capacity or 0)]))
+        Hc = bucket(max([len(h) for h in headers] + [int(header_capacity or 0)]))
+        self.shapes = StepShapes(config, self.spec.needs_stats, False, int(max_new_tokens), P,
+                                 U, bucket(src_cap, 8), Hc)
+        self.step_shapes = self.shapes._replace(prompt_cap=0)  # the step never reads the prompt cap
+        self.max_source_len = src_cap
+        prompt = np.zeros((B, P), np.int32)
+        header = np.zeros((B, Hc), np.int32)
+        for i in range(B):
+            prompt[i, :len(prompts[i])] = prompts[i]
+            header[i, :len(headers[i])] = headers[i]
+        self._M = np.full(B, M_UNKNOWN, np.int32)
+        self.rows = dict(M=jnp.asarray(self._M), plen=jnp.asarray([len(p) for p in prompts], jnp.int32),
+                         header=jnp.asarray(header), hlen=jnp.asarray([len(h) for h in headers], jnp.int32),
+                         off=jnp.full((B,), int(target_offset), jnp.int32), valid=jnp.ones((B,), bool),
+                         word_start=jnp.asarray(ws), eos=jnp.asarray(eos))
+        self.B, self.prompts, self.ends, self.headers = B, prompts, ends, headers
+        self.tokens = [[] for _ in range(B)]
+        self.phi = [[] for _ in range(B)]
+        self.units_pushed = [0] * B
+        self.closed = [False] * B
+        self._visible = [len(p) for p in prompts]
+        self._queue: list[list[int] | None] = [None] * B
+        self.records = [dict(scores=[], writes=[], reads=[], forced=[], seconds=[]) for _ in range(B)]
+        t0 = clock()
+        self.state = _prefill_jit(self.shapes, params, self.head_vals, self.rows, jnp.asarray(prompt))
+        self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
+        self.prefill_seconds = clock() - t0
+        self._n = [0] * B
+
+    # -- the public operations ----------------------------------------------------------------
+
+    @property
+    def done(self) -> list[bool]:
+        """Per row: the model stopped writing (an eos id, or max_new_tokens)."""
+        return [bool(x) for x in self._pending["done"]]
+
+    def push(self, units: Sequence) -> list[list[int]]:
+        """Give row i the next source unit ``units[i]`` (token ids; None = nothing new for that row).
+
+        Returns, per row, the token ids written in response (possibly empty). All units are checked
+        before anything runs: a bad one raises :class:`SessionError` and no row changes."""
+        if len(units) != self.B:
+            raise SessionError(f"push: expected one unit (or None) per session ({self.B}), got {len(units)}")
+        clean = [None if u is None else self._check_unit(i, u) for i, u in enumerate(units)]
+        for i, u in enumerate(clean):
+            if u is not None:
+                self.units_pushed[i] += 1
+                if not self.done[i]:
+                    self._queue[i] = u  # a finished row just counts its source
+        return self._run()
+
+    def finish(self, rows: Sequence[int] | None = None) -> list[list[int]]:
+        """Feed the end marker to ``rows`` (default: all open rows) and write until they stop; close them.
+        Returns per row the tokens written now (empty for rows not finished)."""
+        rows = [i for i in range(self.B) if not self.closed[i]] if rows is None else list(rows)
+        for i in rows:
+            if not 0 <= i < self.B:
+                raise SessionError(f"finish: row {i} does not exist (the batch has {self.B} sessions)")
+            if self.closed[i]:
+                raise SessionError(f"finish: session {i} is closed (finish() was already called)")
+        for i in rows:
+            self._M[i] = self.units_pushed[i]
+            self.closed[i] = True
+            if not self.done[i]:
+                self._queue[i] = list(self.ends[i])
+        if rows:
+            self.rows = dict(self.rows, M=jnp.asarray(self._M))
+        out = self._run()
+        assert all(self.done[i] for i in rows), "a finished row must write until eos or max_new_tokens"
+        return out
+
+    def result(self, i: int) -> DecodeResult:
+        """Row i's decode so far, as a :class:`.decode.DecodeResult` (with ``seconds`` per decision)."""
+        r = self.records[i]
+        M = self.units_pushed[i]
+        toks = np.asarray(self.tokens[i], np.int32)
+        return DecodeResult(tokens=toks, phi=np.asarray(self.phi[i], np.int32),
+                            scores=np.asarray(r["scores"], np.float32), writes=np.asarray(r["writes"], bool),
+                            reads=np.asarray(r["reads"], np.int32), forced=np.asarray(r["forced"], bool), M=M,
+                            finished=bool(len(toks) and self.eos_ids and int(toks[-1]) in self.eos_ids),
+                            seconds=np.asarray(r["seconds"], np.float64))
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _check_unit(self, i: int, unit) -> list[int]:
+        if self.closed[i]:
+            raise SessionError(f"push: session {i} is closed (finish() was called); start a new session")
+        ids = _ids(unit, f"push: session {i}, unit {self.units_pushed[i]}")
+        if not ids:
+            raise SessionError(f"push: session {i}, unit {self.units_pushed[i]} is empty; a unit needs at "
+                               "least one token (nothing was fed; the session is unchanged)")
+        _check(ids, self.config.vocab_size, f"push: session {i}, unit {self.units_pushed[i]}")
+        U = self.shapes.unit_cap
+        if len(ids) > U:
+            raise SessionError(f"push: session {i}, unit {self.units_pushed[i]} has {len(ids)} tokens, over "
+                               f"unit_capacity={U}; create the session with a larger unit_capacity "
+                               "(nothing was fed; the session is unchanged)")
+        need = self._visible[i] + len(ids) + len(self.ends[i])
+        if not self.done[i] and need > self.max_source_len:
+            raise SessionError(f"push: session {i}, unit {self.units_pushed[i]}: the source would reach {need} "
+                               f"tokens with the end marker, over max_source_len={self.max_source_len} "
+                               "(nothing was fed; call finish() or use a larger max_source_len)")
+        return ids
+
+    def _run(self) -> list[list[int]]:
+        out = [[] for _ in range(self.B)]
+        U = self.shapes.unit_cap
+        while True:
+            p = self._pending
+            go = np.array([not p["done"][i] and (bool(p["write"][i]) or self._queue[i] is not None)
+                           for i in range(self.B)])
+            if not go.any():
+                return out
+            unit = np.zeros((self.B, U), np.int32)
+            ulen = np.zeros(self.B, np.int32)
+            for i in np.flatnonzero(go & ~p["write"]):
+                q = self._queue[i]
+                unit[i, :len(q)], ulen[i] = q, len(q)
+            t0 = self.clock()
+            self.state = _step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
+                                   jnp.asarray(unit), jnp.asarray(ulen), jnp.asarray(go))
+            nxt = jax.device_get({k: self.state[k] for k in _PENDING})
+            dt = self.clock() - t0
+            for i in np.flatnonzero(go):
+                r = self.records[i]
+                r["scores"].append(float(p["score"][i]))
+                r["writes"].append(bool(p["write"][i]))
+                r["reads"].append(self._n[i])
+                r["forced"].append(bool(p["forced"][i]))
+                r["seconds"].append(dt)
+                if p["write"][i]:
+                    tok = int(p["cand"][i])
+                    self.tokens[i].append(tok)
+                    self.phi[i].append(self._n[i])
+                    out[i].append(tok)
+                else:
+                    self._visible[i] += int(ulen[i])
+                    self._n[i] += 1
+                    self._queue[i] = None
+            self._pending = nxt
+
+
+class StreamSession:
+    """One live stream (a :class:`SessionBatch` of one row).
+
+    ``prompt``, ``end``, ``header``: token-id lists as in ``StreamExample``. ``push(unit)`` returns the
+    token ids written in response; ``finish()`` feeds ``end`` and returns the rest; ``tokens`` and ``phi``
+    hold everything written so far and the read count at each write; ``decision_seconds`` the wall-clock
+    time of every decision. Keyword options as in :class:`SessionBatch`.
+    """
+
+    def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompt, end, header,
+                 max_new_tokens: int, eos_ids=None, word_starts=None, **options):
+        self._batch = SessionBatch(config, params, head, prompts=[prompt], ends=[end], headers=[header],
+                                   max_new_tokens=max_new_tokens, eos_ids=eos_ids, word_starts=word_starts,
+                                   **options)
+        self.tokenizer = None
+
+    @classmethod
+    def from_tokenizer(cls, config: ModelConfig, params, head: str | HeadSpec, tokenizer, *, prompt_text: str = "",
+                       system: str | None = None, max_new_tokens: int = 64, eos_ids=None, word_starts=None,
+                       **options) -> "StreamSession":
+        """Prompt, end and header rendered from the tokenizer's chat template exactly as offline examples
+        are (:func:`proactive_jax.data.render_example`); eos ids and the word-start table from the
+        tokenizer unless given. Use :meth:`push_text` to push words."""
+        from ..data import TextExample, render_example, template_parts, word_start_table
+        from ..models.loading import eos_ids_for
+
+        ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
+                                                   target_text="x"), template_parts(tokenizer, system=system))
+        s = cls(config, params, head, prompt=ex.prompt, end=ex.end, header=ex.header,
+                max_new_tokens=max_new_tokens,
+                eos_ids=eos_ids_for(tokenizer, config) if eos_ids is None else eos_ids,
+                word_starts=word_start_table(tokenizer, config.vocab_size) if word_starts is None else word_starts,
+                **options)
+        s.tokenizer = tokenizer
+        return s
+
+    def push(self, unit) -> list[int]:
+        return self._batch.push([unit])[0]
+
+    def push_text(self, word: str) -> list[int]:
+        """Push one word of text (tokenized on its own, with a leading space after the first unit, as
+        offline rendering does); needs a session made by :meth:`from_tokenizer`."""
+        if self.tokenizer is None:
+            raise SessionError("push_text needs a tokenizer: create the session with StreamSession.from_tokenizer")
+        word = word.strip()
+        if not word:
+            raise SessionError("push_text: the word is empty (nothing was fed; the session is unchanged)")
+        text = word if self._batch.units_pushed[0] == 0 else " " + word
+        return self.push(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def finish(self) -> list[int]:
+        if self._batch.closed[0]:
+            raise SessionError("finish: the session is closed (finish() was already called)")
+        return self._batch.finish([0])[0]
+
+    def result(self) -> DecodeResult:
+        return self._batch.result(0)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True) if self.tokenizer else str(list(ids))
+
+    tokens = property(lambda self: list(self._batch.tokens[0]), doc="token ids written so far")
+    phi = property(lambda self: list(self._batch.phi[0]), doc="read count at each write")
+    done = property(lambda self: self._batch.done[0], doc="the model stopped writing (eos or max_new_tokens)")
+    closed = property(lambda self: self._batch.closed[0], doc="finish() was called")
+    units_pushed = property(lambda self: self._batch.units_pushed[0])
+    decision_seconds = property(lambda self: list(self._batch.records[0]["seconds"]),
+                                doc="wall-clock seconds of each decision")
+    prefill_seconds = property(lambda self: self._batch.prefill_seconds)
+    word_starts = property(lambda self: self._batch.word_starts)
+    eos_ids = property(lambda self: self._batch.eos_ids)
+
+
+def session_decode(config: ModelConfig, params, examples, head: str | HeadSpec, max_new_tokens: int,
+                   eos_ids=None, word_starts=None, batch_size: int | None = None, **options) -> list[DecodeResult]:
+    """``stream_decode``'s contract through live sessions: examples are pushed unit by unit (a
+    :class:`SessionBatch` of ``batch_size`` rows at a time, in lockstep), each finished after its last
+    unit. Results carry ``seconds`` (wall-clock per decision) for computation-aware latency."""
+    examples = list(examples)
+    size = len(examples) if batch_size is None else max(1, min(int(batch_size), len(examples)))
+    U = options.pop("unit_capacity", bucket(max(max(len(u) for u in e.units + (e.end,)) for e in examples)))
+    S = options.pop("max_source_len", max(e.S for e in examples))
+    options.setdefault("prompt_capacity", max(len(e.prompt) for e in examples))
+    options.setdefault("header_capacity", max(len(e.header) for e in examples))
+    out = []
+    for start in range(0, len(examples), size):
+        chunk = examples[start:start + size]
+        sb = SessionBatch(config, params, head, prompts=[e.prompt for e in chunk], ends=[e.end for e in chunk],
+                          headers=[e.header for e in chunk], max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+                          word_starts=word_starts, unit_capacity=U, max_source_len=S, **options)
+        for k in range(max(e.M for e in chunk)):
+            sb.push([e.units[k] if k < e.M else None for e in chunk])
+            ending = [i for i, e in enumerate(chunk) if e.M == k + 1]
+            if ending:
+                sb.finish(ending)
+        out.extend(sb.result(i) for i in range(len(chunk)))
+    return out
