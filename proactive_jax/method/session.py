@@ -338,6 +338,8 @@ class StreamSession:
     tokens = property(lambda self: list(self._batch.tokens[0]), doc="token ids written so far")
     phi = property(lambda self: list(self._batch.phi[0]), doc="read count at each write")
     done = property(lambda self: self._batch.done[0], doc="the model stopped writing (eos or max_new_tokens)")
+    pending_token = property(lambda self: int(self._batch._pending["cand"][0]),
+                             doc="the greedy candidate for the next write (given what was read so far)")
     closed = property(lambda self: self._batch.closed[0], doc="finish() was called")
     units_pushed = property(lambda self: self._batch.units_pushed[0])
     decision_seconds = property(lambda self: list(self._batch.records[0]["seconds"]),
