@@ -116,13 +116,17 @@ def example_record(setting: str, item_id: str, result, text: str, references: Se
     if flags:
         flags[0] = True
     wd = M.word_delays(result.phi[:len(body)], flags, result.M) if (flags and body) else np.zeros(0)
-    return {"kind": "decode", "setting": setting, "id": item_id, "prediction": text,
-            "references": list(references), "tokens": toks, "phi": [int(x) for x in result.phi],
-            "word_delays": [float(x) for x in wd], "word_starts": flags, "M": int(result.M),
-            "finished": bool(result.finished)}
+    rec = {"kind": "decode", "setting": setting, "id": item_id, "prediction": text,
+           "references": list(references), "tokens": toks, "phi": [int(x) for x in result.phi],
+           "word_delays": [float(x) for x in wd], "word_starts": flags, "M": int(result.M),
+           "finished": bool(result.finished)}
+    if getattr(result, "seconds", None) is not None:  # computation-aware: seconds spent up to each write
+        rec["elapsed"] = [float(x) for x in np.cumsum(result.seconds)[np.asarray(result.writes, bool)]]
+    return rec
 
 
-def score_setting(records: Sequence[dict], task: str, metric: str | None = None) -> dict:
+def score_setting(records: Sequence[dict], task: str, metric: str | None = None,
+                  seconds_per_unit: float = 1.0) -> dict:
     metric_name, key, _, _ = task_quality(task, metric)
     preds = [r["prediction"] for r in records]
     refs = [r["references"] for r in records]
@@ -138,7 +142,11 @@ def score_setting(records: Sequence[dict], task: str, metric: str | None = None)
         if phi.size == 0:
             continue
         ref_words = len(r["references"][0].split()) if r["references"] else None
-        reports.append(M.latency_report(phi, r["M"], r.get("word_starts"), ref_words or None))
+        rep = M.latency_report(phi, r["M"], r.get("word_starts"), ref_words or None)
+        if "elapsed" in r:
+            rep.update(M.ca_latency_report(phi, r["elapsed"], r["M"], r.get("word_starts"), ref_words or None,
+                                           seconds_per_unit=seconds_per_unit))
+        reports.append(rep)
     lat = M.aggregate_latency(reports) if reports else {}
     return {"quality": q, "quality_key": key, "headline": float(q[key]), "latency": lat, "n": len(records)}
 
@@ -158,8 +166,11 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    task: str, detokenize: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
-                   progress: bool = True, decode_fn: Callable | None = None) -> dict:
-    """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results."""
+                   progress: bool = True, decode_fn: Callable | None = None, seconds_per_unit: float = 1.0) -> dict:
+    """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results.
+
+    A ``decode_fn`` whose results carry ``seconds`` (per decision, e.g. :func:`..method.session.session_decode`)
+    adds the computation-aware latencies (``*_ca``, compute time in units of ``seconds_per_unit``)."""
     from ..method.decode import calibrate_tau, stream_decode
     decode_fn = decode_fn or stream_decode
     out = Path(out_dir)
@@ -219,13 +230,27 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
         recs = [r for r in store.records if r.get("kind") == "decode" and r["setting"] == spec]
         order = {i: k for k, i in enumerate(ids)}
         recs = sorted((r for r in recs if r["id"] in order), key=lambda r: order[r["id"]])
-        agg = score_setting(recs, task, metric)
+        agg = score_setting(recs, task, metric, seconds_per_unit)
         results["settings"].append({"setting": spec, "family": s.family, "quantile": s.quantile, **agg,
                                     "examples": recs})
     t_score += time.perf_counter() - t0
-    results["timing"] = {"decode_s": t_decode, "score_s": t_score}
+    results["timing"] = {"decode_s": t_decode, "score_s": t_score, "device": device_name(),
+                         "seconds_per_unit": seconds_per_unit}
     write_outputs(results, out, task, metric)
     return results
+
+
+def device_name() -> str:
+    """The device decodes ran on, e.g. ``cpu (x86_64, 2 cores)`` or ``gpu (NVIDIA H200)``."""
+    import os
+    import platform
+
+    import jax
+
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    return f"{d.platform} ({d.device_kind})"
 
 
 class _NoBar:
@@ -276,6 +301,8 @@ class EvalConfig:
     seed: int = 0
     out_dir: str = "eval_out"
     progress: bool = True
+    computation_aware: bool = False  # decode through live sessions, timing every decision (*_ca latencies)
+    seconds_per_unit: float = 1.0  # the source's pace, to express compute time in units (ours; see metrics)
 
 
 def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
@@ -332,7 +359,14 @@ def run_eval(cfg) -> dict:
                           detokenize=lambda t: tok.decode(list(t), skip_special_tokens=True).strip(),
                           eos_ids=eos_ids_for(tok, model_cfg), word_starts=word_start_table(tok, model_cfg.vocab_size),
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
-                          metric=cfg.metric, progress=cfg.progress)
+                          metric=cfg.metric, progress=cfg.progress, seconds_per_unit=cfg.seconds_per_unit,
+                          decode_fn=_session_decode() if cfg.computation_aware else None)
+
+
+def _session_decode():
+    from ..method.session import session_decode
+
+    return session_decode
 
 
 def add_eval_args(p) -> None:
@@ -360,5 +394,13 @@ def run_eval_cli(args) -> int:
     print(markdown_table(res, cfg.task, cfg.metric))
     print(f"wrote {cfg.out_dir}/results.json, table.md, quality_latency.png "
           f"(decode {res['timing']['decode_s']:.1f}s, scoring {res['timing']['score_s']:.1f}s)")
+    if cfg.computation_aware:
+        print(f"computation-aware latency on {res['timing']['device']} "
+              f"({cfg.seconds_per_unit} s per source unit):")
+        for st in res["settings"]:
+            lat = st["latency"]
+            pairs = [f"{k.upper()}={lat[k]:.3f} / {k.upper()}_CA={lat[k + '_ca']:.3f}"
+                     for k in ("al_word", "laal_word", "al_token", "laal_token") if k + "_ca" in lat]
+            print(f"  {st['setting']}: " + ", ".join(pairs))
     return 0
 

@@ -14,6 +14,8 @@ Delays are read counts in content units: ``d_j = min(phi(j), M)``.
   ``|X| = source_length``.
 * ``latency_report`` gives all of them for one sentence, at token granularity (``*_token``) and word
   granularity (``*_word``); ``aggregate_latency`` averages reports over sentences as SimulEval does.
+* ``ca_latency_report``: the computation-aware variants (SimulEval's ``*_CA``, keys ``*_ca``): each delay
+  plus the wall-clock compute time spent up to that write, converted to source units (see its doc).
 
 Empty hypothesis: every sentence-level latency returns ``nan`` (SimulEval's ``compute`` would crash, and its
 corpus score skips such instances); ``aggregate_latency`` skips ``nan`` the same way, so corpus means equal
@@ -36,7 +38,8 @@ import numpy as np
 
 __all__ = [
     "al", "laal", "dal", "ap", "rco", "ail", "AIL_IDEALS", "word_delays", "latency_report",
-    "aggregate_latency", "bleu", "normalize_squad_answer", "squad_em_f1", "squad_scores", "parse_choice",
+    "aggregate_latency", "ca_delays", "ca_latency_report", "bleu", "normalize_squad_answer", "squad_em_f1",
+    "squad_scores", "parse_choice",
     "accuracy", "choice_accuracy", "rouge", "normalize_wer_text", "wer", "QUALITY_METRICS", "quality",
 ]
 
@@ -271,6 +274,48 @@ def aggregate_latency(reports: Sequence[Mapping[str, float]]) -> dict:
         vals = np.asarray([float(r[k]) for r in reports], dtype=np.float64)
         vals = vals[~np.isnan(vals)]
         out[k] = float(np.mean(vals)) if vals.size else NAN
+    return out
+
+
+def ca_delays(delays, elapsed, seconds_per_unit: float = 1.0) -> np.ndarray:
+    """Computation-aware delays: ``d_j + elapsed_j / seconds_per_unit`` (source units).
+
+    ``elapsed_j``: wall-clock seconds of computation from the start of the stream up to the write of item
+    j (cumulative: every decision delays all later ones). SimulEval's computation-aware timestamps (speech
+    input) are "source time read + wall time since the start"; here the source time is in units, so the
+    compute time is converted with ``seconds_per_unit`` (the source's pace: 1 s for a one-second audio
+    chunk; ours for text: a configured words-per-second rate)."""
+    d = _delays(delays)
+    e = _delays(elapsed, "elapsed")
+    if e.shape != d.shape:
+        raise ValueError(f"elapsed has {e.size} entries but delays has {d.size}")
+    if np.any(e < 0):
+        raise ValueError("elapsed must be >= 0 seconds")
+    return d + e / _positive(seconds_per_unit, "seconds_per_unit")
+
+
+def ca_latency_report(phi, elapsed, source_length, token_word_starts=None, reference_length=None, *,
+                      reference_token_length=None, seconds_per_unit: float = 1.0) -> dict:
+    """``al/laal/dal/ap`` on computation-aware delays (:func:`ca_delays`), keys ``*_token_ca`` and, with
+    ``token_word_starts``, ``*_word_ca`` (a word's time = its last token's, like :func:`word_delays`).
+    ``elapsed``: seconds per target token (same length as ``phi``). Same conventions as
+    :func:`latency_report` otherwise; empty hypothesis: ``nan``."""
+    p = _phi(phi)
+    e = _delays(elapsed, "elapsed")
+    if e.size != p.size:
+        raise ValueError(f"elapsed has {e.size} entries but phi has {p.size}")
+    m = _source_units(source_length)
+    d = ca_delays(np.minimum(p, m), e, seconds_per_unit)
+    out = {"al_token_ca": al(d, m, reference_token_length), "laal_token_ca": laal(d, m, reference_token_length),
+           "dal_token_ca": dal(d, m), "ap_token_ca": ap(d, m, reference_token_length)}
+    if token_word_starts is not None:
+        starts = np.asarray(token_word_starts, dtype=bool).reshape(-1)
+        if starts.size > p.size:
+            raise ValueError(f"token_word_starts has {starts.size} entries but phi has only {p.size}")
+        w = ca_delays(word_delays(p[: starts.size], starts, m), word_delays(e[: starts.size], starts),
+                      seconds_per_unit)
+        out.update({"al_word_ca": al(w, m, reference_length), "laal_word_ca": laal(w, m, reference_length),
+                    "dal_word_ca": dal(w, m), "ap_word_ca": ap(w, m, reference_length)})
     return out
 
 
