@@ -6,13 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="HF directory or training run directory")
     p.add_argument("--step", type=int, default=None, help="training-run step (default: latest)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--head", default="entropy:tau=0.3", help="decision head spec, e.g. wait-k:k=3")
-    p.add_argument("--text", required=True, help="the source text to stream (split into words)")
+    p.add_argument("--text", default=None, help="the source text to stream (split into words); or use --live")
+    p.add_argument("--live", action="store_true",
+                   help="read the source from standard input as it arrives (a word per unit, or a line per unit "
+                        "with --unit sentence) and print the writes as they happen; end of input = end of source")
     p.add_argument("--prompt", default="", help="task text shown up front (instruction, question)")
     p.add_argument("--unit", default="word", choices=("word", "token", "sentence"))
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -21,6 +26,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 def run_decode_cli(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
+
+    if args.live:
+        return run_live(args)
+    if args.text is None:
+        print("proactive-jax decode: give --text TEXT, or --live to read the source from standard input",
+              file=sys.stderr)
+        return 2
 
     from ..data import TextExample, render_example, split_words, template_parts, word_start_table
     from .decode import format_events, interleave, stream_decode
@@ -48,4 +60,69 @@ def run_decode_cli(args: argparse.Namespace) -> int:
     print(format_events(interleave(ex, res, detok)))
     print(f"\noutput: {tok.decode(list(res.tokens), skip_special_tokens=True).strip()!r}")
     print(f"phi: {res.phi.tolist()} (M = {res.M}; M+1 = the end marker was read)")
+    return 0
+
+
+def _live_units(stream, unit: str):
+    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``)."""
+    for line in iter(stream.readline, ""):
+        if unit == "sentence":
+            if line.strip():
+                yield line.strip()
+        else:
+            yield from line.split()
+
+
+def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    """``decode --live``: a :class:`.session.StreamSession` fed from standard input, writes printed at once."""
+    from transformers import AutoTokenizer
+
+    from .heads import parse_head
+    from .session import SessionError, StreamSession
+    from ..models.loading import load_model
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    try:
+        if args.unit == "token":
+            raise ValueError("--live streams words (--unit word) or lines (--unit sentence), not tokens")
+        parse_head(args.head)
+        cfg, params, tok_dir = load_model(args.checkpoint, args.step)
+        tok_dir = args.tokenizer or tok_dir
+        if tok_dir is None:
+            raise ValueError(f"no tokenizer found for {args.checkpoint}; pass --tokenizer DIR")
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        session = StreamSession.from_tokenizer(cfg, params, args.head, tok, prompt_text=args.prompt,
+                                               system=args.system, max_new_tokens=args.max_new_tokens)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"proactive-jax decode: {e}", file=sys.stderr)
+        return 2
+    shown = ""
+
+    def show():
+        nonlocal shown
+        text = tok.decode(session.tokens, skip_special_tokens=True)
+        if text.startswith(shown):  # print only what is new (a token may change how earlier bytes decode)
+            stdout.write(text[len(shown):])
+        else:
+            stdout.write("\n" + text)
+        stdout.flush()
+        shown = text
+
+    for u in _live_units(stdin, args.unit):
+        if session.done:
+            break
+        try:
+            session.push_text(u)
+        except SessionError as e:
+            print(f"\nproactive-jax decode: {e}", file=sys.stderr)
+            return 2
+        show()
+    if not session.closed:
+        session.finish()
+    show()
+    stdout.write("\n")
+    secs = session.decision_seconds
+    print(f"phi: {session.phi} (M = {session.units_pushed}; M+1 = the end marker was read); "
+          f"{len(secs)} decisions, median {1e3 * float(np.median(secs)) if secs else 0:.1f} ms each",
+          file=sys.stderr)
     return 0
