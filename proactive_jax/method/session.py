@@ -155,6 +155,7 @@ class SessionBatch:
         self._visible = [len(p) for p in prompts]
         self._queue: list[list[int] | None] = [None] * B
         self.records = [dict(scores=[], writes=[], reads=[], forced=[], seconds=[]) for _ in range(B)]
+        self.step_seconds: list[float] = []  # wall-clock of every step (one decision of each advancing row)
         t0 = clock()
         self.state = _prefill_jit(self.shapes, params, self.head_vals, self.rows, jnp.asarray(prompt))
         self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
@@ -255,6 +256,7 @@ class SessionBatch:
                                    jnp.asarray(unit), jnp.asarray(ulen), jnp.asarray(go))
             nxt = jax.device_get({k: self.state[k] for k in _PENDING})
             dt = self.clock() - t0
+            self.step_seconds.append(dt)
             for i in np.flatnonzero(go):
                 r = self.records[i]
                 r["scores"].append(float(p["score"][i]))
