@@ -72,12 +72,12 @@ def run_stream(cfg, params, exs, head, max_new):
     return time.perf_counter() - t0, res
 
 
-def run_session(cfg, params, exs, head, max_new):
+def run_session(cfg, params, exs, head, max_new, fused=True):
     """Push unit k of every example together; returns (push times, step times, results)."""
     P = max(len(e.prompt) for e in exs)
     sb = SessionBatch(cfg, params, head, prompts=[e.prompt for e in exs], ends=[e.end for e in exs],
                       headers=[e.header for e in exs], max_new_tokens=max_new, eos_ids=[],
-                      max_source_len=max(e.S for e in exs), unit_capacity=4, prompt_capacity=P)
+                      max_source_len=max(e.S for e in exs), unit_capacity=4, prompt_capacity=P, fused=fused)
     pushes = []
     for k in range(max(e.M for e in exs)):
         t0 = time.perf_counter()
@@ -102,35 +102,41 @@ def main():
     ap.add_argument("--max-new", type=int, default=12)
     ap.add_argument("--head", default="wait-k:k=2")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of each; the fastest is reported")
+    ap.add_argument("--modes", default="fused,stepwise",
+                    help="session modes: fused (one device loop per push) and/or stepwise (one dispatch per step)")
     a = ap.parse_args()
     print(f"device: {jax.devices()[0].platform} ({platform.machine()}, {os.cpu_count()} cores), "
           f"head {a.head}, units {a.units}, max_new {a.max_new}")
-    print("| model | B | push p50 ms | push p99 ms | step p50 ms | step p99 ms | stream_decode ms/iter "
+    print("| model | mode | B | push p50 ms | push p99 ms | step p50 ms | step p99 ms | stream_decode ms/iter "
           "| overhead per decision | end-to-end ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in a.models.split(","):
         cfg = ModelConfig(**MODELS[name])
         params = random_params(cfg)
         for B in [int(b) for b in a.batch_sizes.split(",")]:
             exs = random_examples(np.random.default_rng(B), B, cfg.vocab_size, a.units)
+            modes = [m == "fused" for m in a.modes.split(",")]
             run_stream(cfg, params, exs, a.head, a.max_new)  # warm-up (compile)
-            run_session(cfg, params, exs, a.head, a.max_new)
-            best_s, best_l = None, None
-            for _ in range(a.repeats):
+            for fused in modes:
+                run_session(cfg, params, exs, a.head, a.max_new, fused)
+            best_s, best_l = None, {m: None for m in modes}
+            for _ in range(a.repeats):  # interleaved, so load changes hit both alike
                 t, res = run_stream(cfg, params, exs, a.head, a.max_new)
                 best_s = (t, res) if best_s is None or t < best_s[0] else best_s
-                pushes, steps, live = run_session(cfg, params, exs, a.head, a.max_new)
-                best_l = (pushes, steps, live) if best_l is None or sum(steps) < sum(best_l[1]) else best_l
+                for m in modes:
+                    run = run_session(cfg, params, exs, a.head, a.max_new, m)
+                    best_l[m] = run if best_l[m] is None or sum(run[1]) < sum(best_l[m][1]) else best_l[m]
             t, res = best_s
-            pushes, steps, live = best_l
-            for r, lv in zip(res, live):
-                assert np.array_equal(r.tokens, lv.tokens) and np.array_equal(r.phi, lv.phi), "session != stream_decode"
             iters = max(len(r.writes) for r in res)
             per_iter = t / iters
-            per_step = float(np.mean(steps))
-            print(f"| {name} | {B} | {pct(pushes, 50):.2f} | {pct(pushes, 99):.2f} | {pct(steps, 50):.2f} | "
-                  f"{pct(steps, 99):.2f} | {1e3 * per_iter:.2f} | {per_step / per_iter:.2f}x | "
-                  f"{sum(pushes) / t:.2f}x |", flush=True)
+            for m in modes:
+                pushes, steps, live = best_l[m]
+                for r, lv in zip(res, live):
+                    assert np.array_equal(r.tokens, lv.tokens) and np.array_equal(r.phi, lv.phi), "session != stream"
+                per_step = float(np.mean(steps))
+                print(f"| {name} | {'fused' if m else 'stepwise'} | {B} | {pct(pushes, 50):.2f} | {pct(pushes, 99):.2f} | {pct(steps, 50):.2f} | "
+                      f"{pct(steps, 99):.2f} | {1e3 * per_iter:.2f} | {per_step / per_iter:.2f}x | "
+                      f"{sum(pushes) / t:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ whole example. Nothing read is ever re-encoded: every unit is fed once, into its
 How a push runs: the device state always holds the pending decision for the current logits (see
 :mod:`.decode`). The host advances every row whose pending decision is WRITE, or READ with a queued unit;
 a row that wants to READ with nothing queued waits for the next push. One step = one decision of every
-advancing row; its wall-clock time (dispatch, compute, read-back of the decision) is recorded per row.
+advancing row. By default (``fused``) a push is one dispatch: a device ``while_loop`` over the step,
+with each decision's wall-clock taken as the push's time divided by its steps; ``fused=False`` dispatches
+and reads back every step (exact per-decision times, more host overhead).
 
 Before :meth:`finish` the session does not know M, the number of units: the device's ``M`` is a sentinel
 larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
@@ -81,14 +83,18 @@ class SessionBatch:
     tokens per session (prompt + units + end; default ``min(1024, max_position_embeddings)``) and
     ``unit_capacity`` tokens per unit (default 8, at least the end marker's length); ``prompt_capacity``,
     ``header_capacity`` (default: the longest, bucketed) let sessions of different prompt / header lengths
-    share one compiled program. ``clock``: the timer for per-decision wall-clock times (seconds).
+    share one compiled program. ``fused`` (default): each push/finish is one dispatch, a device
+    ``while_loop`` over the step (per-decision time = push time / its steps); ``fused=False``: one
+    dispatch per step with the decision read back after each (exact per-decision wall-clock, more host
+    overhead). ``clock``: the timer for the wall-clock times (seconds).
     """
 
     def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompts: Sequence, ends: Sequence,
                  headers: Sequence, max_new_tokens: int, eos_ids=None, word_starts=None,
                  target_offset: int = 0, max_source_len: int | None = None, unit_capacity: int | None = None,
-                 prompt_capacity: int | None = None, header_capacity: int | None = None, clock: Callable[[], float] = time.perf_counter):
-        self.config, self.params, self.clock = config, params, clock
+                 prompt_capacity: int | None = None, header_capacity: int | None = None, fused: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.config, self.params, self.clock, self.fused = config, params, clock, bool(fused)
         self.spec = parse_head(head)
         self.head_vals = encode_head(self.spec, config.num_hidden_layers)
         V = config.vocab_size
@@ -238,42 +244,105 @@ class SessionBatch:
         return ids
 
     def _run(self) -> list[list[int]]:
+        """Advance every row that can (pending WRITE, or READ with a queued unit) until none can."""
         out = [[] for _ in range(self.B)]
-        U = self.shapes.unit_cap
+        unit = np.zeros((self.B, self.shapes.unit_cap), np.int32)
+        ulen = np.zeros(self.B, np.int32)
+        for i, q in enumerate(self._queue):
+            if q is not None:
+                unit[i, :len(q)], ulen[i] = q, len(q)
+        if self.fused:
+            self._run_fused(unit, ulen, out)
+        else:
+            self._run_stepwise(unit, ulen, out)
+        return out
+
+    def _record(self, i, write, cand, score, forced, seconds, ulen, out):
+        r = self.records[i]
+        r["scores"].append(float(score))
+        r["writes"].append(bool(write))
+        r["reads"].append(self._n[i])
+        r["forced"].append(bool(forced))
+        r["seconds"].append(seconds)
+        if write:
+            self.tokens[i].append(int(cand))
+            self.phi[i].append(self._n[i])
+            out[i].append(int(cand))
+        else:
+            self._visible[i] += int(ulen[i])
+            self._n[i] += 1
+            self._queue[i] = None
+
+    def _run_stepwise(self, unit, ulen, out):
+        """One dispatch per step; the host reads every decision back (exact per-decision wall-clock)."""
+        unit_d, ulen_d = jnp.asarray(unit), jnp.asarray(ulen)
         while True:
             p = self._pending
             go = np.array([not p["done"][i] and (bool(p["write"][i]) or self._queue[i] is not None)
                            for i in range(self.B)])
             if not go.any():
-                return out
-            unit = np.zeros((self.B, U), np.int32)
-            ulen = np.zeros(self.B, np.int32)
-            for i in np.flatnonzero(go & ~p["write"]):
-                q = self._queue[i]
-                unit[i, :len(q)], ulen[i] = q, len(q)
+                return
             t0 = self.clock()
             self.state = _step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
-                                   jnp.asarray(unit), jnp.asarray(ulen), jnp.asarray(go))
+                                   unit_d, ulen_d, jnp.asarray(go))
             nxt = jax.device_get({k: self.state[k] for k in _PENDING})
             dt = self.clock() - t0
             self.step_seconds.append(dt)
             for i in np.flatnonzero(go):
-                r = self.records[i]
-                r["scores"].append(float(p["score"][i]))
-                r["writes"].append(bool(p["write"][i]))
-                r["reads"].append(self._n[i])
-                r["forced"].append(bool(p["forced"][i]))
-                r["seconds"].append(dt)
-                if p["write"][i]:
-                    tok = int(p["cand"][i])
-                    self.tokens[i].append(tok)
-                    self.phi[i].append(self._n[i])
-                    out[i].append(tok)
-                else:
-                    self._visible[i] += int(ulen[i])
-                    self._n[i] += 1
-                    self._queue[i] = None
+                self._record(i, p["write"][i], p["cand"][i], p["score"][i], p["forced"][i], dt, ulen, out)
             self._pending = nxt
+
+    def _run_fused(self, unit, ulen, out):
+        """One dispatch per push: a device ``while_loop`` over the same step; per-decision time = the push's
+        wall-clock / its steps (the writes of a push reach the host together, at its end)."""
+        has = np.array([q is not None for q in self._queue])
+        t0 = self.clock()
+        self.state, rec, k, steps, nxt = _advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
+                                                      self.state, jnp.asarray(unit), jnp.asarray(ulen),
+                                                      jnp.asarray(has))
+        rec, k, steps, nxt = jax.device_get((rec, k, steps, nxt))
+        dt = self.clock() - t0
+        per = dt / max(int(steps), 1)
+        self.step_seconds.extend([per] * int(steps))
+        for i in range(self.B):
+            for d in range(int(k[i])):
+                self._record(i, rec["write"][i, d], rec["cand"][i, d], rec["score"][i, d], rec["forced"][i, d],
+                             per, ulen, out)
+        self._pending = nxt
+
+
+def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has_unit):
+    """``lax.while_loop`` over :func:`.decode.decision_step`: every row advances while its pending decision
+    is WRITE, or READ with its unit (``has_unit``) not yet read; records each decision (at most
+    ``max_new + 1`` per row: one READ and the writes). Returns (state, records, decisions per row, steps,
+    the pending decisions)."""
+    B, K = unit.shape[0], sh.max_new + 1
+    bi = jnp.arange(B)
+    rec = dict(cand=jnp.zeros((B, K), jnp.int32), write=jnp.zeros((B, K), bool),
+               score=jnp.zeros((B, K), jnp.float32), forced=jnp.zeros((B, K), bool))
+
+    def can_go(st, has):
+        return ~st["done"] & (st["write"] | has)
+
+    def cond(c):
+        st, has, _, _, it = c
+        return jnp.any(can_go(st, has)) & (it < K)
+
+    def body(c):
+        st, has, r, k, it = c
+        go = can_go(st, has)
+        slot = jnp.where(go, k, K)
+        r = {name: r[name].at[bi, slot].set(st[name], mode="drop") for name in r}
+        has = has & ~(go & ~st["write"])
+        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, go)
+        return st, has, r, k + go.astype(jnp.int32), it + 1
+
+    st, _, rec, k, steps = jax.lax.while_loop(cond, body, (state, has_unit, rec, jnp.zeros((B,), jnp.int32),
+                                                           jnp.zeros((), jnp.int32)))
+    return st, rec, k, steps, {name: st[name] for name in _PENDING}
+
+
+_advance_jit = jax.jit(_traced(_advance), static_argnums=0, donate_argnums=4)
 
 
 class StreamSession:

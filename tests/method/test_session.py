@@ -48,9 +48,12 @@ def test_session_equals_stream_decode(setup, head):
     kw = dict(eos_ids=s["eos"], word_starts=s["ws"])
     ref = stream_decode(s["cfg"], s["params"], s["exs"], head, MAX_NEW, **kw)
     # all six in one SessionBatch (rows finish at different pushes), and one StreamSession per example
-    for batch_size in ((None, 1) if head.startswith("wait-k:k=2") else (None,)):
+    # and once with a host round trip per decision (fused=False) instead of one device loop per push
+    runs = [(None, True)] + ([(1, True), (None, False)] if head.startswith("wait-k:k=2") else [])
+    for batch_size, fused in runs:
         caps = CAPS if batch_size == 1 else {}
-        live = session_decode(s["cfg"], s["params"], s["exs"], head, MAX_NEW, batch_size=batch_size, **kw, **caps)
+        live = session_decode(s["cfg"], s["params"], s["exs"], head, MAX_NEW, batch_size=batch_size, fused=fused,
+                              **kw, **caps)
         for ex, r, l in zip(s["exs"], ref, live):
             np.testing.assert_array_equal(l.tokens, r.tokens, err_msg=head)
             np.testing.assert_array_equal(l.phi, r.phi, err_msg=head)
