@@ -147,3 +147,17 @@ def test_bad_input_is_refused_and_the_session_stays_usable(setup):
     with pytest.raises(SessionError, match="unit_capacity=2 is smaller than an end marker"):
         StreamSession(cfg, params, "batch", prompt=[1], end=[2, 2, 2], header=[4], max_new_tokens=4,
                       unit_capacity=2)
+
+
+def test_public_signature():
+    import inspect
+
+    import proactive_jax
+    sig = inspect.signature(proactive_jax.StreamSession)
+    assert list(sig.parameters)[:9] == ["config", "params", "head", "prompt", "end", "header", "max_new_tokens",
+                                        "eos_ids", "word_starts"]
+    assert all(sig.parameters[k].kind is inspect.Parameter.KEYWORD_ONLY for k in ("prompt", "end", "header"))
+    assert sig.parameters["word_starts"].default is None
+    assert list(inspect.signature(proactive_jax.StreamSession.from_tokenizer).parameters)[:4] == [
+        "config", "params", "head", "tokenizer"]
+    assert proactive_jax.SessionBatch is SessionBatch
