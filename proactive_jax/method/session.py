@@ -434,11 +434,12 @@ def session_decode(config: ModelConfig, params, examples, head: str | HeadSpec, 
     out = []
     for start in range(0, len(examples), size):
         chunk = examples[start:start + size]
-        sb = SessionBatch(config, params, head, prompts=[e.prompt for e in chunk], ends=[e.end for e in chunk],
-                          headers=[e.header for e in chunk], max_new_tokens=max_new_tokens, eos_ids=eos_ids,
+        rows = chunk + [chunk[0]] * (size - len(chunk))  # a short last chunk keeps the shapes: idle rows
+        sb = SessionBatch(config, params, head, prompts=[e.prompt for e in rows], ends=[e.end for e in rows],
+                          headers=[e.header for e in rows], max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                           word_starts=word_starts, unit_capacity=U, max_source_len=S, **options)
         for k in range(max(e.M for e in chunk)):
-            sb.push([e.units[k] if k < e.M else None for e in chunk])
+            sb.push([e.units[k] if k < e.M else None for e in chunk] + [None] * (size - len(chunk)))
             ending = [i for i, e in enumerate(chunk) if e.M == k + 1]
             if ending:
                 sb.finish(ending)
