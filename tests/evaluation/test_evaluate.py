@@ -10,7 +10,7 @@ from proactive_jax.method.decode import stream_decode
 from proactive_jax.models.qwen import init_params
 from tests.conftest import tiny_qwen3
 
-SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:,min_read=1"]
+SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:"]
 
 
 @pytest.fixture(scope="module")
