@@ -102,6 +102,9 @@ COMMANDS: dict[str, Command] = {
                       "proactive_jax.method.decode_cli:run_decode_cli"),
     "eval": Command("evaluate decision heads with threshold sweeps: results.json, table, plots",
                     _lazy_args("proactive_jax.evaluation.evaluate", "add_eval_args"), "proactive_jax.evaluation.evaluate:run_eval_cli"),
+    "probe": Command("train the learned decision head's probe on a trained run (self-labels or oracle labels)",
+                     _lazy_args("proactive_jax.method.probe_cli", "add_probe_args"),
+                     "proactive_jax.method.probe_cli:run_probe_cli"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }

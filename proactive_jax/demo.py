@@ -49,19 +49,28 @@ class DemoConfig:
     kl_topk: int = 100
     alpha: float = 0.0
     trailing_reads: bool = True  # budget cell after the last token (see README: "the end-of-turn token")
-    ablation_mslm_only: bool = False  # also fine-tune with MSLM but without SPSD
+    ablation_mslm_only: bool = True  # also fine-tune with MSLM but without SPSD (batch + MSLM, no KL)
+    probe: bool = True  # train the learned probe head (self-labels) and the oracle-label probe
+    probe_examples: int = 600  # training examples per task for the probes
+    probe_eps: float = 0.1  # self-label KL bound
+    probe_steps: int = 600
     heads: dict = dataclasses.field(default_factory=lambda: {
-        "lookup": ["batch", "wait-k:k=1|3|6|10", "entropy:tau=0.05|0.1|0.2|0.3", "attention:tau=0.3|0.5|0.7"],
-        "word-map": ["batch", "wait-k:k=1|2|3|4", "entropy:tau=0.02|0.05|0.1|0.2", "attention:tau=0.3|0.5|0.7"],
+        "lookup": ["batch", "wait-k:k=1|3|6|10", "entropy:tau=0.05|0.1|0.2|0.3|q0.9",
+                   "attention:tau=0.3|0.5|0.7|q0.9"],
+        "word-map": ["batch", "wait-k:k=1|2|3|4", "entropy:tau=0.02|0.05|0.1|0.2|q0.9",
+                     "attention:tau=0.3|0.5|0.7|q0.9"],
     })
+    probe_heads: tuple[str, ...] = ("probe:tau=0.2|0.5|0.8|q0.9",)  # evaluated on the proactive model
     max_new_tokens: int = 32
     eval_batch_size: int = 64
     show_examples: int = 2
     progress: bool = True
     quick: dict = dataclasses.field(default_factory=lambda: {  # overrides applied by --quick
         "n_train": 2000, "n_test": 64, "n_calib": 32, "pretrain_steps": 400, "finetune_steps": 150,
-        "heads": {"lookup": ["batch", "wait-k:k=1|3|8", "entropy:tau=0.1|0.3", "attention:tau=0.5"],
-                  "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2", "attention:tau=0.5"]},
+        "probe_examples": 300, "probe_steps": 300,
+        "heads": {"lookup": ["batch", "wait-k:k=1|3|8", "entropy:tau=0.1|0.3|q0.9", "attention:tau=0.5|q0.9"],
+                  "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2|q0.9", "attention:tau=0.5|q0.9"]},
+        "probe_heads": ["probe:tau=0.5|q0.9"],
     })
 
 
@@ -92,6 +101,15 @@ def validate_demo_config(cfg: DemoConfig) -> None:
                 E.expand_sweep(sweep)
             except E.EvalError as e:
                 raise RunConfigError(f"heads.{task}: {e}") from None
+            if parse_head(E.expand_sweep(sweep)[0].spec).needs_probe:
+                raise RunConfigError(f"heads.{task}: probe heads go in probe_heads (they need a trained probe)")
+    for sweep in cfg.probe_heads:
+        try:
+            specs = E.expand_sweep(sweep)
+        except E.EvalError as e:
+            raise RunConfigError(f"probe_heads: {e}") from None
+        if not parse_head(specs[0].spec).needs_probe:
+            raise RunConfigError(f"probe_heads: {sweep!r} is not a probe head")
 
 
 def _say(msg: str) -> None:
@@ -126,23 +144,44 @@ def _eval_items(cfg: DemoConfig, task: str, split: str, n: int, tok, parts):
             for t in make_task(task, n, seed=cfg.seed, split=split)]
 
 
+MODEL_NAMES = {"proactive": "proactive", "oracle-probe": "proactive", "batch-ft": "batch-ft",
+               "mslm-only": "mslm-only"}
+
+
 def _setting_label(model: str, s: dict) -> str:
+    """``proactive-entropy tau=q0.9 (0.985)``, ``wait-k k=3``, ``batch-ft+entropy tau=0.1``, ..."""
     fam = s["family"]
-    spec = s["setting"]
-    params = spec.split(":", 1)[1] if ":" in spec else ""
-    keep = [p for p in params.split(",") if p.split("=")[0] in ("k", "tau")]
-    if model == "proactive":
-        name = {"entropy": "proactive-entropy", "attention": "proactive-attention"}.get(fam, fam)
+    label = R.setting_label(s)
+    rest = label[len(fam):]  # " tau=q0.9 (0.985)" (labels start with the family name)
+    if model == "oracle-probe":
+        name = "proactive-probe (oracle labels)"
+    elif model == "proactive":
+        name = {"entropy": "proactive-entropy", "attention": "proactive-attention",
+                "probe": "proactive-probe (self-labels)"}.get(fam, fam)
     else:
         name = f"{model}+{fam}"
-    return name + (f" ({','.join(keep)})" if keep else "")
+    return name + rest
+
+
+def curve_areas(task_results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per model, per head family: the curve area (quality averaged over RCO budgets 0..1), each curve
+    closed by its model's batch point (the proactive model's for the oracle-label probe)."""
+    fallback = _settings(task_results.get("proactive", {"settings": []}), "batch")
+    out = {}
+    for m, r in task_results.items():
+        batch = _settings(r, "batch") or fallback
+        out[m] = R.family_areas({"settings": batch[:1] + [s for s in r["settings"] if s["family"] != "batch"]})
+    return out
 
 
 def paper_table(task: str, per_model: dict[str, dict]) -> str:
     show_al = task == "word-map"
     cols = ["method", QUALITY_NAME.get(task, "quality"), "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
+    cols.append("curve area")
+    areas = curve_areas(per_model) if "proactive" in per_model else {}
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for model, res in per_model.items():
+        shown = set()
         for s in res["settings"]:
             if model != "proactive" and s["family"] in ("batch", "wait-k"):
                 continue  # batch and wait-k rows shown once, for the proactive model
@@ -150,6 +189,9 @@ def paper_table(task: str, per_model: dict[str, dict]) -> str:
             row = [_setting_label(model, s), f"{s['headline']:.2f}", f"{lat['ail']:.2f}", f"{lat['rco']:.2f}"]
             if show_al:
                 row += [f"{lat.get('al_word', float('nan')):.2f}", f"{lat.get('laal_word', float('nan')):.2f}"]
+            area = areas.get(model, {}).get(s["family"])
+            row.append(f"{area:.2f}" if area is not None and s["family"] not in shown else "")
+            shown.add(s["family"])
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -202,6 +244,7 @@ def check_targets(results: dict) -> list[dict]:
         if best is not None:
             out.append({"target": "word-map: proactive-entropy BLEU >= the nearest-AIL wait-k, at no higher AIL",
                         **best})
+    out += issue14_targets(results)
     # ablation: quality at matched latency budgets, proactive vs batch-only fine-tune
     gaps = []
     for task, res in results.items():
@@ -222,11 +265,76 @@ def check_targets(results: dict) -> list[dict]:
     return out
 
 
+def issue14_targets(results: dict) -> list[dict]:
+    """The calibrated main setting, the learned probe against the hand-crafted heads and the oracle-label
+    probe, and where MSLM without SPSD sits (curve areas: quality averaged over RCO budgets)."""
+    out = []
+    lk = results.get("lookup")
+    if lk:
+        pro = lk["proactive"]
+        batch = _settings(pro, "batch")[0]["headline"]
+        q9 = [s for s in _settings(pro, "entropy") if s.get("quantile") == 0.9]
+        if q9:
+            s = q9[0]
+            out.append({"target": "lookup: q0.9-calibrated entropy keeps >= 90% of batch accuracy at RCO <= 0.8",
+                        "pass": s["headline"] >= 0.9 * batch and s["latency"]["rco"] <= 0.8,
+                        "label": s.get("label"), "acc": s["headline"], "rco": s["latency"]["rco"],
+                        "batch_acc": batch})
+    for task, res in results.items():
+        areas = curve_areas(res)
+        pro = areas.get("proactive", {})
+        if "probe" in pro:
+            hand = max(pro.get("entropy", 0.0), pro.get("attention", 0.0))
+            entry = {"target": f"{task}: self-labelled probe curve area >= the best of entropy/attention",
+                     "pass": pro["probe"] >= hand, "probe_area": pro["probe"],
+                     "entropy_area": pro.get("entropy"), "attention_area": pro.get("attention")}
+            if "probe" in areas.get("oracle-probe", {}):
+                entry["oracle_probe_area"] = areas["oracle-probe"]["probe"]
+            out.append(entry)
+        if "mslm-only" in areas and "batch-ft" in areas:
+            between = {}
+            for fam in ("entropy", "attention"):
+                lo, mid, hi = (areas[m].get(fam, 0.0) for m in ("batch-ft", "mslm-only", "proactive"))
+                between[fam] = {"batch_ft": lo, "mslm_only": mid, "proactive": hi, "between": lo <= mid <= hi}
+            out.append({"target": f"{task}: MSLM without SPSD sits between batch-only and full ProactiveLLM "
+                                  "(curve area, some head)", "pass": any(v["between"] for v in between.values()),
+                        **between})
+    mslm = [t for t in out if "MSLM without SPSD" in t["target"]]
+    if mslm:  # the issue asks for at least one task: one summary line
+        out.append({"target": "MSLM without SPSD between batch-only and ProactiveLLM on at least one task",
+                    "pass": any(t["pass"] for t in mslm)})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The demo
 # ---------------------------------------------------------------------------------------------
 
 # Longer than ~80 lines on purpose: the five demo stages in the order they print, each a short block.
+def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int) -> dict:
+    """The learned probe on the proactive model (self-labels) and the same probe on oracle labels, trained
+    on ``probe_examples`` training examples per task; saved next to the run's checkpoint."""
+    from .data import make_task, render_example
+    from .method.probe import save_probe
+    from .method.probe_cli import ProbeConfig, default_probe_path, fit_probe
+
+    t0 = time.perf_counter()
+    texts = [t for task in cfg.tasks for t in make_task(task, cfg.probe_examples, seed=cfg.seed + 1, split="train")]
+    streams = [render_example(tok, t, parts) for t in texts]
+    out = {}
+    for labels in ("self", "oracle"):
+        pc = ProbeConfig(checkpoint=str(run.out_dir), labels=labels, eps=cfg.probe_eps, steps=cfg.probe_steps,
+                         seed=cfg.seed, task=",".join(cfg.tasks), trailing_reads=cfg.trailing_reads)
+        probe, info = fit_probe(pc, run.model_config, run.params, texts, streams)
+        save_probe(default_probe_path(run.out_dir, labels), probe, info)
+        out[labels] = probe
+        rep = info["report"]["held_out"]
+        _say(f"[3/{n_stages}] probe ({labels} labels): {info['states']} states, {100 * info['positive_rate']:.0f}% "
+             f"sufficient; held-out accuracy {100 * rep.get('accuracy', float('nan')):.1f}%")
+    timings["probes"] = time.perf_counter() - t0
+    return out
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from .data import load_tokenizer, template_parts, word_start_table
     from .data.synthetic import ASSET_DIR
@@ -273,8 +381,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                                         cfg.finetune_steps, cfg.finetune_lr, {**proactive_obj, "kl_lambda": 0.0},
                                         start)
 
-    _say(f"[4/{n_stages}] evaluate: heads {', '.join(sorted({h.split(':')[0] for t in cfg.heads.values() for h in t}))}"
-         f" on {cfg.n_test} held-out examples per task")
+    probes = train_probes(cfg, runs["proactive"], tok, parts, timings, n_stages) if cfg.probe else {}
+
+    fams = {h.split(':')[0] for t in cfg.heads.values() for h in t} | ({"probe"} if probes else set())
+    _say(f"[4/{n_stages}] evaluate: heads {', '.join(sorted(fams))} on {cfg.n_test} held-out examples per task")
     eos = eos_ids_for(tok, model_cfg)
     ws = word_start_table(tok, model_cfg.vocab_size)
     detok = lambda t: tok.decode(list(t), skip_special_tokens=True).strip()  # noqa: E731
@@ -285,11 +395,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         test = _eval_items(cfg, task, "test", cfg.n_test, tok, parts)
         calib = _eval_items(cfg, task, "valid", cfg.n_calib, tok, parts)
         results[task] = {}
-        for model, run in runs.items():
-            res = E.evaluate_heads(model_cfg, run.params, test, cfg.heads[task], out / "eval" / model / task,
+        evals = [(model, run.params, list(cfg.heads[task]) + (list(cfg.probe_heads) if model == "proactive" and
+                                                               probes else []), probes.get("self"))
+                 for model, run in runs.items()]
+        if "oracle" in probes:
+            evals.append(("oracle-probe", runs["proactive"].params, list(cfg.probe_heads), probes["oracle"]))
+        for model, params, sweeps, probe in evals:
+            res = E.evaluate_heads(model_cfg, params, test, sweeps, out / "eval" / model / task,
                                    task=task, detokenize=detok, eos_ids=eos, word_starts=ws,
                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
-                                   calibration=calib, progress=cfg.progress)
+                                   calibration=calib, progress=cfg.progress, probe=probe)
             decode_s += res["timing"]["decode_s"]
             results[task][model] = res
     timings["eval"] = time.perf_counter() - t0
@@ -301,8 +416,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         t = paper_table(task, results[task])
         tables.append(f"### {task}\n\n{t}")
         _say(f"\n{task}\n{t}")
-        R.plot_quality_latency([results[task][m] for m in runs], out / f"{task}_quality_latency.png", task=task,
-                               labels=list(runs))
+        R.plot_quality_latency(list(results[task].values()), out / f"{task}_quality_latency.png", task=task,
+                               labels=list(results[task]))
     targets = check_targets(results)
     for tgt in targets:
         _say(f"  [{'PASS' if tgt['pass'] else 'MISS'}] {tgt['target']}: "

@@ -7,7 +7,8 @@ from proactive_jax.cli import main
 from proactive_jax.demo import check_targets, load_demo_config
 
 # the determinism check runs --quick twice with fewer steps (same stages, same code paths)
-SMALL = ["pretrain_steps=30", "finetune_steps=10", "n_test=16", "n_calib=8", "n_train=200", "progress=false"]
+SMALL = ["pretrain_steps=30", "finetune_steps=10", "n_test=16", "n_calib=8", "n_train=200", "progress=false",
+         "probe_examples=20", "probe_steps=20", "ablation_mslm_only=false"]
 
 
 def _table_rows(text):
@@ -29,8 +30,13 @@ def test_quick_demo_writes_everything(quick_run, capsys):
         assert (out / name).exists(), name
     for task in ("lookup", "word-map"):
         assert (out / f"{task}_quality_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        for model in ("proactive", "batch-ft"):
+        for model in ("proactive", "batch-ft", "mslm-only", "oracle-probe"):
             assert (out / "eval" / model / task / "results.json").exists()
+    # the probes live next to the run's checkpoint (never in an HF export) and load back
+    from proactive_jax.method.probe import load_probe
+    for name, labels in (("probe.safetensors", "self"), ("probe-oracle.safetensors", "oracle")):
+        _, info = load_probe(out / "runs" / "proactive" / name)
+        assert info["labels"] == labels and 0.0 < info["positive_rate"] < 1.0
     res = json.loads((out / "results.json").read_text())
     assert set(res["tasks"]) == {"lookup", "word-map"}
     assert {t["target"].split(":")[0] for t in res["targets"]} >= {"lookup", "word-map"}
@@ -42,9 +48,9 @@ def test_quick_demo_writes_everything(quick_run, capsys):
         header = rows[0]
         assert header[0] == "method" and header[2:4] == ["AIL", "RCO"]
         if sec.startswith("word-map"):
-            assert header == ["method", "BLEU", "AIL", "RCO", "AL", "LAAL"]
+            assert header == ["method", "BLEU", "AIL", "RCO", "AL", "LAAL", "curve area"]
         else:
-            assert header == ["method", "acc", "AIL", "RCO"]
+            assert header == ["method", "acc", "AIL", "RCO", "curve area"]
         body = rows[2:]
         methods = [r[0] for r in body]
         assert methods[0] == "batch"
@@ -52,12 +58,24 @@ def test_quick_demo_writes_everything(quick_run, capsys):
         assert any(m.startswith("proactive-entropy") for m in methods)
         assert any(m.startswith("proactive-attention") for m in methods)
         assert any(m.startswith("batch-ft+") for m in methods)
+        assert any(m.startswith("mslm-only+entropy") for m in methods)
+        assert any(m.startswith("proactive-probe (self-labels) tau=q0.9 (") for m in methods)
+        assert any(m.startswith("proactive-probe (oracle labels)") for m in methods)
+        # calibrated rows say what was written and what it resolved to, never the parameter dump
+        assert any(m.startswith("proactive-entropy tau=q0.9 (") for m in methods)
+        assert not any("min_read" in m or "decide_at" in m for m in methods)
+        areas = [float(r[-1]) for r in body if r[-1]]
+        assert areas and all(a >= 0 for a in areas)
         for r in body:
             assert len(r) == len(header)
             float(r[1]), float(r[2])
             assert 0.0 <= float(r[3]) <= 1.0  # RCO
         batch_row = body[0]
         assert float(batch_row[3]) == 1.0
+    targets = {t["target"] for t in res["targets"]}
+    assert any("q0.9-calibrated entropy" in t for t in targets)
+    assert any("self-labelled probe" in t for t in targets)
+    assert any("MSLM without SPSD" in t for t in targets)
     traces = (out / "traces.txt").read_text()
     assert "READ" in traces and "WRITE" in traces
 
@@ -80,6 +98,10 @@ def test_demo_config_errors(tmp_path):
         load_demo_config(None, ["tasks=[qa]"])
     with pytest.raises(RunConfigError, match=r"heads\.lookup: .*unknown decision head 'greedy'"):
         load_demo_config(None, ["heads.lookup=[greedy]"])
+    with pytest.raises(RunConfigError, match="probe_heads"):
+        load_demo_config(None, ["heads.lookup=[batch, 'probe:tau=0.5']"])
+    with pytest.raises(RunConfigError, match="not a probe head"):
+        load_demo_config(None, ["probe_heads=['entropy:tau=0.5']"])
     assert not (tmp_path / "runs").exists(), "nothing trains on a bad config"
 
 
@@ -100,3 +122,21 @@ def test_shipped_demo_yaml_equals_builtin_defaults():
     yaml_path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
     assert load_demo_config(str(yaml_path)) == load_demo_config(None)
     assert load_demo_config(str(yaml_path), quick=True) == load_demo_config(None, quick=True)
+
+
+def test_probe_cli_trains_next_to_the_run_and_eval_uses_it(quick_run, tmp_path):
+    """`proactive-jax probe train` on the demo's proactive run, then `proactive-jax eval` with probe heads."""
+    from proactive_jax.method.probe import load_probe
+    run = quick_run / "runs" / "proactive"
+    out = tmp_path / "p.safetensors"
+    assert main(["probe", "train", f"checkpoint={run}", "task=word-map", "num_examples=16", "steps=20",
+                 "labels=oracle", f"out={out}"]) == 0
+    _, info = load_probe(out)
+    assert info["labels"] == "oracle" and info["examples"] == 16
+    assert main(["probe", "train", f"checkpoint={run}", "labels=maybe"]) == 2
+    ev = tmp_path / "eval"
+    assert main(["eval", f"checkpoint={run}", "task=word-map", "num_examples=6", "calibration_examples=6",
+                 "heads=[batch, 'probe:tau=0.5|q0.9']", f"probe={out}", f"out_dir={ev}", "progress=false"]) == 0
+    res = json.loads((ev / "results.json").read_text())
+    labels = [s["label"] for s in res["settings"]]
+    assert labels[:2] == ["batch", "probe tau=0.5"] and labels[2].startswith("probe tau=q0.9 (")

@@ -9,9 +9,10 @@ Layout of an eval directory::
     quality_latency.png   quality against AIL and against RCO, one curve per head family
 
 Sweep strings extend head specs (:mod:`proactive_jax.method.heads`) with value lists and quantiles: ``"wait-k:k=1|3|5"``,
-``"entropy:tau=0.2|0.3"``, ``"attention:tau=q0.9,layers=-1:"``. ``qX`` means: tau is the X-quantile of
-the head's statistic on a calibration split, observed while decoding with the most permissive tau
-(the head writes whenever the statistic is allowed to decide; ours, see README).
+``"entropy:tau=0.2|0.3"``, ``"attention:tau=q0.9,layers=-1:"``. ``qX`` means: tau such that a fraction X
+of the calibration pool would WRITE, the pool being the head's statistic at the states where it decides
+along the batch head's trajectories on a calibration split (:mod:`proactive_jax.method.calibration`).
+Rows are labelled with what the user wrote and what a quantile resolved to: ``entropy tau=q0.9 (0.985)``.
 """
 
 from __future__ import annotations
@@ -41,10 +42,16 @@ class Setting:
 
     spec: str
     quantile: float | None = None
+    written: tuple = ()  # the parameters as the user wrote them for this combination: (("tau", "q0.9"),)
 
     @property
     def family(self) -> str:
         return self.spec.split(":", 1)[0]
+
+    def label(self, tau: float | None = None) -> str:
+        """``entropy tau=q0.9 (0.985)``: the head, the parameters the user wrote, a quantile's value."""
+        text = " ".join([self.family] + [f"{k}={v}" for k, v in self.written])
+        return text + (f" ({tau:.3g})" if self.quantile is not None and tau is not None else "")
 
 
 def expand_sweep(sweep: str) -> list[Setting]:
@@ -68,6 +75,7 @@ def expand_sweep(sweep: str) -> list[Setting]:
     for combo in itertools.product(*[vals for _, vals in items]) if items else [()]:
         quantile = None
         params = []
+        written = tuple((key, val) for (key, _), val in zip(items, combo))
         for (key, _), val in zip(items, combo):
             if key == "tau" and val.lower().startswith("q"):
                 try:
@@ -83,16 +91,8 @@ def expand_sweep(sweep: str) -> list[Setting]:
             parse_head(spec)
         except ValueError as e:
             raise EvalError(f"sweep {sweep!r}: {e}") from None
-        out.append(Setting(spec, quantile))
+        out.append(Setting(spec, quantile, written))
     return out
-
-
-def permissive_spec(spec: str) -> str:
-    """The spec with tau set so that the statistic always allows a WRITE (for calibration)."""
-    head = parse_head(spec)
-    write_high = head.get("stat", "entropy") == "max"
-    tau = "0.0" if write_high else "1.0"
-    return str(head.replace(tau=float(tau)))
 
 
 def with_tau(spec: str, tau: float) -> str:
@@ -166,12 +166,14 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    task: str, detokenize: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
-                   progress: bool = True, decode_fn: Callable | None = None, seconds_per_unit: float = 1.0) -> dict:
+                   progress: bool = True, decode_fn: Callable | None = None, probe=None,
+                   seconds_per_unit: float = 1.0) -> dict:
     """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results.
 
+    ``probe``: the learned probe's parameters, for ``probe`` heads (:mod:`proactive_jax.method.probe`).
     A ``decode_fn`` whose results carry ``seconds`` (per decision, e.g. :func:`..method.session.session_decode`)
     adds the computation-aware latencies (``*_ca``, compute time in units of ``seconds_per_unit``)."""
-    from ..method.decode import calibrate_tau, stream_decode
+    from ..method.decode import stream_decode
     decode_fn = decode_fn or stream_decode
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,29 +186,21 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
     t_decode = t_score = 0.0
     bar = _progress(len(settings) * len(items), progress)
 
+    if probe is None and any(parse_head(s.spec).needs_probe for s in settings):
+        raise EvalError("a probe head is in the sweeps but no probe was given (train one with "
+                        "`proactive-jax probe train`, then pass probe=PATH)")
+
     def run_decode(spec, chunk):
+        kw = {"probe": probe} if parse_head(spec).needs_probe else {}
         return decode_fn(config, params, [c.example for c in chunk], spec, max_new_tokens, eos_ids,
-                         word_starts=word_starts, batch_size=batch_size)
+                         word_starts=word_starts, batch_size=batch_size, **kw)
 
-    resolved = []
-    for s in settings:
-        spec = s.spec
-        if s.quantile is not None:
-            cal_key = f"{s.spec}@q{s.quantile}"
-            rec = store.find("calibration", cal_key)
-            if rec is None:
-                if not calibration:
-                    raise EvalError(f"setting {s.spec} uses a tau quantile but no calibration examples were given")
-                t0 = time.perf_counter()
-                res = run_decode(permissive_spec(s.spec), list(calibration))
-                t_decode += time.perf_counter() - t0
-                tau = calibrate_tau(res, s.quantile)
-                rec = {"kind": "calibration", "setting": cal_key, "tau": tau, "id": "-"}
-                store.append([rec])
-            spec = with_tau(s.spec, rec["tau"])
-        resolved.append((s, spec))
+    t0 = time.perf_counter()
+    resolved = _resolve_quantiles(settings, store, calibration, run_decode, config, params, word_starts, probe,
+                                  batch_size)
+    t_decode += time.perf_counter() - t0
 
-    for s, spec in resolved:
+    for s, spec, _ in resolved:
         done = store.done(spec)
         todo = [it for it in items if it.id not in done]
         bar.update(len(items) - len(todo))
@@ -226,18 +220,49 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
 
     t0 = time.perf_counter()
     results = {"task": task, "settings": []}
-    for s, spec in resolved:
+    for s, spec, cal in resolved:
         recs = [r for r in store.records if r.get("kind") == "decode" and r["setting"] == spec]
         order = {i: k for k, i in enumerate(ids)}
         recs = sorted((r for r in recs if r["id"] in order), key=lambda r: order[r["id"]])
         agg = score_setting(recs, task, metric, seconds_per_unit)
-        results["settings"].append({"setting": spec, "family": s.family, "quantile": s.quantile, **agg,
-                                    "examples": recs})
+        tau = cal["tau"] if cal else None
+        results["settings"].append({"setting": spec, "family": s.family, "quantile": s.quantile,
+                                    "label": s.label(tau), "tau": parse_head(spec).get("tau"),
+                                    "calibration": cal, **agg, "examples": recs})
     t_score += time.perf_counter() - t0
     results["timing"] = {"decode_s": t_decode, "score_s": t_score, "device": device_name(),
                          "seconds_per_unit": seconds_per_unit}
     write_outputs(results, out, task, metric)
     return results
+
+
+def _resolve_quantiles(settings, store, calibration, run_decode, config, params, word_starts, probe,
+                       batch_size) -> list[tuple]:
+    """``(setting, concrete spec, calibration record or None)`` per setting. A ``tau=qX`` setting is
+    calibrated on the pool along the batch head's trajectories over the calibration examples (decoded
+    once, shared by every quantile setting); the record is stored, so a resumed run reuses it."""
+    from ..method.calibration import calibrate
+
+    prefixes = None
+    out = []
+    for s in settings:
+        if s.quantile is None:
+            out.append((s, s.spec, None))
+            continue
+        cal_key = f"{s.spec}@q{s.quantile}/pool"
+        rec = store.find("calibration", cal_key)
+        if rec is None:
+            if not calibration:
+                raise EvalError(f"setting {s.spec} uses a tau quantile but no calibration examples were given")
+            if prefixes is None:
+                prefixes = [r.tokens for r in run_decode("batch", list(calibration))]
+            cal = calibrate(config, params, [c.example for c in calibration], prefixes, s.spec, s.quantile,
+                            word_starts, probe=probe, batch_size=batch_size)
+            rec = {"kind": "calibration", "setting": cal_key, "id": "-", **cal}
+            store.append([rec])
+        cal = {k: rec[k] for k in ("tau", "pool_size", "write_fraction", "reads_histogram") if k in rec}
+        out.append((s, with_tau(s.spec, rec["tau"]), cal))
+    return out
 
 
 def device_name() -> str:
@@ -301,6 +326,7 @@ class EvalConfig:
     seed: int = 0
     out_dir: str = "eval_out"
     progress: bool = True
+    probe: str | None = None  # probe safetensors for probe heads (default: <checkpoint>/probe.safetensors)
     computation_aware: bool = False  # decode through live sessions, timing every decision (*_ca latencies)
     seconds_per_unit: float = 1.0  # the source's pace, to express compute time in units (ours; see metrics)
 
@@ -353,13 +379,18 @@ def run_eval(cfg) -> dict:
                                 list(t.references) or [t.target_text]))
         return out
 
+    probe = None
+    if any(parse_head(st.spec).needs_probe for sw in cfg.heads for st in expand_sweep(sw)):
+        from ..method.probe import load_probe
+
+        probe, _ = load_probe(cfg.probe or Path(cfg.checkpoint) / "probe.safetensors")
     test = items(cfg.split, cfg.num_examples)
     calib = items(cfg.calibration_split, cfg.calibration_examples) if cfg.calibration_split else None
     return evaluate_heads(model_cfg, params, test, list(cfg.heads), cfg.out_dir, task=metric_task,
                           detokenize=lambda t: tok.decode(list(t), skip_special_tokens=True).strip(),
                           eos_ids=eos_ids_for(tok, model_cfg), word_starts=word_start_table(tok, model_cfg.vocab_size),
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
-                          metric=cfg.metric, progress=cfg.progress, seconds_per_unit=cfg.seconds_per_unit,
+                          metric=cfg.metric, progress=cfg.progress, probe=probe, seconds_per_unit=cfg.seconds_per_unit,
                           decode_fn=_session_decode() if cfg.computation_aware else None)
 
 

@@ -27,7 +27,8 @@ TASK_QUALITY = {
 }
 
 
-FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention")
+FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention", "probe")
+RCO_GRID = np.linspace(0.0, 1.0, 101)
 
 
 class EvalError(ValueError):
@@ -113,18 +114,52 @@ def write_outputs(results: dict, out: Path, task: str, metric: str | None = None
     plot_quality_latency([results], out / "quality_latency.png", task=task, metric=metric)
 
 
+def setting_label(s: Mapping) -> str:
+    """What a results row is called: the label written at evaluation (``entropy tau=q0.9 (0.985)``), or
+    the concrete spec for results files written before labels existed."""
+    return s.get("label") or s["setting"]
+
+
+def curve_area(points: Sequence[tuple[float, float]], batch_quality: float, grid=RCO_GRID) -> float:
+    """One number for a quality-latency curve: the mean, over RCO budgets r on a common grid in [0, 1],
+    of the best quality among the curve's points with RCO <= r, the batch point (RCO 1, ``batch_quality``)
+    closing the curve at r = 1 (a budget no point meets scores 0). Higher is better; batch alone scores
+    ``batch_quality / len(grid)``, a head matching batch quality at RCO 0 scores ``batch_quality``."""
+    pts = [(float(r), float(q)) for r, q in points if np.isfinite(r) and np.isfinite(q)] + [(1.0, float(batch_quality))]
+    rco = np.array([p[0] for p in pts])
+    q = np.array([p[1] for p in pts])
+    best = [np.max(q[rco <= r + 1e-9]) if np.any(rco <= r + 1e-9) else 0.0 for r in grid]
+    return float(np.mean(best))
+
+
+def family_areas(results: Mapping) -> dict[str, float]:
+    """:func:`curve_area` of every head family of one results dict (the batch setting closes each)."""
+    batch = [s["headline"] for s in results["settings"] if s["family"] == "batch"]
+    if not batch:
+        return {}
+    fams: dict[str, list] = {}
+    for s in results["settings"]:
+        fams.setdefault(s["family"], []).append((s["latency"].get("rco", np.nan), s["headline"]))
+    return {f: curve_area(pts, batch[0]) for f, pts in fams.items()}
+
+
 def markdown_table(results: Mapping, task: str, metric: str | None = None) -> str:
     _, _, qname, show_al = task_quality(task, metric)
     cols = ["method", qname, "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|"]
     for s in results["settings"]:
         lat = s["latency"]
-        row = [s["setting"], f"{s['headline']:.2f}", f"{lat.get('ail', float('nan')):.2f}",
+        row = [setting_label(s), f"{s['headline']:.2f}", f"{lat.get('ail', float('nan')):.2f}",
                f"{lat.get('rco', float('nan')):.2f}"]
         if show_al:
             row += [f"{lat.get('al_word', lat.get('al_token', float('nan'))):.2f}",
                     f"{lat.get('laal_word', lat.get('laal_token', float('nan'))):.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    areas = family_areas(results)
+    if areas:
+        lines += ["", f"curve area ({qname} averaged over RCO budgets 0..1; batch closes every curve)", "",
+                  "| head | area |", "|---|---|"]
+        lines += [f"| {f} | {a:.2f} |" for f, a in areas.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +183,9 @@ def plot_quality_latency(results_list: Sequence[Mapping], path: str | Path, *, t
                 xs = [s["latency"].get(key, np.nan) for s in pts]
                 ys = [s["headline"] for s in pts]
                 ax.plot(xs, ys, marker="o", label=prefix + fam)
+                for s, x, y in zip(pts, xs, ys):
+                    if s.get("quantile") is not None:  # calibrated points: say what they resolved to
+                        ax.annotate(setting_label(s), (x, y), fontsize=6, alpha=0.8)
     for ax, key in zip(axes, ("AIL", "RCO")):
         ax.set_xlabel(key)
         ax.set_ylabel(qname)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
+from .probe import check_probe, probe_prob, uses_stats
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
 from ..models.attention import MaskVectors
 from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
@@ -140,8 +141,11 @@ def _decide(head_vals, rows, state) -> dict:
     """The pending decision for the state's logits: greedy candidate, then the head (vmapped over rows).
     A probe head reads ``state["hidden"]`` here (present when ``StepShapes.with_hidden``)."""
     cand = jnp.argmax(state["logits"], axis=-1).astype(jnp.int32)
+    p = None  # a probe head's p(sufficient): the probe (head_vals["probe"]) on the decision row's hidden state
+    if "probe" in head_vals:
+        p = probe_prob(head_vals["probe"], state["hidden"], state["logits"], state["stats"])
     ds = DecisionState(state["logits"], state["stats"], state["n"], rows["M"], state["j"], state["words"],
-                       rows["word_start"][cand])
+                       rows["word_start"][cand], p)
     write, score, forced = jax.vmap(decide_encoded, in_axes=(None, 0))(head_vals, ds)
     return dict(cand=cand, write=write, score=score, forced=forced)
 
@@ -371,7 +375,8 @@ def _host_batch(examples: Sequence[StreamExample], B: int, max_new: int, target_
 def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample], head: str | HeadSpec,
                   max_new_tokens: int, eos_ids=None, word_starts=None, batch_size: int | None = None, *,
                   target_offset: int | str = 0, return_logits: bool = False,
-                  max_source_len: int | None = None, sort_by_length: bool = True) -> list[DecodeResult]:
+                  max_source_len: int | None = None, sort_by_length: bool = True,
+                  probe=None) -> list[DecodeResult]:
     """Greedy streaming decode of ``examples`` with a decision head; one :class:`DecodeResult` per example.
 
     ``head``: a spec string (``"wait-k:k=3"``, ``"entropy:tau=0.3"``, ...) or a :class:`HeadSpec`.
@@ -382,7 +387,9 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
     source). ``return_logits``: also return the logits at every decision ([D, V] per example: for tests
     and small vocabularies). ``max_source_len``: refuse examples with a longer source.
     ``sort_by_length``: with several batches, group examples of similar M and S (results keep the input
-    order). All input errors raise ValueError before anything is compiled.
+    order). ``probe``: the learned probe's parameters (:mod:`.probe`) for a ``probe`` head (the decoder
+    then keeps the decision row's hidden state). All input errors raise ValueError before anything is
+    compiled.
 
     Shapes are bucketed once per call (:func:`shape_key` over all the examples; batch size rounded by
     :func:`bucket`), so one call compiles at most once, and later calls in the same bucket not at all.
@@ -390,6 +397,13 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
     """
     spec = parse_head(head)
     head_vals = encode_head(spec, config.num_hidden_layers)
+    with_stats = spec.needs_stats
+    if spec.needs_probe:
+        if probe is None:
+            raise ValueError(f"head {spec} needs a probe: pass probe= (train one with `proactive-jax probe train`)")
+        check_probe(probe, config)
+        head_vals["probe"] = {k: jnp.asarray(v, jnp.float32) for k, v in probe.items()}
+        with_stats = with_stats or uses_stats(probe)
     examples = list(examples)
     _validate(config, examples, max_new_tokens, target_offset, max_source_len)
     V = config.vocab_size
@@ -415,7 +429,7 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
         ids = order[start:start + size]
         chunk = [examples[i] for i in ids]
         batch, P_cap, U = _host_batch(chunk, B, int(max_new_tokens), target_offset, ws, eos, key)
-        sh = StepShapes(config, spec.needs_stats, False, int(max_new_tokens), P_cap, U, key[1], key[3])
+        sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3])
         out = _decode_jit(sh, bool(return_logits), params, head_vals, batch)
         out = jax.device_get(out)
         for b, (i, e) in enumerate(zip(ids, chunk)):

@@ -2,11 +2,13 @@
 
 A head is a small pure ``jnp`` function of one example's :class:`DecisionState` and its parameter values;
 it returns ``(write, score)``: a bool and a float32 statistic (logged at every decision, used to calibrate
-tau as a quantile). Two rules hold for every head and are applied by :func:`decide`, not by the heads:
+tau as a quantile). Three rules hold for every head and are applied by :func:`decide`, not by the heads
+(a decision made by a rule is *forced*: the head's statistic did not decide):
 
 - ``n = M+1`` (everything read): always WRITE;
 - ``decide_at=word``: only word-starting candidates are decided; a continuation candidate is written
-  without reading (the first target token always starts word 1).
+  without reading (the first target token always starts word 1);
+- ``n < min_read`` (heads with a ``min_read`` parameter): READ.
 
 Heads are selected by spec strings (grammar below), parsed by :func:`parse_head` into a frozen, hashable
 :class:`HeadSpec`. Adding a head = one function + one entry in :data:`HEADS`.
@@ -15,33 +17,41 @@ Spec grammar::
 
     spec  := NAME [ ":" param ( "," param )* ]
     param := KEY "=" VALUE
-    NAME  := batch | wait-k | entropy | attention
+    NAME  := batch | wait-k | entropy | attention | probe
     ("layers" is a comma list itself: in "attention:tau=0.5,layers=0,2" the "2" continues "layers")
 
 =========== ============================ =====================================================================
-head        parameters (default)         WRITE iff (besides the two rules above)
+head        parameters (default)         WRITE iff (besides the rules above)
 =========== ============================ =====================================================================
 batch       --                           n = M+1 (score: n / (M+1))
 wait-k      k (required, int >= 1)       n >= min(k + w - 1, M+1) for the candidate's word number w
             decide_at (word)             (decide_at=token: every token is a word). score: n - required
-entropy     tau (required, in [0, 1])    H(softmax(logits)) / log|V| <= tau and n >= min_read
+entropy     tau (required, in [0, 1])    H(softmax(logits)) / log|V| <= tau
             min_read (0)                 score: the normalised entropy
 attention   tau (required, in [0, 1])    stat=entropy: mean over heads and ``layers`` of the normalised
             layers (":" = all)           entropy of the attention over the streamed source (units and end,
             stat (entropy | max)         not the prompt) <= tau (focused); stat=max: mean of the largest
-            min_read (2)                 renormalised attention probability >= tau (focused = high mass).
-                                         And n >= min_read (with < 2 streamed tokens the statistic is
-                                         degenerate: entropy 0, i.e. "focused"). score: the statistic
+            min_read (2, must be >= 2)   renormalised attention probability >= tau (focused = high mass).
+                                         min_read < 2 is rejected: with < 2 streamed units the statistic is
+                                         degenerate ("focused" by construction). score: the statistic
+probe       tau (required, in [0, 1])    p >= tau, p = a learned probe's p(V(n) suffices for the next token)
+            min_read (0)                 on the hidden state of the current target query
+                                         (:mod:`.probe`); score: p
 every head  decide_at (token; wait-k:    ``token``: decide before every token; ``word``: only before
             word)                        word-starting candidates
 =========== ============================ =====================================================================
+
+:func:`write_direction` says whether a head WRITEs on a low or a high statistic; a quantile threshold
+``tau=qX`` (see :mod:`.calibration`) means "a fraction X of the calibration states would WRITE" whatever
+the direction.
 
 ``layers`` is a python-slice-like spec over the model's layers: ``-4:``, ``:``, ``0,2``, ``1``, ``::2``,
 resolved against the layer count by :func:`resolve_layers`.
 
 Inside the jitted decode loop the head *name* is a traced switch index and every parameter a traced value
 (:func:`encode_head`), so sweeping tau, k or even the head never recompiles; only whether the attention
-statistics are computed at all (:attr:`HeadSpec.needs_stats`) is static.
+statistics / the probe are computed at all (:attr:`HeadSpec.needs_stats`, :attr:`HeadSpec.needs_probe`)
+is static.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class DecisionState(NamedTuple):
     written: Array  # target tokens written so far
     words: Array  # target words started among the written tokens (the first token starts word 1)
     word_start: Array  # bool: the candidate (greedy argmax) token starts a word
+    probe: Array | None = None  # float32 p(sufficient) of a learned probe on this state (None: no probe)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +93,7 @@ class Param:
     lo: float | None = None
     hi: float | None = None
     choices: tuple = ()
+    why: str = ""  # appended to a below-``lo`` error: why the bound exists
 
 
 def _parse_value(head: str, key: str, p: Param, raw: str):
@@ -101,7 +113,7 @@ def _parse_value(head: str, key: str, p: Param, raw: str):
         except ValueError:
             raise ValueError(f"{where}: expected an integer, got {raw!r}") from None
         if p.lo is not None and v < p.lo:
-            raise ValueError(f"{where}: {v} must be >= {int(p.lo)}")
+            raise ValueError(f"{where}: {v} must be >= {int(p.lo)}" + (f" ({p.why})" if p.why else ""))
         return v
     if p.kind == "choice":
         if raw not in p.choices:
@@ -179,7 +191,7 @@ def normalised_entropy(logits: Array) -> Array:
 
 def entropy_head(v, s: DecisionState):
     h = normalised_entropy(s.logits)
-    return (h <= v["tau"]) & (s.n >= v["min_read"]), h
+    return h <= v["tau"], h
 
 
 ATTENTION_STATS = ("entropy", "max")
@@ -196,7 +208,12 @@ def attention_head(v, s: DecisionState):
     score = attention_score(s.stats, v["layers"], v["stat"])
     is_max = v["stat"] == ATTENTION_STATS.index("max")
     focused = jnp.where(is_max, score >= v["tau"], score <= v["tau"])
-    return focused & (s.n >= v["min_read"]), score
+    return focused, score
+
+
+def probe_head(v, s: DecisionState):
+    p = _f32(0.0) if s.probe is None else _f32(s.probe)
+    return p >= v["tau"], p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,11 +221,14 @@ class HeadDef:
     fn: Callable
     params: Mapping[str, Param]
     needs_stats: bool = False
+    needs_probe: bool = False
     decide_at: str = "token"  # default of the common decide_at parameter
     doc: str = ""
 
 
 TAU = Param("float", None, 0.0, 1.0)
+ATTENTION_MIN_READ_WHY = ("the attention head needs min_read >= 2: with fewer than two streamed units the "
+                          "statistic is degenerate, 'focused' by construction (entropy 0, max mass 1)")
 COMMON = {"decide_at": Param("choice", None, choices=("token", "word"))}
 
 HEADS: dict[str, HeadDef] = {
@@ -219,8 +239,10 @@ HEADS: dict[str, HeadDef] = {
                        doc="write when the next-token entropy / log|V| <= tau"),
     "attention": HeadDef(attention_head, {"tau": TAU, "layers": Param("layers", ":"),
                                           "stat": Param("choice", "entropy", choices=ATTENTION_STATS),
-                                          "min_read": Param("int", 2, 0)},
+                                          "min_read": Param("int", 2, 2, why=ATTENTION_MIN_READ_WHY)},
                          needs_stats=True, doc="write when attention over the streamed source is focused"),
+    "probe": HeadDef(probe_head, {"tau": TAU, "min_read": Param("int", 0, 0)}, needs_probe=True,
+                     doc="write when a learned probe on the hidden state says V(n) suffices (p >= tau)"),
 }
 
 
@@ -264,6 +286,15 @@ class HeadSpec:
     @property
     def needs_stats(self) -> bool:
         return HEADS[self.name].needs_stats
+
+    @property
+    def needs_probe(self) -> bool:
+        return HEADS[self.name].needs_probe
+
+    @property
+    def writes_high(self) -> bool:
+        """True if the head WRITEs when its statistic is high (``score >= tau``), False if when low."""
+        return write_direction(self) == "high"
 
     def replace(self, **kw) -> "HeadSpec":
         """The same head with some parameters changed (validated like the parser does)."""
@@ -366,21 +397,37 @@ def _branch(fn):
 def decide_encoded(values: Mapping[str, Any], state: DecisionState):
     """One example's decision from encoded values: ``(write, score, forced)``.
 
-    ``forced``: the head's statistic did not decide (n = M+1, or a continuation under decide_at=word).
+    ``forced``: the head's statistic did not decide: forced WRITEs (n = M+1, or a continuation under
+    decide_at=word) and forced READs (n < min_read), in this order of precedence.
     """
-    state = DecisionState(*(jnp.asarray(x) for x in state))
+    state = DecisionState(*(None if x is None else jnp.asarray(x) for x in state))
     branches = [_branch(hd.fn) for hd in HEADS.values()]
     write_h, score = jax.lax.switch(jnp.asarray(values["head"], jnp.int32), branches, values, state)
     starts = state.word_start | (state.written == 0) | ~jnp.asarray(values["word_level"], bool)
-    forced = (state.n >= state.M + 1) | ~starts
-    return write_h | forced, score, forced
+    forced_write = (state.n >= state.M + 1) | ~starts
+    blocked = state.n < jnp.asarray(values["min_read"], jnp.int32)
+    write = forced_write | (write_h & ~blocked)
+    return write, score, forced_write | blocked
+
+
+def write_direction(spec: str | HeadSpec) -> str:
+    """``"low"`` if the head WRITEs when its statistic is <= tau, ``"high"`` if when it is >= tau.
+
+    Quantile calibration uses it so that ``tau=qX`` means the same for every statistic (a fraction X of
+    the calibration pool would WRITE). Heads without tau: ``"high"`` (their scores grow with the reads).
+    """
+    spec = parse_head(spec)
+    if spec.name == "entropy" or (spec.name == "attention" and spec["stat"] == "entropy"):
+        return "low"
+    return "high"
 
 
 def decide(spec: str | HeadSpec, state: DecisionState, num_layers: int | None = None):
     """One example's decision with a spec: ``(write, score, forced)`` (see :func:`decide_encoded`)."""
     if num_layers is None:
         num_layers = int(np.shape(state.stats)[0]) if np.ndim(state.stats) == 3 else 1
-    return _decide_jit(encode_head(spec, num_layers), DecisionState(*(jnp.asarray(x) for x in state)))
+    state = DecisionState(*(None if x is None else jnp.asarray(x) for x in state))
+    return _decide_jit(encode_head(spec, num_layers), state)
 
 
 _decide_jit = jax.jit(decide_encoded)

@@ -41,6 +41,10 @@ class ObjectiveConfig:
     kl_lambda: float = 0.1  # ours: the paper says "very small"
     kl_topk: int = 100
     teacher_stop_grad: bool = True  # ours
+    # True: the student is renormalised over the teacher's top-k too, so the term is a true divergence
+    # (0 when the views agree; method.md section 4). False: the earlier variant, the student keeps its
+    # full-vocabulary log-probs at those k tokens (-log Z_k > 0 with identical views when k < |V|).
+    kl_student_renorm: bool = True
     schedule: str = "multinomial"  # multinomial | full | wait-k | given (batch["phi"])
     alpha: float = 0.0  # w_k ∝ (k+1)^alpha
     trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (README)
@@ -179,10 +183,13 @@ def nll_sum(logits, labels, mask):
     return -jnp.sum(jnp.where(mask, ll, 0.0))
 
 
-def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = True):
-    """Sum over masked rows of KL(P_teacher^topk || P_student) on the teacher's top-k tokens.
+def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = True, *,
+                renorm_student: bool = True):
+    """Sum over masked rows of KL(P_teacher^topk || P_student^topk) on the teacher's top-k tokens.
 
-    The teacher is renormalised over its top-k; the student keeps its full-vocabulary log-probs.
+    Both distributions are renormalised over the teacher's top-k tokens (a true divergence: 0, with a 0
+    gradient, when the two views agree, for any k). ``renorm_student=False`` keeps the student's
+    full-vocabulary log-probs at those tokens (the earlier variant: ``-log Z_k`` > 0 with identical views).
     """
     t = teacher_logits.astype(jnp.float32)
     if stop_grad:
@@ -190,7 +197,11 @@ def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = 
     k = min(k, t.shape[-1])
     top_vals, top_idx = jax.lax.top_k(t, k)
     log_pt = jax.nn.log_softmax(top_vals, axis=-1)
-    log_ps = jnp.take_along_axis(jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1), top_idx, axis=-1)
+    s = student_logits.astype(jnp.float32)
+    if renorm_student:
+        log_ps = jax.nn.log_softmax(jnp.take_along_axis(s, top_idx, axis=-1), axis=-1)
+    else:
+        log_ps = jnp.take_along_axis(jax.nn.log_softmax(s, axis=-1), top_idx, axis=-1)
     kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)
     return jnp.sum(jnp.where(mask, kl, 0.0))
 
@@ -200,7 +211,8 @@ def sums_from_logits(batch_logits, stream_logits, batch, obj: ObjectiveConfig):
     return {
         "batch": nll_sum(batch_logits, labels, mask),
         "mslm": nll_sum(stream_logits, labels, mask),
-        "kl": topk_kl_sum(batch_logits, stream_logits, mask, obj.kl_topk, obj.teacher_stop_grad),
+        "kl": topk_kl_sum(batch_logits, stream_logits, mask, obj.kl_topk, obj.teacher_stop_grad,
+                          renorm_student=obj.kl_student_renorm),
     }
 
 

@@ -10,7 +10,7 @@ from proactive_jax.method.decode import stream_decode
 from proactive_jax.models.qwen import init_params
 from tests.conftest import tiny_qwen3
 
-SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:,min_read=1"]
+SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:"]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,15 @@ def test_eval_end_to_end_and_resume(setup, tmp_path):
     for name in ("results.json", "table.md", "quality_latency.png", "records.jsonl"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "quality_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = (tmp_path / "table.md").read_text().strip().splitlines()
+    text = (tmp_path / "table.md").read_text()
+    table = text.split("\n\n")[0].strip().splitlines()
     assert table[0].split("|")[1:-1] == [" method ", " acc ", " AIL ", " RCO "]
     assert len(table) == 2 + n_settings
+    # rows are labelled with what the user wrote (and what a quantile resolved to), not the parameter dump
+    labels = [line.split("|")[1].strip() for line in table[2:]]
+    assert labels[:3] == ["batch", "wait-k k=1", "wait-k k=3"] and labels[3] == "entropy tau=0.9"
+    assert labels[4].startswith("entropy tau=q0.5 (") and "min_read" not in labels[4]
+    assert "| entropy |" in text and "curve area" in text
     for line in table[2:]:
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert len(cells) == 4 and all(np.isfinite(float(c)) for c in cells[1:])
@@ -59,8 +65,11 @@ def test_eval_end_to_end_and_resume(setup, tmp_path):
         assert all(p == ex["M"] + 1 for p in ex["phi"])
     wait1 = [s for s in saved["settings"] if s["setting"].startswith("wait-k:") and "k=1" in s["setting"]][0]
     assert wait1["latency"]["rco"] < 1.0
-    # the quantile setting was calibrated and resolved to a concrete tau
-    assert any(s["quantile"] == 0.5 and "tau=" in s["setting"] for s in saved["settings"])
+    # the quantile setting was calibrated on the pool and resolved to a concrete tau, named in its label
+    q = [s for s in saved["settings"] if s["quantile"] == 0.5][0]
+    assert q["label"] == f"entropy tau=q0.5 ({q['tau']:.3g})" and f"tau={q['tau']}" in q["setting"]
+    assert q["calibration"]["pool_size"] > 20 and abs(q["calibration"]["write_fraction"] - 0.5) < 0.05
+    assert len(q["calibration"]["reads_histogram"]) > 3, "the pool spans the read counts"
 
     # delete half of the per-example decode records: a re-run decodes only the missing ones
     lines = (tmp_path / "records.jsonl").read_text().splitlines()
@@ -104,3 +113,24 @@ def test_expand_sweep():
     assert got == ["wait-k:k=1,decide_at=token", "wait-k:k=3,decide_at=token"]
     q = E.expand_sweep("attention:tau=q0.9,layers=0,1")
     assert q[0].quantile == 0.9 and "layers=0,1" in q[0].spec
+
+
+def test_curve_area():
+    # batch alone: only the r = 1 budget is met
+    assert R.curve_area([], 80.0) == pytest.approx(80.0 / 101)
+    # a head matching batch at RCO 0 scores the batch quality; a step curve scores its budgets' best
+    assert R.curve_area([(0.0, 80.0)], 80.0) == pytest.approx(80.0)
+    assert R.curve_area([(0.5, 60.0)], 80.0) == pytest.approx((50 * 60.0 + 80.0) / 101)
+    # dominated points do not count; order does not matter
+    assert R.curve_area([(0.5, 60.0), (0.7, 40.0), (0.2, 10.0)], 80.0) == \
+        pytest.approx(R.curve_area([(0.2, 10.0), (0.5, 60.0)], 80.0))
+    res = {"settings": [{"family": "batch", "headline": 80.0, "latency": {"rco": 1.0}},
+                        {"family": "entropy", "headline": 60.0, "latency": {"rco": 0.5}}]}
+    assert R.family_areas(res)["entropy"] == pytest.approx((50 * 60.0 + 80.0) / 101)
+
+
+def test_probe_head_needs_a_probe(setup, tmp_path):
+    s = setup
+    with pytest.raises(E.EvalError, match="no probe was given"):
+        E.evaluate_heads(s["cfg"], s["params"], s["items"], ["probe:tau=0.5"], tmp_path, task="lookup",
+                         detokenize=str, eos_ids=s["eos"], progress=False)

@@ -163,7 +163,7 @@ def choose_tau(s, base, **kw):
 
 
 HEADS = ["batch", "wait-k:k=2", "wait-k:k=1,decide_at=token", "entropy", "entropy:decide_at=word",
-         "attention:layers=-1:", "attention:stat=max,min_read=1"]
+         "attention:layers=-1:", "attention:stat=max,min_read=2"]
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from proactive_jax.method.heads import (HEADS, DecisionState, HeadSpec, decide, encode_head, normalised_entropy,
-                                 parse_head, resolve_layers)
+                                 parse_head, resolve_layers, write_direction)
 
 V, NL, NH = 50, 4, 3
 
@@ -47,7 +47,7 @@ def test_parse_examples():
 
 def test_spec_is_hashable_static_and_round_trips():
     specs = [parse_head(s) for s in ("batch", "wait-k:k=3", "entropy:tau=0.35",
-                                     "attention:tau=0.5,layers=0,2,stat=max,min_read=1")]
+                                     "attention:tau=0.5,layers=0,2,stat=max,min_read=3")]
     assert len({*specs, *[parse_head(str(s)) for s in specs]}) == len(specs)
     assert parse_head(specs[2]) == specs[2]
     with pytest.raises(ValueError, match="outside"):
@@ -76,7 +76,10 @@ def test_spec_is_hashable_static_and_round_trips():
     ("attention:tau=0.5,stat=mean", "expected one of"),
     ("attention:tau=0.5,layers=a:b", "bad layer spec"),
     ("attention:tau=0.5,layers=::0", "bad layer spec"),
-    ("attention:tau=0.5,min_read=-1", ">= 0"),
+    ("attention:tau=0.5,min_read=-1", ">= 2"),
+    ("attention:tau=0.5,min_read=0", "degenerate"),
+    ("attention:tau=0.5,min_read=1", "needs min_read >= 2"),
+    ("probe", "needs parameter 'tau'"),
 ])
 def test_parse_errors(spec, msg):
     with pytest.raises(ValueError, match=msg):
@@ -103,7 +106,7 @@ def test_resolve_layers():
 # ---------------------------------------------------------------------------------------------
 
 def test_everything_read_always_writes():
-    for spec in ("batch", "wait-k:k=100", "entropy:tau=0.0", "attention:tau=0.0,min_read=50"):
+    for spec in ("batch", "wait-k:k=100", "entropy:tau=0.0", "attention:tau=0.0,min_read=50", "probe:tau=1.0"):
         write, _, forced = run(spec, n=6, M=5)  # n = M+1
         assert write and forced, spec
 
@@ -185,9 +188,40 @@ def test_attention_entropy_stat():
     st2 = st.copy()
     st2[3, 0, 0] = 0.8
     assert run("attention:tau=0.3,layers=3", n=3, stats=st2)[1] == pytest.approx(0.4)
-    # min_read (default 2) blocks early writes on the degenerate statistic
-    assert not run("attention:tau=0.3,layers=-2:", n=1, stats=st)[0]
-    assert run("attention:tau=0.3,layers=-2:,min_read=1", n=1, stats=st)[0]
+    # min_read (default 2) blocks early writes on the degenerate statistic; a blocked state is forced
+    assert run("attention:tau=0.3,layers=-2:", n=1, stats=st)[::2] == (False, True)
+    assert run("attention:tau=0.3,layers=-2:", n=2, stats=st)[::2] == (True, False)
+    assert run("attention:tau=0.3,layers=-2:,min_read=3", n=2, stats=st)[::2] == (False, True)
+
+
+def test_min_read_blocked_states_are_forced_reads():
+    """Defect 2 of issue 14: states blocked by min_read were not marked forced (and entered the pool)."""
+    w, _, forced = run("entropy:tau=0.1,min_read=3", n=2, logits=peaked())
+    assert not w and forced
+    w, _, forced = run("entropy:tau=0.1,min_read=3", n=3, logits=peaked())
+    assert w and not forced
+    # n = M+1 wins over min_read (everything read: write)
+    w, _, forced = run("entropy:tau=0.1,min_read=9", n=6, M=5)
+    assert w and forced
+    # heads without min_read are never blocked
+    assert run("wait-k:k=1", n=1)[::2] == (True, False)
+
+
+def test_probe_head():
+    s = lambda p, **kw: state(**kw)._replace(probe=np.float32(p))
+    for p, tau, want in ((0.7, 0.5, True), (0.5, 0.5, True), (0.3, 0.5, False)):
+        write, score, forced = decide(f"probe:tau={tau}", s(p), NL)
+        assert bool(write) == want and float(score) == pytest.approx(p) and not bool(forced)
+    assert not bool(decide("probe:tau=0.5,min_read=2", s(0.9, n=1), NL)[0])
+    assert parse_head("probe:tau=0.5").needs_probe and not parse_head("entropy:tau=0.5").needs_probe
+
+
+def test_write_direction():
+    assert write_direction("entropy:tau=0.1") == "low"
+    assert write_direction("attention:tau=0.1") == "low"
+    assert write_direction("attention:tau=0.1,stat=max") == "high"
+    assert write_direction("probe:tau=0.5") == "high"
+    assert parse_head("probe:tau=0.5").writes_high and not parse_head("entropy:tau=0.5").writes_high
 
 
 def test_attention_max_stat():
@@ -198,8 +232,8 @@ def test_attention_max_stat():
 
 
 def test_registry_is_the_extension_point():
-    assert set(HEADS) == {"batch", "wait-k", "entropy", "attention"}
+    assert set(HEADS) >= {"batch", "wait-k", "entropy", "attention", "probe"}
     # every head encodes into the same structure (so the jitted loop never retraces across heads)
     structs = {jax.tree_util.tree_structure(encode_head(parse_head(s), NL))
-               for s in ("batch", "wait-k:k=1", "entropy:tau=0.1", "attention:tau=0.1")}
+               for s in ("batch", "wait-k:k=1", "entropy:tau=0.1", "attention:tau=0.1", "probe:tau=0.5")}
     assert len(structs) == 1

@@ -180,3 +180,53 @@ def test_token_logprobs_match_transformers(kind, tmp_path_factory):
             np.testing.assert_allclose(ours, ref, atol=2e-4 * max(1.0, np.abs(ref).max()))
             checked += 1
     assert checked == 15
+
+
+# ---------------------------------------------------------------------------------------------
+# The top-k KL for k < |V|: a true divergence by default, the earlier variant as an option
+# ---------------------------------------------------------------------------------------------
+
+def _np_topk_kl(t, s, k, renorm_student):
+    t, s = np.asarray(t, np.float64), np.asarray(s, np.float64)
+    idx = np.argsort(-t, axis=-1)[..., :k]
+    lt = np.take_along_axis(t, idx, -1)
+    pt = np.exp(lt - lt.max(-1, keepdims=True))
+    pt /= pt.sum(-1, keepdims=True)
+    ls = s - s.max(-1, keepdims=True)
+    ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
+    ls = np.take_along_axis(ls, idx, -1)
+    if renorm_student:
+        ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
+    return float(np.sum(pt * (np.log(pt) - ls)))
+
+
+@pytest.mark.parametrize("renorm", [True, False])
+def test_topk_kl_for_k_below_vocab(renorm):
+    from proactive_jax.method.objective import topk_kl_sum
+    rng = np.random.default_rng(0)
+    V, k = 97, 20
+    t = jnp.asarray(rng.normal(0, 2.0, (3, 5, V)), jnp.float32)
+    s = jnp.asarray(rng.normal(0, 2.0, (3, 5, V)), jnp.float32)
+    mask = jnp.ones((3, 5), bool)
+    kl = lambda a, b: topk_kl_sum(a, b, mask, k, True, renorm_student=renorm)
+    np.testing.assert_allclose(float(kl(t, s)), _np_topk_kl(t, s, k, renorm), rtol=1e-4)
+    same, g = jax.value_and_grad(lambda x: kl(t, x))(t)
+    gnorm = float(jnp.linalg.norm(g))
+    if renorm:  # identical views: zero divergence, zero gradient
+        assert abs(float(same)) < 1e-5 and gnorm < 1e-5
+        assert float(kl(t, s)) > 0.1
+    else:  # the earlier variant: -log Z_k > 0 and a gradient pushing the tail mass onto the top-k
+        lz = jax.nn.logsumexp(jax.lax.top_k(t, k)[0], -1) - jax.nn.logsumexp(t, -1)
+        np.testing.assert_allclose(float(same), float(-jnp.sum(lz)), rtol=1e-5)
+        assert float(same) > 0.1 and gnorm > 0.1
+
+
+def test_objective_kl_option_is_plumbed():
+    cfg = CONFIGS["qwen3"]
+    params = _scaled_params(cfg, 2)
+    rng = np.random.default_rng(3)
+    batch = pack_batch([random_example(rng) for _ in range(3)], (24, 12), batch_size=4)
+    key = jax.random.PRNGKey(0)
+    true = _sums(cfg, ObjectiveConfig(schedule="full", kl_topk=10), params, batch, key)
+    old = _sums(cfg, ObjectiveConfig(schedule="full", kl_topk=10, kl_student_renorm=False), params, batch, key)
+    assert abs(float(true["kl"])) < 1e-4 and float(old["kl"]) > 1e-2

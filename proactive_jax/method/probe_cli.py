@@ -1,0 +1,124 @@
+"""`proactive-jax probe train`: fit the learned decision head's probe on a trained run (backbone frozen).
+
+    proactive-jax probe train checkpoint=runs/x task=lookup num_examples=1000 [labels=oracle] [eps=0.1]
+
+Self-labels by default (:mod:`.probe`); ``labels=oracle`` uses the synthetic tasks' true alignment.
+The probe is written next to the run's checkpoint (``<checkpoint>/probe.safetensors``, or
+``probe-oracle.safetensors``), never into a Hugging Face export; ``proactive-jax eval`` finds it there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..data.loaders import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    checkpoint: str = ""  # training run directory (or HF directory)
+    step: int | None = None
+    tokenizer: str | None = None
+    task: str = "lookup"  # synthetic task or a data.TASKS adapter (with dataset)
+    dataset: DatasetSpec | None = None  # real tasks: where the rows come from (as in `proactive-jax eval`)
+    adapter_options: dict = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    split: str = "train"
+    num_examples: int = 1000
+    labels: str = "self"  # self | oracle
+    eps: float = 0.1  # self-labels: sufficient iff same argmax and KL(P_full || P_stream) <= eps
+    multinomial_draws: int = 2  # budget draws per example, besides the sweep over every read count
+    trailing_reads: bool = True
+    kind: str = "mlp"  # linear | mlp
+    hidden: int = 64
+    use_stats: bool = True  # also feed the entropy / attention statistics
+    steps: int = 600
+    lr: float = 3e-3
+    batch_size: int = 1024
+    out: str | None = None  # default: <checkpoint>/probe.safetensors (probe-oracle.safetensors)
+
+    def __post_init__(self):
+        if self.labels not in ("self", "oracle"):
+            raise ValueError(f"labels={self.labels!r}; expected 'self' or 'oracle'")
+        if not self.eps >= 0:
+            raise ValueError(f"eps={self.eps}; expected a non-negative KL bound")
+
+
+def default_probe_path(checkpoint, labels: str = "self") -> Path:
+    return Path(checkpoint) / ("probe.safetensors" if labels == "self" else f"probe-{labels}.safetensors")
+
+
+def fit_probe(cfg: ProbeConfig, model_cfg, params, texts, streams) -> tuple[dict, dict]:
+    """Collect labelled states of ``streams`` (rendered ``texts``), train; ``(probe, info)``."""
+    import numpy as np
+
+    from . import probe as P
+
+    oracle = None
+    if cfg.labels == "oracle":
+        oracle = [P.oracle_read_counts(t, s.L) for t, s in zip(texts, streams)]
+    data = P.collect(model_cfg, params, streams, eps=cfg.eps, multinomial_draws=cfg.multinomial_draws,
+                     oracle=oracle, trailing_reads=cfg.trailing_reads, seed=cfg.seed)
+    probe, report = P.train_probe(data, kind=cfg.kind, hidden=cfg.hidden, use_stats=cfg.use_stats,
+                                  steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed)
+    info = {"labels": cfg.labels, "eps": cfg.eps, "kind": cfg.kind, "use_stats": cfg.use_stats,
+            "task": cfg.task, "examples": len(streams), "states": int(len(data.labels)),
+            "positive_rate": float(np.mean(data.labels)), "report": report}
+    return probe, info
+
+
+def run_probe_train(cfg: ProbeConfig) -> Path:
+    from transformers import AutoTokenizer
+
+    from ..data.render import RenderConfig, render_with_config
+    from ..evaluation.evaluate import text_examples
+    from ..models.loading import load_model
+    from .probe import ProbeError, save_probe
+
+    if not cfg.checkpoint:
+        raise ProbeError("checkpoint is not set (the training run directory)")
+    model_cfg, params, tok_dir = load_model(cfg.checkpoint, cfg.step)
+    tok_dir = cfg.tokenizer or tok_dir
+    if tok_dir is None:
+        raise ProbeError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    rc = RenderConfig()
+    parts = rc.parts(tok)
+    texts = text_examples(cfg, cfg.split, cfg.num_examples)
+    streams = [render_with_config(tok, t, rc, parts) for t in texts]
+    probe, info = fit_probe(cfg, model_cfg, params, texts, streams)
+    out = Path(cfg.out) if cfg.out else default_probe_path(cfg.checkpoint, cfg.labels)
+    save_probe(out, probe, info)
+    print(json.dumps({k: v for k, v in info.items()}, indent=1, default=float))
+    return out
+
+
+def add_probe_args(p) -> None:
+    p.add_argument("action", choices=("train",), help="train: fit the probe on a trained run")
+    p.add_argument("config", nargs="?", default=None, help="probe config YAML (optional)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/x task=lookup")
+
+
+def run_probe_cli(args) -> int:
+    from ..training.run_config import RunConfigError, load_config
+    from .probe import ProbeError
+
+    overrides = list(args.overrides)
+    path = args.config
+    if path is not None and "=" in path and not Path(path).exists():
+        overrides.insert(0, path)
+        path = None
+    try:
+        cfg = load_config(ProbeConfig, path, overrides)
+        out = run_probe_train(cfg)
+    except (ProbeError, RunConfigError, FileNotFoundError, ValueError) as e:
+        print(f"proactive-jax probe: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
