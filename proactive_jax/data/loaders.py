@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..errors import DataError, OfflineError
 from .render import TextExample
 from .tasks import AdaptReport, adapt_rows
 
@@ -46,7 +47,7 @@ SOURCES = ("hub", "files", "disk", "tfds")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
 
-class LoaderError(ValueError):
+class LoaderError(DataError):
     """A dataset cannot be loaded; the message names the dataset spec and what was expected."""
 
 

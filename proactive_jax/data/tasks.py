@@ -30,6 +30,7 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
+from ..errors import DataError as _DataError
 from .render import TextExample, split_words
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ DIALOGSUM_INSTRUCTION = "Summarize the following dialogue."
 MCTEST_LETTERS = ("A", "B", "C", "D")
 
 
-class DataError(ValueError):
+class DataError(_DataError):
     """A dataset row cannot be turned into an example; the message names dataset, split and row index."""
 
     def __init__(self, message: str, *, reason: str = "bad row"):
@@ -233,7 +234,7 @@ def get_task(task: str | Callable[..., TextExample]) -> Callable[..., TextExampl
     if callable(task):
         return task
     if task not in TASKS:
-        raise KeyError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+        raise DataError(f"unknown task {task!r}; expected one of {sorted(TASKS)}", reason="unknown task")
     return TASKS[task]
 
 

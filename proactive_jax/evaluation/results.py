@@ -30,8 +30,7 @@ TASK_QUALITY = {
 FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention")
 
 
-class EvalError(ValueError):
-    """Bad evaluation input; the message names what is wrong."""
+from ..errors import EvalError  # noqa: E402,F401  (re-exported: results.EvalError)
 
 
 def task_quality(task: str, metric: str | None = None):

@@ -23,8 +23,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
-    """A configuration is malformed; the message names the key and what was expected."""
+from ..errors import ConfigError  # noqa: E402,F401  (re-exported: models.config.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
