@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics as M
-from .results import EvalError, RecordStore, markdown_table, task_quality, write_outputs
+from .results import (EvalError, RecordStore, markdown_table, array_digest, params_digest, prepare_eval_dir, task_quality,
+                      tokens_digest, write_outputs)
 from ..data.loaders import DatasetSpec
 from ..data.render import RenderConfig
 from ..method.heads import parse_head
@@ -158,9 +159,17 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    task: str, detokenize: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
-                   progress: bool = True, decode_fn: Callable | None = None) -> dict:
-    """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results."""
+                   progress: bool = True, decode_fn: Callable | None = None, fresh: bool = False,
+                   info: dict | None = None) -> dict:
+    """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results.
+
+    Resumes the records already in ``out_dir`` only if its fingerprint (weights, model config, the tokens
+    of the examples, max_new_tokens, ...: :func:`~.results.prepare_eval_dir`) matches; otherwise an
+    ``EvalError``, or with ``fresh`` a clean start. ``info`` is stored next to the fingerprint (not compared)."""
     from ..method.decode import calibrate_tau, stream_decode
+    if batch_size < 1 or max_new_tokens < 1:
+        raise EvalError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: expected both >= 1")
+    fp_decode = "stream_decode" if decode_fn is None else getattr(decode_fn, "__qualname__", str(decode_fn))
     decode_fn = decode_fn or stream_decode
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +178,13 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
     if len(set(ids)) != len(ids):
         raise EvalError("example ids are not unique")
     settings = [s for sw in sweeps for s in expand_sweep(sw)]
+    fingerprint = {"params": params_digest(params), "model": dataclasses.asdict(config), "task": task,
+                   "examples": tokens_digest((it.id, it.example) for it in items),
+                   "calibration": tokens_digest((it.id, it.example) for it in calibration or ()),
+                   "max_new_tokens": int(max_new_tokens), "eos_ids": sorted(int(e) for e in eos_ids),
+                   "word_starts": None if word_starts is None else array_digest(word_starts)}
+    prepare_eval_dir(out, fingerprint, fresh=fresh, info={**(info or {}), "heads": list(sweeps),
+                                                          "batch_size": batch_size, "decode": fp_decode})
     store = RecordStore(out / "records.jsonl", task)
     t_decode = t_score = 0.0
     bar = _progress(len(settings) * len(items), progress)
@@ -276,6 +292,14 @@ class EvalConfig:
     seed: int = 0
     out_dir: str = "eval_out"
     progress: bool = True
+    fresh: bool = False  # out_dir holds another evaluation's records: delete them and start clean
+
+    def __post_init__(self):
+        for key in ("num_examples", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: expected >= 1")
+        if self.calibration_examples < 0:
+            raise ValueError(f"calibration_examples={self.calibration_examples}: expected >= 0")
 
 
 def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
@@ -305,6 +329,7 @@ def run_eval(cfg) -> dict:
     from ..data import word_start_table
     from ..data.render import render_with_config
     from ..models.loading import eos_ids_for, load_model
+    from ..training.run_config import to_dict
 
     if not cfg.checkpoint:
         raise EvalError("checkpoint is not set (an HF directory or a training run directory)")
@@ -332,7 +357,10 @@ def run_eval(cfg) -> dict:
                           detokenize=lambda t: tok.decode(list(t), skip_special_tokens=True).strip(),
                           eos_ids=eos_ids_for(tok, model_cfg), word_starts=word_start_table(tok, model_cfg.vocab_size),
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
-                          metric=cfg.metric, progress=cfg.progress)
+                          metric=cfg.metric, progress=cfg.progress, fresh=cfg.fresh,
+                          info={"checkpoint": str(Path(cfg.checkpoint).absolute()), "step": cfg.step,
+                                "split": cfg.split, "dataset": to_dict(cfg.dataset), "render": to_dict(cfg.render),
+                                "dtype": cfg.dtype})
 
 
 def add_eval_args(p) -> None:
