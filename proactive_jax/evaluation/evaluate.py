@@ -69,6 +69,7 @@ def expand_sweep(sweep: str) -> list[Setting]:
     for combo in itertools.product(*[vals for _, vals in items]) if items else [()]:
         quantile = None
         params = []
+        written = name + (":" + ",".join(f"{k}={v}" for (k, _), v in zip(items, combo)) if items else "")
         for (key, _), val in zip(items, combo):
             if key == "tau" and val.lower().startswith("q"):
                 try:
@@ -82,8 +83,9 @@ def expand_sweep(sweep: str) -> list[Setting]:
         spec = name + (":" + ",".join(params) if params else "")
         try:
             parse_head(spec)
-        except ValueError as e:
-            raise EvalError(f"sweep {sweep!r}: {e}") from None
+        except ValueError as e:  # name the setting as written (a quantile is parsed with a stand-in tau)
+            msg = str(e).replace(spec, written) if quantile is not None else str(e)
+            raise EvalError(f"sweep {sweep!r}: {msg}") from None
         out.append(Setting(spec, quantile))
     return out
 
@@ -201,7 +203,8 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
             rec = store.find("calibration", cal_key)
             if rec is None:
                 if not calibration:
-                    raise EvalError(f"setting {s.spec} uses a tau quantile but no calibration examples were given")
+                    raise EvalError(f"setting {s.spec.replace('tau=1.0', f'tau=q{s.quantile:g}')} uses a tau quantile "
+                                    "but no calibration examples were given (set calibration_split)")
                 t0 = time.perf_counter()
                 res = run_decode(permissive_spec(s.spec), list(calibration))
                 t_decode += time.perf_counter() - t0
@@ -341,6 +344,9 @@ def run_eval(cfg) -> dict:
     tok_dir = cfg.tokenizer or tok_dir
     if tok_dir is None:
         raise EvalError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
+    if not Path(tok_dir).is_dir():  # a Hub id would be fetched over the network
+        raise EvalError(f"tokenizer={tok_dir}: not a local directory (expected the files of a tokenizer, e.g. "
+                        "tokenizer.json; download a Hub tokenizer with save_pretrained where there is network)")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     parts = cfg.render.parts(tok)
 
