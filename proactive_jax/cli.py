@@ -187,7 +187,26 @@ def run_guarded(prog: str, fn: Callable[[], int | None]) -> int:
         return 2
 
 
+def _quiet_closed_loop_errors() -> None:
+    """Orbax's async writes bridge tensorstore callbacks into an asyncio loop; after a failed save the loop is
+    closed and every late callback reports ``RuntimeError: Event loop is closed`` as an unraisable exception
+    (hundreds of tracebacks). Those, and only those, are dropped; the save failure itself is reported."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_proactive_quiet", False):
+        return
+
+    def hook(unraisable):
+        v = unraisable.exc_value
+        if isinstance(v, RuntimeError) and str(v) == "Event loop is closed":
+            return
+        prev(unraisable)
+
+    hook._proactive_quiet = True
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_closed_loop_errors()
     args = build_parser().parse_args(argv)
     run = _resolve(COMMANDS[args.command].run)
     return run_guarded(f"proactive-jax {args.command}", lambda: run(args))

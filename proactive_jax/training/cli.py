@@ -24,10 +24,25 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="config overrides, YAML-typed (e.g. steps=200 out_dir=runs/x mesh.fsdp=4)")
 
 
+class _NoTraceback(logging.Filter):
+    """Library log records keep their message but lose the traceback: a failed background save is reported
+    once, as one line, by the error that stops the run (orbax logs the same failure from several threads)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} [{type(exc).__name__}: {exc}]"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logger = logging.getLogger(noisy)
+        logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+            logger.addFilter(_NoTraceback())
 
 
 def run_train(args: argparse.Namespace) -> int:
