@@ -206,6 +206,15 @@ def test_corrupt_checkpoint_bytes_are_detected_everywhere(trained, tmp_path, cap
     line = _one_line_error(capsys, rc, 2, f"checkpoints/{N}")
     assert "checksum mismatch" in line or "cannot restore" in line
     assert not (tmp_path / "hf").exists()
+    # bytes that are valid for the storage layer but not what was saved (step 8's params under step 12's
+    # name): only the per-leaf checksums can tell
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    shutil.rmtree(other / "checkpoints" / str(N) / "params")
+    shutil.copytree(other / "checkpoints" / "8" / "params", other / "checkpoints" / str(N) / "params")
+    rc = cli.main(["decode", "--checkpoint", str(other), "--head", "batch", "--text", "a b"])
+    line = _one_line_error(capsys, rc, 2, f"checkpoints/{N} (params): tensor ", "checksum mismatch")
+    assert "embed_tokens/embedding" in line or "layers/" in line
     rc = cli.main(["train", *_train_args(run, "checkpoint.every=4", "checkpoint.keep=10")])
     _one_line_error(capsys, rc, 2, f"checkpoints/{N}", "on_corrupt=fallback")
     # told to fall back: resumes from the newest intact step (8), sets 12 aside and retrains it exactly
@@ -359,11 +368,32 @@ def test_offline_loaders_fail_fast_with_one_line(trained, tmp_path):
         took = time.time() - t0
         last = err.strip().splitlines()[-1]
         assert p.returncode == 2 and "Traceback" not in err, err[-3000:]
-        assert last.startswith("proactive-jax eval: ") and took < 60, (took, last)
+        assert last.startswith("proactive-jax eval: ") and took < 100, (took, last)  # start-up + model load
         if "no-such" not in dataset:
             assert "could not" in last or "cannot be downloaded" in last, last
             assert "source=disk" in last or "data_dir=DIR" in last, last
         assert not any(home.rglob("tensorflow_datasets")), "tfds wrote into $HOME"
+
+
+def test_offline_loaders_in_process_take_seconds_and_leave_home_alone(tmp_path, monkeypatch):
+    from proactive_jax.data import loaders as L
+    from proactive_jax.errors import DataError, OfflineError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(L, "_PROBED", {})
+    for spec in (L.DatasetSpec("hub", "proactive-jax-tests/no-such-dataset", split="validation"),
+                 L.DatasetSpec("tfds", "squad", name="v1.1", split="validation")):
+        t0 = time.time()
+        with pytest.raises(DataError) as e:
+            L.load_rows(spec)
+        took = time.time() - t0
+        assert took < 20, (spec, took)  # the probe waits 3 s at most; tfds retried for minutes before
+        if not L.host_reachable("storage.googleapis.com"):  # no network (CI): the offline error says what to do
+            assert isinstance(e.value, OfflineError) and "DIR" in str(e.value), e.value
+    assert not list(tmp_path.iterdir()), "a loader wrote into $HOME"
 
 
 def test_silently_accepted_inputs_are_refused():

@@ -144,6 +144,12 @@ def verify_digests(saved: dict | None, restored, where: str, hint: str = "") -> 
                                      f"restored{hint}")
 
 
+def _short(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters (orbax embeds whole tensorstore specs)."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def _os_error_in(e: BaseException) -> OSError | None:
     """The OSError behind ``e`` (orbax wraps the errors of its background writes), if any."""
     seen = 0
@@ -328,7 +334,7 @@ class CheckpointStore:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - orbax raises many types; name the step
-            raise CheckpointError(self._bad(step, f"meta unreadable ({type(e).__name__}: {e})")) from e
+            raise CheckpointError(self._bad(step, f"meta unreadable ({_short(e)})")) from e
         return dict(out.meta)
 
     def restore(self, step: int, abstract_params, abstract_train=None) -> tuple[Any, Any, dict]:
@@ -341,7 +347,7 @@ class CheckpointStore:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(self._bad(step, f"{type(e).__name__}: {e}")) from e
+            raise CheckpointError(self._bad(step, f"unreadable, corrupt or truncated ({_short(e)})")) from e
         meta = dict(out.meta)
         sums = meta.get("checksums")
         where = f"{self.directory / str(step)}"
