@@ -238,6 +238,23 @@ def get_task(task: str | Callable[..., TextExample]) -> Callable[..., TextExampl
     return TASKS[task]
 
 
+def _check_options(fn: Callable, task, options: Mapping) -> None:
+    """Unknown adapter options are a ``DataError`` naming the task and its options (not a TypeError per row)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in list(params.items())[2:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    bad = sorted(set(options) - set(known))
+    if bad:
+        raise DataError(f"task {getattr(fn, '__name__', task)!r}: unknown option(s) {bad} (adapter_options); "
+                        f"expected some of {known}", reason="bad option")
+
+
 def adapt_rows(rows: Iterable[Mapping], task: str | Callable[..., TextExample], *, dataset: str = "?",
                split: str = "?", on_bad_example: str = "error", max_errors_kept: int = 5,
                **task_options) -> tuple[list[TextExample], AdaptReport]:
@@ -246,6 +263,7 @@ def adapt_rows(rows: Iterable[Mapping], task: str | Callable[..., TextExample], 
     if on_bad_example not in ("error", "skip"):
         raise ValueError(f"on_bad_example={on_bad_example!r}; expected 'error' or 'skip'")
     fn = get_task(task)
+    _check_options(fn, task, task_options)
     report = AdaptReport(dataset=dataset, split=split)
     counts: collections.Counter = collections.Counter()
     out = []
