@@ -238,6 +238,22 @@ def get_task(task: str | Callable[..., TextExample]) -> Callable[..., TextExampl
     return TASKS[task]
 
 
+def _decoded(rows: Iterable, dataset: str, split: str):
+    """``rows``, with a row that is not valid UTF-8 (decoded lazily by ``datasets``/pyarrow) named."""
+    it = iter(rows)
+    i = 0
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise DataError(f"dataset {dataset!r} split {split!r} row {i}: text is not valid UTF-8 ({e.reason} at "
+                            f"byte {e.start}); expected UTF-8 files", reason="not utf-8") from None
+        yield row
+        i += 1
+
+
 def _check_options(fn: Callable, task, options: Mapping) -> None:
     """Unknown adapter options are a ``DataError`` naming the task and its options (not a TypeError per row)."""
     import inspect
@@ -267,7 +283,7 @@ def adapt_rows(rows: Iterable[Mapping], task: str | Callable[..., TextExample], 
     report = AdaptReport(dataset=dataset, split=split)
     counts: collections.Counter = collections.Counter()
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_decoded(rows, dataset, split)):
         report.total += 1
         ref = RowRef(dataset, split, i)
         try:
