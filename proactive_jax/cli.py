@@ -175,16 +175,28 @@ def run_guarded(prog: str, fn: Callable[[], int | None]) -> int:
     try:
         return int(fn() or 0)
     except ProactiveError as e:
+        _silence_background_logs()
         print(f"{prog}: {one_line(e)}", file=sys.stderr)
         return int(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
+        _silence_background_logs()
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
         if e.errno not in USER_ERRNOS and not isinstance(e, _USER_OS_ERRORS):
             raise
+        _silence_background_logs()
         print(f"{prog}: {one_line(describe_os_error(e))}", file=sys.stderr)
         return 2
+
+
+def _silence_background_logs() -> None:
+    """The command has failed; the checkpoint library's threads may still log their side of the same failure
+    while the process shuts down. The error line is the last word."""
+    import logging
+
+    for name in ("absl", "orbax"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _quiet_closed_loop_errors() -> None:
