@@ -9,6 +9,7 @@ returns the exit code. To add a subcommand (train, export, decode, eval, demo), 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Callable, NamedTuple, Sequence
@@ -44,13 +45,14 @@ def _run_hf_check(args: argparse.Namespace) -> int:
     from .models.qwen import forward
 
     tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
-    try:
-        config, params = load_pretrained(args.dir, dtype=args.dtype)
-    except (FileNotFoundError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
-        print(f"proactive-jax hf-check: {e}", file=sys.stderr)
-        return 2
+    config, params = load_pretrained(args.dir, dtype=args.dtype)  # errors: one line via main
     ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
     ours = np.asarray(forward(config, params, ids), np.float32)
+    if not np.all(np.isfinite(ours)):
+        bad = _nonfinite_tensors(params)
+        print(f"FAIL: this package's logits hold NaN/Inf; the checkpoint has non-finite weights in "
+              f"{', '.join(bad[:8]) or 'no tensor (check --dtype)'}", file=sys.stderr)
+        return 1
     del params
     gc.collect()
     print(f"proactive_jax: {config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
@@ -79,6 +81,14 @@ def _run_hf_check(args: argparse.Namespace) -> int:
     print(f"max |logit diff| = {diff:.6g}  relative = {rel:.3g}  (tol {tol:g})  argmax agreement = {agree:.4f}")
     print("OK" if ok else "FAIL: difference above tolerance")
     return 0 if ok else 1
+
+
+def _nonfinite_tensors(params) -> list[str]:
+    import jax
+    import numpy as np
+
+    return [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+            if not np.all(np.isfinite(np.asarray(x)))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,9 +138,93 @@ def _resolve(run: str | Callable) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+# errno values that a user causes (a path, a permission, a full disk): one line, not a traceback
+USER_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                         errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
+                         errno.EMFILE, errno.EXDEV})
+
+
+# raised by this package with a message (no errno) for a path the user gave
+_USER_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def one_line(msg: object, limit: int = 2000) -> str:
+    """A message on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    text = " ".join(str(msg).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_os_error(e: OSError) -> str:
+    """``<path>: <what> (<hint>)`` for an OS error a user causes."""
+    if e.errno is None:  # raised here with its own message
+        return str(e)
+    what = e.strerror or str(e)
+    where = e.filename if e.filename is not None else ""
+    hint = {errno.ENOSPC: "free disk space or choose another out_dir; completed checkpoints and outputs are intact",
+            errno.EDQUOT: "disk quota exceeded; free space or choose another out_dir",
+            errno.EACCES: "check the permissions of this path or choose another directory",
+            errno.EPERM: "check the permissions of this path or choose another directory",
+            errno.EROFS: "the file system is read-only; choose another directory"}.get(e.errno)
+    text = f"{where}: {what}" if where else what
+    return text + (f" ({hint})" if hint else "")
+
+
+def run_guarded(prog: str, fn: Callable[[], int | None]) -> int:
+    """Run ``fn``; a :class:`~proactive_jax.errors.ProactiveError`, an OS error the user caused or Ctrl-C
+    becomes one line on stderr and an exit code (2; ``TrainingDiverged`` 3; Ctrl-C 130). Anything else is
+    a bug and keeps its traceback. The one place where the CLI turns errors into exit codes."""
+    from .errors import ProactiveError
+
+    try:
+        return int(fn() or 0)
+    except ProactiveError as e:
+        _silence_background_logs()
+        print(f"{prog}: {one_line(e)}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        _silence_background_logs()
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in USER_ERRNOS and not isinstance(e, _USER_OS_ERRORS):
+            raise
+        _silence_background_logs()
+        print(f"{prog}: {one_line(describe_os_error(e))}", file=sys.stderr)
+        return 2
+
+
+def _silence_background_logs() -> None:
+    """The command has failed; the checkpoint library's threads may still log their side of the same failure
+    while the process shuts down. The error line is the last word."""
+    import logging
+
+    for name in ("absl", "orbax"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _quiet_closed_loop_errors() -> None:
+    """Orbax's async writes bridge tensorstore callbacks into an asyncio loop; after a failed save the loop is
+    closed and every late callback reports ``RuntimeError: Event loop is closed`` as an unraisable exception
+    (hundreds of tracebacks). Those, and only those, are dropped; the save failure itself is reported."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_proactive_quiet", False):
+        return
+
+    def hook(unraisable):
+        v = unraisable.exc_value
+        if isinstance(v, RuntimeError) and str(v) == "Event loop is closed":
+            return
+        prev(unraisable)
+
+    hook._proactive_quiet = True
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_closed_loop_errors()
     args = build_parser().parse_args(argv)
-    return int(_resolve(COMMANDS[args.command].run)(args) or 0)
+    run = _resolve(COMMANDS[args.command].run)
+    return run_guarded(f"proactive-jax {args.command}", lambda: run(args))
 
 
 if __name__ == "__main__":

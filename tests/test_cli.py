@@ -93,3 +93,48 @@ def test_decode_cli(synthetic_ckpt, capsys):
     assert "phi: [2," in out
     assert main(["decode", "--checkpoint", str(synthetic_ckpt), "--head", "entropy:tau=2", "--text", "a b"]) == 2
     assert "tau" in capsys.readouterr().err
+
+
+def test_errors_are_one_hierarchy():
+    from proactive_jax import errors as E
+    from proactive_jax.data.loaders import LoaderError
+    from proactive_jax.data.tasks import DataError
+    from proactive_jax.evaluation.results import EvalError
+    from proactive_jax.method.streaming import ExampleError
+    from proactive_jax.models.config import ConfigError
+    from proactive_jax.models.safetensors_io import CheckpointError as A
+    from proactive_jax.training.checkpoint import CheckpointError as B
+    from proactive_jax.training.loop import TrainingDiverged
+    from proactive_jax.training.run_config import RunConfigError
+
+    assert A is B is E.CheckpointError and issubclass(E.CorruptCheckpointError, A)
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, RunConfigError, A, TrainingDiverged,
+                E.OfflineError):
+        assert issubclass(cls, E.ProactiveError), cls
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, RunConfigError, A):
+        assert issubclass(cls, ValueError), cls  # existing `except ValueError` handlers keep working
+
+
+def test_run_guarded_one_line_exit_codes_and_tracebacks(capsys):
+    import errno
+
+    from proactive_jax.cli import run_guarded
+    from proactive_jax.errors import ConfigError, TrainingDiverged
+
+    def raising(e):
+        def f():
+            raise e
+        return f
+
+    assert run_guarded("p", raising(ConfigError("a.b: expected\nan int"))) == 2
+    assert capsys.readouterr().err == "p: a.b: expected an int\n"
+    assert run_guarded("p", raising(TrainingDiverged("step 3: nan"))) == 3
+    assert run_guarded("p", raising(OSError(errno.ENOSPC, "No space left on device", "/x/y"))) == 2
+    assert "p: /x/y: No space left on device (free disk space" in capsys.readouterr().err
+    assert run_guarded("p", raising(PermissionError(errno.EACCES, "Permission denied", "/r"))) == 2
+    assert run_guarded("p", raising(KeyboardInterrupt())) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "p: interrupted"
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_guarded("p", lambda: 1 / 0)
+    with pytest.raises(OSError):  # so does an OS error no user causes
+        run_guarded("p", raising(OSError(errno.EIO, "Input/output error")))

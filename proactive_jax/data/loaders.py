@@ -25,6 +25,15 @@ when ``download=True``). It works without TensorFlow installed: preparing (writi
 ``etils``, not ``tf``. Text features come back as ``bytes``; ``TfdsRows`` decodes them to ``str`` and
 numpy values to Python ones, so rows match the Hugging Face schema of the same dataset (tfds ``squad`` has
 the same fields as ``rajpurkar/squad``).
+
+**Offline.** Nothing waits on a network that is not there. ``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1``
+are honoured, and before a Hub dataset or a tfds download is attempted a 3-second probe checks that the
+host answers; when it does not, the Hub is used in offline mode (``datasets``' local cache still works) and
+a dataset that is not available locally is an :class:`~proactive_jax.errors.OfflineError` within seconds,
+saying what could not be fetched and how to provide it locally (``save_to_disk`` + ``source=disk``, local
+files with ``source=files``, or a prepared tfds ``data_dir``). tfds never prepares into ``$HOME`` unasked:
+a dataset that is not prepared in ``data_dir`` (default ``$TFDS_DATA_DIR``) is only downloaded when the
+network answers.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..errors import DataError, OfflineError
 from .render import TextExample
 from .tasks import AdaptReport, adapt_rows
 
@@ -46,7 +56,7 @@ SOURCES = ("hub", "files", "disk", "tfds")
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
 
-class LoaderError(ValueError):
+class LoaderError(DataError):
     """A dataset cannot be loaded; the message names the dataset spec and what was expected."""
 
 
@@ -156,7 +166,126 @@ def _file_builder(files: Sequence[str], spec: DatasetSpec) -> str:
     return kinds.pop()
 
 
+_TRUE = ("1", "on", "true", "yes")
+_PROBED: dict[str, bool] = {}
+
+
+def offline_env() -> str | None:
+    """The name of the offline switch that is set (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``), if any."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return name
+    return None
+
+
+def host_reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within ``timeout`` seconds, DNS included (a daemon
+    thread, so a hanging resolver cannot stall the caller); cached per process."""
+    import socket
+    import threading
+
+    key = f"{host}:{port}"
+    if key in _PROBED:
+        return _PROBED[key]
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    _PROBED[key] = bool(ok)
+    return _PROBED[key]
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def _set_hub_offline() -> None:
+    """Offline mode for this process (also for modules already imported, which read the flags at import)."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hc
+
+        hc.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+    try:
+        import datasets.config as dc
+
+        dc.HF_HUB_OFFLINE = True
+        if hasattr(dc, "HF_DATASETS_OFFLINE"):
+            dc.HF_DATASETS_OFFLINE = True
+    except ImportError:
+        pass
+
+
+def _is_remote(spec: DatasetSpec) -> bool:
+    return spec.source == "hub" and not os.path.exists(spec.path)
+
+
+def _hub_offline_reason() -> str | None:
+    """Why the Hub cannot be used now (an offline switch or an unreachable host), else None."""
+    env = offline_env()
+    if env:
+        return f"{env}=1"
+    host = _hub_host()
+    if not host_reachable(host):
+        return f"no network: {host} did not answer within 3 s"
+    return None
+
+
+def _offline_hint(spec: DatasetSpec) -> str:
+    args = ", ".join(repr(a) for a in (spec.path, spec.name) if a) + (
+        f", data_dir={spec.data_dir!r}" if spec.data_dir else "") + (
+        f", revision={spec.revision!r}" if spec.revision else "")
+    return (f"to provide it locally, on a machine with network run datasets.load_dataset({args})"
+            ".save_to_disk(DIR), copy DIR here and set dataset.source=disk dataset.path=DIR (or give local "
+            "json/csv/parquet files with dataset.source=files)")
+
+
+def _loader_error(spec: DatasetSpec, e: BaseException) -> LoaderError:
+    """A one-line error naming the spec for what ``datasets`` raises on a bad path, file or split."""
+    where = getattr(e, "filename", None) or spec.path
+    if isinstance(e, UnicodeDecodeError):
+        return LoaderError(f"{spec.label}: {where}: not UTF-8 text at byte {e.start} ({e.reason}); expected a "
+                           "UTF-8 json/jsonl/csv file")
+    text = " ".join(str(e).split())
+    return LoaderError(f"{spec.label} (source={spec.source}, split={spec.split!r}): cannot load: "
+                       f"{type(e).__name__}: {text[:500]}")
+
+
 def load_hf(spec: DatasetSpec, cache_dir: str | None = None):
+    """A ``datasets.Dataset`` for a "hub", "files" or "disk" spec (the split already selected); errors are
+    :class:`LoaderError` / :class:`OfflineError` naming the spec."""
+    offline = _hub_offline_reason() if _is_remote(spec) else None
+    if offline:
+        _set_hub_offline()  # datasets' local cache still serves the dataset if it is there
+    try:
+        return _load_hf(spec, cache_dir)
+    except (LoaderError, OfflineError):
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets/pyarrow raise many types for bad files and splits
+        if offline or type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") or \
+                (_is_remote(spec) and isinstance(e, ConnectionError)):
+            raise OfflineError(f"{spec.label}: could not fetch dataset {spec.path!r} from the Hugging Face Hub "
+                               f"({offline or type(e).__name__}) and it is not in the local datasets cache; "
+                               f"{_offline_hint(spec)}") from None
+        if isinstance(e, (ValueError, OSError, KeyError, TypeError)) or "datasets" in type(e).__module__ \
+                or "pyarrow" in type(e).__module__:
+            raise _loader_error(spec, e) from None
+        raise
+
+
+def _load_hf(spec: DatasetSpec, cache_dir: str | None = None):
     """A ``datasets.Dataset`` for a "hub", "files" or "disk" spec (the split already selected)."""
     import datasets  # lazy: optional at import time
 
@@ -257,7 +386,33 @@ def load_tfds(spec: DatasetSpec) -> TfdsRows:
     import tensorflow_datasets as tfds  # lazy: optional at import time
 
     name = f"{spec.path}/{spec.name}" if spec.name else spec.path
-    src = tfds.data_source(name, split=spec.split, data_dir=spec.data_dir, download=spec.download)
+    data_dir = spec.data_dir or os.environ.get("TFDS_DATA_DIR")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - tfds: DatasetNotFoundError and friends
+        raise LoaderError(f"tfds dataset {name!r}: {type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
+    if not builder.is_prepared():
+        where = builder.data_dir
+        if not spec.download:
+            raise LoaderError(f"tfds dataset {name!r} is not prepared in {where} (dataset.download=false); "
+                              f"prepare it with `tfds build {name} --file_format=array_record --data_dir DIR` "
+                              "and set dataset.data_dir=DIR")
+        why = "HF_DATASETS_OFFLINE=1" if offline_env() == "HF_DATASETS_OFFLINE" else (
+            None if host_reachable("storage.googleapis.com") else
+            "no network: storage.googleapis.com did not answer within 3 s")
+        if why:
+            raise OfflineError(f"tfds dataset {name!r} is not prepared in {where} and cannot be downloaded "
+                               f"({why}); on a machine with network run `tfds build {name} "
+                               "--file_format=array_record --data_dir DIR`, copy DIR here and set "
+                               "dataset.data_dir=DIR")
+        if data_dir is None:
+            raise LoaderError(f"tfds dataset {name!r} is not prepared; set dataset.data_dir (or TFDS_DATA_DIR) "
+                              "to the directory to prepare it in (it is not written into $HOME unasked)")
+    try:
+        src = tfds.data_source(name, split=spec.split, data_dir=data_dir, download=spec.download)
+    except (ValueError, KeyError, OSError) as e:
+        raise LoaderError(f"tfds dataset {name!r} split {spec.split!r}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:400]}") from None
     return TfdsRows(src, spec.max_rows)
 
 

@@ -42,13 +42,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..method.streaming import ExampleError, StreamExample
+from ..models.safetensors_io import remove_stale
 from .render import RenderConfig, TemplateParts, TextExample, render_example
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,7 @@ def save_examples(path, examples: Sequence[StreamExample], ids: Sequence[str], m
     flat = [t for e in examples for part in (e.prompt, *e.units, e.end, e.header, e.target) for t in part]
     tokens = np.asarray(flat, dtype=np.int32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         with open(tmp, "wb") as f:
@@ -155,25 +158,41 @@ def _render_reason(msg: str) -> str:
 def prepare_examples(text_examples: Sequence[TextExample] | Callable[[], Sequence[TextExample]], tokenizer,
                      render_cfg: RenderConfig = RenderConfig(), *, dataset_key: str | None = None,
                      cache_dir=None, on_bad_example: str = "error",
-                     parts: TemplateParts | None = None) -> PreparedData:
+                     parts: TemplateParts | None = None, source_bound: int | None = None) -> PreparedData:
     """Render text examples into ``StreamExample``s, through the on-disk cache when ``cache_dir`` and
     ``dataset_key`` are given. ``on_bad_example="skip"`` counts and skips examples that fail to render
-    (``ExampleError``: empty unit, over-long, ...); "error" re-raises."""
+    (``ExampleError``: empty unit, over-long, ...); "error" re-raises. ``source_bound`` (e.g. the largest
+    bucket's S): a word-unit example with more words than that is rejected before it is tokenized (each word
+    is at least one token), so a huge row costs no tokenizer memory."""
     if on_bad_example not in ("error", "skip"):
         raise ValueError(f"on_bad_example={on_bad_example!r}; expected 'error' or 'skip'")
     parts = parts if parts is not None else render_cfg.parts(tokenizer)
     path = None
     if cache_dir is not None and dataset_key is not None:
-        key = cache_key(dataset_key, tokenizer, render_cfg, parts, on_bad_example)
+        key = cache_key(dataset_key + (f"|bound={source_bound}" if source_bound is not None else ""), tokenizer,
+                        render_cfg, parts, on_bad_example)
         path = Path(cache_dir) / f"tokenized-{key}.npz"
         if path.exists():
-            exs, ids, meta = load_examples(path)
-            log.info("tokenized cache hit: %s (%d examples)", path, len(exs))
-            return PreparedData(exs, ids, meta.get("skipped", {}), path, True)
+            try:
+                exs, ids, meta = load_examples(path)
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:  # truncated / foreign file
+                log.warning("tokenized cache %s is unreadable (%s: %s); rebuilding it", path, type(e).__name__, e)
+                path.unlink(missing_ok=True)
+            else:
+                log.info("tokenized cache hit: %s (%d examples)", path, len(exs))
+                return PreparedData(exs, ids, meta.get("skipped", {}), path, True)
+        # temporaries of a killed earlier save of this cache file (by name, age and dead pid only)
+        remove_stale(path.parent, re.escape(path.name) + r"\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp")
     rows = text_examples() if callable(text_examples) else text_examples
     examples, ids, skipped = [], [], {}
+    bound = min((b for b in (render_cfg.max_source_tokens, source_bound) if b is not None), default=None)
     for ex in rows:
         try:
+            if bound is not None and render_cfg.unit == "word" and len(ex.units) + 1 > bound:
+                # every word is at least one token (+ the end marker): too long, without tokenizing it
+                raise ExampleError(f"example {ex.id!r} (task {ex.task!r}): {len(ex.units)} source words make at "
+                                   f"least {len(ex.units) + 1} source tokens, over max_source_tokens={bound} "
+                                   "(or the largest bucket); not tokenized")
             examples.append(render_example(tokenizer, ex, parts, unit=render_cfg.unit,
                                            max_source_tokens=render_cfg.max_source_tokens,
                                            max_target_tokens=render_cfg.max_target_tokens))
@@ -253,8 +272,10 @@ class Pipeline:
         self.batches_per_bucket = per
         self.steps_per_epoch = int(sum(per))
         if self.steps_per_epoch == 0:
-            raise ValueError(f"no full batch: {int(self.bucket_counts.sum())} usable examples, global batch "
-                             f"{G}, remainder={remainder!r}, bucket counts {self.bucket_counts.tolist()}")
+            unfit = (f"; {self.unfit} of {n} examples fit no bucket of {self.buckets} (largest S={int(self.S.max())}, "
+                     f"T={int(self.T.max())}): enlarge data.buckets" if self.unfit else "")
+            raise ExampleError(f"no full batch: {int(self.bucket_counts.sum())} usable examples, global batch {G}, "
+                               f"remainder={remainder!r}, bucket counts {self.bucket_counts.tolist()}{unfit}")
         self._plan = functools.lru_cache(maxsize=2)(self._make_plan)
 
     # -- the plan ---------------------------------------------------------------------------------------

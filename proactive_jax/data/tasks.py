@@ -30,6 +30,7 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
+from ..errors import DataError as _DataError
 from .render import TextExample, split_words
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ DIALOGSUM_INSTRUCTION = "Summarize the following dialogue."
 MCTEST_LETTERS = ("A", "B", "C", "D")
 
 
-class DataError(ValueError):
+class DataError(_DataError):
     """A dataset row cannot be turned into an example; the message names dataset, split and row index."""
 
     def __init__(self, message: str, *, reason: str = "bad row"):
@@ -233,8 +234,41 @@ def get_task(task: str | Callable[..., TextExample]) -> Callable[..., TextExampl
     if callable(task):
         return task
     if task not in TASKS:
-        raise KeyError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+        raise DataError(f"unknown task {task!r}; expected one of {sorted(TASKS)}", reason="unknown task")
     return TASKS[task]
+
+
+def _decoded(rows: Iterable, dataset: str, split: str):
+    """``rows``, with a row that is not valid UTF-8 (decoded lazily by ``datasets``/pyarrow) named."""
+    it = iter(rows)
+    i = 0
+    while True:
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as e:
+            raise DataError(f"dataset {dataset!r} split {split!r} row {i}: text is not valid UTF-8 ({e.reason} at "
+                            f"byte {e.start}); expected UTF-8 files", reason="not utf-8") from None
+        yield row
+        i += 1
+
+
+def _check_options(fn: Callable, task, options: Mapping) -> None:
+    """Unknown adapter options are a ``DataError`` naming the task and its options (not a TypeError per row)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in list(params.items())[2:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    bad = sorted(set(options) - set(known))
+    if bad:
+        raise DataError(f"task {getattr(fn, '__name__', task)!r}: unknown option(s) {bad} (adapter_options); "
+                        f"expected some of {known}", reason="bad option")
 
 
 def adapt_rows(rows: Iterable[Mapping], task: str | Callable[..., TextExample], *, dataset: str = "?",
@@ -245,10 +279,11 @@ def adapt_rows(rows: Iterable[Mapping], task: str | Callable[..., TextExample], 
     if on_bad_example not in ("error", "skip"):
         raise ValueError(f"on_bad_example={on_bad_example!r}; expected 'error' or 'skip'")
     fn = get_task(task)
+    _check_options(fn, task, task_options)
     report = AdaptReport(dataset=dataset, split=split)
     counts: collections.Counter = collections.Counter()
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(_decoded(rows, dataset, split)):
         report.total += 1
         ref = RowRef(dataset, split, i)
         try:

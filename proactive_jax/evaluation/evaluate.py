@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import metrics as M
-from .results import EvalError, RecordStore, markdown_table, task_quality, write_outputs
+from .results import (EvalError, RecordStore, markdown_table, array_digest, params_digest, prepare_eval_dir, task_quality,
+                      tokens_digest, write_outputs)
 from ..data.loaders import DatasetSpec
 from ..data.render import RenderConfig
 from ..method.heads import parse_head
@@ -76,6 +77,7 @@ def expand_sweep(sweep: str) -> list[Setting]:
         quantile = None
         params = []
         written = tuple((key, val) for (key, _), val in zip(items, combo))
+        written_text = name + (":" + ",".join(f"{k}={v}" for k, v in written) if written else "")
         for (key, _), val in zip(items, combo):
             if key == "tau" and val.lower().startswith("q"):
                 try:
@@ -89,8 +91,9 @@ def expand_sweep(sweep: str) -> list[Setting]:
         spec = name + (":" + ",".join(params) if params else "")
         try:
             parse_head(spec)
-        except ValueError as e:
-            raise EvalError(f"sweep {sweep!r}: {e}") from None
+        except ValueError as e:  # name the setting as written (a quantile is parsed with a stand-in tau)
+            msg = str(e).replace(spec, written_text) if quantile is not None else str(e)
+            raise EvalError(f"sweep {sweep!r}: {msg}") from None
         out.append(Setting(spec, quantile, written))
     return out
 
@@ -167,13 +170,19 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
                    progress: bool = True, decode_fn: Callable | None = None, probe=None,
-                   seconds_per_unit: float = 1.0) -> dict:
+                   seconds_per_unit: float = 1.0, fresh: bool = False, info: dict | None = None) -> dict:
     """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results.
 
     ``probe``: the learned probe's parameters, for ``probe`` heads (:mod:`proactive_jax.method.probe`).
     A ``decode_fn`` whose results carry ``seconds`` (per decision, e.g. :func:`..method.session.session_decode`)
-    adds the computation-aware latencies (``*_ca``, compute time in units of ``seconds_per_unit``)."""
+    adds the computation-aware latencies (``*_ca``, compute time in units of ``seconds_per_unit``).
+    Resumes the records already in ``out_dir`` only if its fingerprint (weights, model config, the tokens
+    of the examples, max_new_tokens, the probe, ...: :func:`~.results.prepare_eval_dir`) matches; otherwise an
+    ``EvalError``, or with ``fresh`` a clean start. ``info`` is stored next to the fingerprint (not compared)."""
     from ..method.decode import stream_decode
+    if batch_size < 1 or max_new_tokens < 1:
+        raise EvalError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: expected both >= 1")
+    fp_decode = "stream_decode" if decode_fn is None else getattr(decode_fn, "__qualname__", str(decode_fn))
     decode_fn = decode_fn or stream_decode
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +191,14 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
     if len(set(ids)) != len(ids):
         raise EvalError("example ids are not unique")
     settings = [s for sw in sweeps for s in expand_sweep(sw)]
+    fingerprint = {"params": params_digest(params), "model": dataclasses.asdict(config), "task": task,
+                   "examples": tokens_digest((it.id, it.example) for it in items),
+                   "calibration": tokens_digest((it.id, it.example) for it in calibration or ()),
+                   "max_new_tokens": int(max_new_tokens), "eos_ids": sorted(int(e) for e in eos_ids),
+                   "word_starts": None if word_starts is None else array_digest(word_starts),
+                   "probe": None if probe is None else params_digest(probe)}
+    prepare_eval_dir(out, fingerprint, fresh=fresh, info={**(info or {}), "heads": list(sweeps),
+                                                          "batch_size": batch_size, "decode": fp_decode})
     store = RecordStore(out / "records.jsonl", task)
     t_decode = t_score = 0.0
     bar = _progress(len(settings) * len(items), progress)
@@ -253,7 +270,8 @@ def _resolve_quantiles(settings, store, calibration, run_decode, config, params,
         rec = store.find("calibration", cal_key)
         if rec is None:
             if not calibration:
-                raise EvalError(f"setting {s.spec} uses a tau quantile but no calibration examples were given")
+                raise EvalError(f"setting {s.label()} uses a tau quantile but no calibration examples were given "
+                                    "(set calibration_split)")
             if prefixes is None:
                 prefixes = [r.tokens for r in run_decode("batch", list(calibration))]
             cal = calibrate(config, params, [c.example for c in calibration], prefixes, s.spec, s.quantile,
@@ -329,6 +347,14 @@ class EvalConfig:
     probe: str | None = None  # probe safetensors for probe heads (default: <checkpoint>/probe.safetensors)
     computation_aware: bool = False  # decode through live sessions, timing every decision (*_ca latencies)
     seconds_per_unit: float = 1.0  # the source's pace, to express compute time in units (ours; see metrics)
+    fresh: bool = False  # out_dir holds another evaluation's records: delete them and start clean
+
+    def __post_init__(self):
+        for key in ("num_examples", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)}: expected >= 1")
+        if self.calibration_examples < 0:
+            raise ValueError(f"calibration_examples={self.calibration_examples}: expected >= 0")
 
 
 def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
@@ -358,6 +384,7 @@ def run_eval(cfg) -> dict:
     from ..data import word_start_table
     from ..data.render import render_with_config
     from ..models.loading import eos_ids_for, load_model
+    from ..training.run_config import to_dict
 
     if not cfg.checkpoint:
         raise EvalError("checkpoint is not set (an HF directory or a training run directory)")
@@ -369,6 +396,9 @@ def run_eval(cfg) -> dict:
     tok_dir = cfg.tokenizer or tok_dir
     if tok_dir is None:
         raise EvalError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
+    if not Path(tok_dir).is_dir():  # a Hub id would be fetched over the network
+        raise EvalError(f"tokenizer={tok_dir}: not a local directory (expected the files of a tokenizer, e.g. "
+                        "tokenizer.json; download a Hub tokenizer with save_pretrained where there is network)")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     parts = cfg.render.parts(tok)
 
@@ -391,7 +421,10 @@ def run_eval(cfg) -> dict:
                           eos_ids=eos_ids_for(tok, model_cfg), word_starts=word_start_table(tok, model_cfg.vocab_size),
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
                           metric=cfg.metric, progress=cfg.progress, probe=probe, seconds_per_unit=cfg.seconds_per_unit,
-                          decode_fn=_session_decode() if cfg.computation_aware else None)
+                          decode_fn=_session_decode() if cfg.computation_aware else None, fresh=cfg.fresh,
+                          info={"checkpoint": str(Path(cfg.checkpoint).absolute()), "step": cfg.step,
+                                "split": cfg.split, "dataset": to_dict(cfg.dataset), "render": to_dict(cfg.render),
+                                "dtype": cfg.dtype})
 
 
 def _session_decode():

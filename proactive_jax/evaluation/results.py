@@ -31,8 +31,7 @@ FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention", "probe")
 RCO_GRID = np.linspace(0.0, 1.0, 101)
 
 
-class EvalError(ValueError):
-    """Bad evaluation input; the message names what is wrong."""
+from ..errors import EvalError  # noqa: E402,F401  (re-exported: results.EvalError)
 
 
 def task_quality(task: str, metric: str | None = None):
@@ -96,6 +95,77 @@ class RecordStore:
         finally:
             os.close(fd)
         self.records.extend(recs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fingerprint of an eval directory: what determines its records
+# ---------------------------------------------------------------------------------------------
+
+FINGERPRINT_FILE = "fingerprint.json"
+EVAL_FILES = ("records.jsonl", "results.json", "table.md", "quality_latency.png", FINGERPRINT_FILE)
+# compared keys -> what they mean (for the refusal message)
+FINGERPRINT_KEYS = {"params": "the model's weights", "model": "the model config (dtype included)",
+                    "examples": "the test examples' tokens (task, split, data, tokenizer, render settings)",
+                    "calibration": "the calibration examples' tokens", "task": "the task",
+                    "max_new_tokens": "max_new_tokens", "eos_ids": "the end-of-turn ids",
+                    "word_starts": "the word-start table (tokenizer)", "decode": "the decode function"}
+
+
+def tokens_digest(examples) -> str:
+    """sha256 over (id, every token of every part) of ``(id, StreamExample)`` pairs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i, ex in examples:
+        parts = (ex.prompt, *ex.units, ex.end, ex.header, ex.target)
+        h.update(json.dumps([str(i), [list(map(int, part)) for part in parts]]).encode())
+    return h.hexdigest()[:32]
+
+
+def array_digest(a) -> str:
+    import hashlib
+
+    a = np.ascontiguousarray(np.asarray(a))
+    return hashlib.sha256(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes()).hexdigest()[:32]
+
+
+def params_digest(params) -> str:
+    """One digest of every leaf (the per-leaf digests of ``training.checkpoint.tree_digests``, hashed)."""
+    import hashlib
+
+    from ..training.checkpoint import tree_digests
+
+    return hashlib.sha256(json.dumps(tree_digests(params), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def prepare_eval_dir(out: Path, fingerprint: Mapping, *, fresh: bool = False, info: Mapping | None = None) -> None:
+    """Resume only into an eval directory whose fingerprint matches; else refuse with one line (or, with
+    ``fresh``, remove this package's files there and start clean). Writes ``fingerprint.json``."""
+    path = out / FINGERPRINT_FILE
+    old = None
+    if path.exists():
+        try:
+            old = json.loads(path.read_text()).get("compared")
+        except (json.JSONDecodeError, AttributeError):
+            old = {"unreadable": True}
+    has_records = (out / "records.jsonl").exists() and (out / "records.jsonl").stat().st_size > 0
+    fp = json.loads(json.dumps(dict(fingerprint), sort_keys=True))
+    stale = (old is not None and old != fp) or (old is None and has_records)
+    if stale and not fresh:
+        if old is None:
+            why = "records.jsonl has no fingerprint.json (written by an older version or another tool)"
+        else:
+            diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            why = "it differs in " + ", ".join(FINGERPRINT_KEYS.get(k, k) for k in diff)
+        raise EvalError(f"{out}: holds the records of another evaluation ({why}); refusing to mix them. Use "
+                        "another out_dir, or fresh=true to delete them and start clean")
+    if stale:
+        removed = [n for n in EVAL_FILES if (out / n).exists()]
+        for n in removed:
+            (out / n).unlink()
+        log.warning("%s: fresh=true: removed %s of an earlier evaluation", out, removed)
+    write_atomic(path, json.dumps({"compared": fp, "info": dict(info or {})}, indent=1, sort_keys=True,
+                                  default=str) + "\n")
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

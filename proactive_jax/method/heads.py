@@ -151,6 +151,10 @@ def resolve_layers(spec: str, num_layers: int) -> tuple[int, ...]:
     out = set()
     for it in _layer_items(spec):
         if isinstance(it, slice):
+            for b in (it.start, it.stop):  # '-9:' on a 2-layer model is a typo, not "all layers"
+                if b is not None and not -num_layers <= b <= num_layers:
+                    raise ValueError(f"layers={spec!r}: slice bound {b} out of range for a model with "
+                                     f"{num_layers} layers (expected {-num_layers}..{num_layers})")
             out.update(range(num_layers)[it])
         else:
             if not -num_layers <= it < num_layers:

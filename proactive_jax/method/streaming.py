@@ -12,8 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import DataError as _DataError
 
-class ExampleError(ValueError):
+
+class ExampleError(_DataError):
     """A streaming example is malformed; the message says which part and why."""
 
 

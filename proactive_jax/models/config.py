@@ -23,8 +23,7 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
-    """A configuration is malformed; the message names the key and what was expected."""
+from ..errors import ConfigError  # noqa: E402,F401  (re-exported: models.config.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +138,40 @@ def _freeze_rope_scaling(rs: Mapping | tuple | None) -> tuple | None:
 _ROPE_PARAM_KEYS = ("rope_type", "rope_theta", "type")
 
 
+_HF_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings")
+_HF_FLOAT_KEYS = ("rms_norm_eps", "rope_theta")
+_HF_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "use_sliding_window")
+_HF_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_hf_types(hf: Mapping[str, Any], source: str) -> None:
+    """Every known field of config.json has the JSON type transformers writes; errors name file and key."""
+    def bad(key, want):
+        v = hf[key]
+        raise ConfigError(f"{source}: key {key!r} is {v!r} ({type(v).__name__}); expected {want}")
+
+    def is_int(v):
+        return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+    for key in _HF_INT_KEYS:
+        if hf.get(key) is not None and not is_int(hf[key]):
+            bad(key, "an integer")
+    for key in _HF_FLOAT_KEYS:
+        if hf.get(key) is not None and (isinstance(hf[key], bool) or not isinstance(hf[key], (int, float))):
+            bad(key, "a number")
+    for key in _HF_BOOL_KEYS:
+        if hf.get(key) is not None and not isinstance(hf[key], bool):
+            bad(key, "true or false")
+    for key in _HF_ID_KEYS:
+        v = hf.get(key)
+        if v is not None and not (is_int(v) or (isinstance(v, list) and all(is_int(x) for x in v))):
+            bad(key, "a token id, a list of token ids or null")
+    for key in ("rope_scaling", "rope_parameters"):
+        if hf.get(key) is not None and not isinstance(hf[key], Mapping):
+            bad(key, "a JSON object or null")
+
+
 def from_hf_dict(hf: Mapping[str, Any], *, dtype: str = "float32", source: str = "config.json",
                  **compute) -> ModelConfig:
     """Build a ModelConfig from a parsed HF ``config.json`` (transformers v4 or v5 layout)."""
@@ -155,6 +188,7 @@ def from_hf_dict(hf: Mapping[str, Any], *, dtype: str = "float32", source: str =
     missing = [k for k in required if k not in hf]
     if missing:
         raise ConfigError(f"{source}: missing required keys {missing}")
+    _check_hf_types(hf, source)
     if hf.get("use_sliding_window"):
         raise ConfigError(f"{source}: use_sliding_window=true is not supported (Qwen checkpoints ship it false)")
     if hf.get("layer_types") and any(t != "full_attention" for t in hf["layer_types"]):

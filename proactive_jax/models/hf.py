@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -27,7 +29,10 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .config import ModelConfig, load_hf_config, to_hf_dict
-from .safetensors_io import _READERS, _ST_NAME, CheckpointError, _np_dtypes, parse_size, write_safetensors
+from .safetensors_io import (_READERS, _ST_NAME, CheckpointError, _np_dtypes, parse_size, remove_stale,
+                             write_safetensors)
+
+log = logging.getLogger(__name__)
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -276,6 +281,11 @@ def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -
             if t is not dst:
                 dst[...] = t.T if spec.transpose else t
             del t
+        if not np.isfinite(leaf).all():
+            first = spec.name(0 if spec.per_layer else None)
+            log.warning("%s: tensor %s%s holds %d non-finite values (NaN/Inf); outputs will be NaN",
+                        where[first].path, first, " (or another layer's)" if spec.per_layer else "",
+                        int(leaf.size - np.isfinite(leaf).sum()))
         _set(params, spec.path, place(spec.path, leaf))
         del leaf
     return params
@@ -441,6 +451,8 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
         return _hf_array(params, spec, layer, out_dtype)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    # temporaries of a killed earlier export of this same directory (by name, age and dead pid only)
+    remove_stale(out.parent, re.escape(f".{out.name}") + r"\.(tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(tmp)
     try:

@@ -13,14 +13,15 @@ import math
 import os
 import re
 import struct
+import time
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is malformed; the message names the file/tensor and what was expected."""
+from ..errors import CheckpointError, CorruptCheckpointError  # noqa: F401  (re-exported)
 
 
 def _np_dtypes() -> dict[str, np.dtype]:
@@ -34,6 +35,8 @@ _ST_NAME = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 _MAX_HEADER = 100 * 1024 * 1024
+# metadata key of the per-tensor CRC-32s this package writes (a JSON object; other readers ignore it)
+CRC_KEY = "proactive_jax.crc32"
 
 
 class SafetensorsFile:
@@ -64,6 +67,10 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise CheckpointError(f"{self.path}: safetensors header is not a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
+        try:
+            self.crc = json.loads(self.metadata[CRC_KEY]) if CRC_KEY in self.metadata else {}
+        except (TypeError, json.JSONDecodeError):
+            raise CheckpointError(f"{self.path}: metadata {CRC_KEY!r} is not a JSON object") from None
         self._data_start = 8 + n
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, e in header.items():
@@ -107,6 +114,10 @@ class SafetensorsFile:
             if k <= 0:
                 raise CheckpointError(f"{self.path}: unexpected end of file reading tensor {name!r}")
             got += k
+        want = self.crc.get(name)
+        if want is not None and f"{zlib.crc32(buf):08x}" != want:
+            raise CorruptCheckpointError(f"{self.path}: tensor {name!r}: CRC-32 mismatch (written {want}, read "
+                                         f"{zlib.crc32(buf):08x}): the file changed after it was written")
         return out if direct else buf.view(npd).reshape(shape)
 
     def close(self):
@@ -169,15 +180,23 @@ def parse_size(size: int | str) -> int:
 
 def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], get: Callable[[str], np.ndarray],
                        st_dtype: str, itemsize: int) -> None:
-    """Stream a safetensors file: header from the shapes, then each tensor as it is produced."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    off = 0
-    for name, shape in tensors:
-        n = math.prod(shape) * itemsize
-        header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    """Stream a safetensors file: header from the shapes, then each tensor as it is produced.
+
+    The header's metadata carries a CRC-32 per tensor (``CRC_KEY``), which :class:`SafetensorsFile`
+    verifies on every read: the header is written with zeros first (fixed width) and rewritten in place
+    once every tensor's bytes are known."""
+    def header_bytes(crcs: dict[str, str]) -> bytes:
+        header: dict[str, Any] = {"__metadata__": {"format": "pt", CRC_KEY: json.dumps(crcs, sort_keys=True)}}
+        off = 0
+        for name, shape in tensors:
+            n = math.prod(shape) * itemsize
+            header[name] = {"dtype": st_dtype, "shape": list(shape), "data_offsets": [off, off + n]}
+            off += n
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        return raw + b" " * (-len(raw) % 8)
+
+    crcs = {name: "00000000" for name, _ in tensors}
+    raw = header_bytes(crcs)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
@@ -185,7 +204,55 @@ def write_safetensors(path: Path, tensors: list[tuple[str, tuple[int, ...]]], ge
             x = get(name)
             if x.shape != tuple(shape):
                 raise CheckpointError(f"tensor {name!r}: produced shape {list(x.shape)}, expected {list(shape)}")
-            f.write(x.reshape(-1).view(np.uint8).data)
-            del x
+            data = x.reshape(-1).view(np.uint8).data
+            crcs[name] = f"{zlib.crc32(data):08x}"
+            f.write(data)
+            del x, data
+        final = header_bytes(crcs)
+        assert len(final) == len(raw)  # fixed-width CRCs: same header length
+        f.seek(8)
+        f.write(final)
         f.flush()
         os.fsync(f.fileno())
+
+
+def remove_stale(parent: Path, pattern: str, *, min_age_s: float = 600.0) -> list[Path]:
+    """Remove the temporaries a killed writer left in ``parent``: entries whose name fully matches the regex
+    ``pattern`` (which captures the writer's pid as group ``pid``), older than ``min_age_s`` and whose pid is
+    not a live process on this machine. Nothing else is touched. Returns what was removed."""
+    import shutil
+
+    rx = re.compile(pattern)
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for p in entries:
+        m = rx.fullmatch(p.name)
+        if m is None:
+            continue
+        try:
+            age = now - p.lstat().st_mtime
+        except OSError:
+            continue
+        pid = int(m.group("pid"))
+        if age < min_age_s or (pid != os.getpid() and _pid_alive(pid)) or pid == os.getpid():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

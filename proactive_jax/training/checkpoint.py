@@ -13,13 +13,22 @@ atomic: orbax writes into a temporary directory and renames it when complete, so
 the previous checkpoints intact. Restoring takes *target shardings* (``jax.ShapeDtypeStruct`` with a
 ``sharding``), so a checkpoint saved on one mesh restores onto any other mesh shape. Every process of a
 multi-host run calls ``save``/``restore`` (orbax coordinates; process 0 finalizes).
+
+**Verification.** ``meta`` also holds ``checksums``: two 32-bit sums per leaf of params and train state
+(:func:`tree_digests`: every element's bits mixed with its position, summed with wrap-around; computed on
+the devices, exact and independent of the sharding, so any changed element changes the digest). Every
+restore recomputes them on the restored arrays and raises :class:`CorruptCheckpointError` naming the step
+and the tensor on a mismatch. Orbax temporary directories of a killed save are removed when a writable
+store opens (orbax's ``cleanup_tmp_directories``; only names orbax itself gives its temporaries).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +41,7 @@ log = logging.getLogger(__name__)
 ITEMS = ("params", "train", "meta")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, partial or corrupt; the message names the directory and step."""
+from ..errors import CheckpointError, CorruptCheckpointError  # noqa: E402,F401  (re-exported)
 
 
 def _ocp():
@@ -58,6 +66,118 @@ def model_config_from_dict(d: dict) -> ModelConfig:
         d["eos_token_id"] = tuple(d["eos_token_id"])
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in d.items() if k in names})
+
+
+_MIX = (0x9E3779B9, 0x85EBCA6B)
+
+
+def _mix32(v):
+    """lowbias32: a bijection of uint32 with good avalanche (so digests catch any changed bit)."""
+    import jax.numpy as jnp
+
+    v = v ^ (v >> 16)
+    v = v * jnp.uint32(0x7FEB352D)
+    v = v ^ (v >> 15)
+    v = v * jnp.uint32(0x846CA68B)
+    return v ^ (v >> 16)
+
+
+def _leaf_digest(x):
+    import jax.numpy as jnp
+
+    if x.dtype.itemsize == 4:
+        u = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    elif x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
+        u = x.astype(jnp.uint32)
+    else:  # 8-byte leaves do not occur (x64 is off); fold both halves
+        u = jax.lax.bitcast_convert_type(x, jnp.uint32).sum(-1, dtype=jnp.uint32)
+    pos = jnp.zeros(u.shape, jnp.uint32)
+    stride = 1
+    for d in range(u.ndim - 1, -1, -1):  # the linear index, from iotas (fused, never materialised)
+        pos = pos + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(stride & 0xFFFFFFFF)
+        stride *= u.shape[d]
+    a = _mix32(u + pos * jnp.uint32(_MIX[0]))
+    b = _mix32(u ^ _mix32(pos + jnp.uint32(_MIX[1])))
+    return jnp.stack([jnp.sum(a, dtype=jnp.uint32), jnp.sum(b, dtype=jnp.uint32)])
+
+
+_digest_fn = None
+
+
+def tree_digests(tree) -> dict[str, str]:
+    """``{leaf path: 16 hex digits}`` of a tree of arrays (jitted on the devices the arrays live on)."""
+    global _digest_fn
+    from .state import host_value
+
+    if _digest_fn is None:
+        _digest_fn = jax.jit(lambda t: jax.tree.map(_leaf_digest, t))
+    flat = jax.tree_util.tree_flatten_with_path(_digest_fn(tree))[0]
+    out = {}
+    for path, d in flat:
+        v = host_value(d)
+        out[leaf_name(path)] = f"{int(v[0]):08x}{int(v[1]):08x}"
+    return out
+
+
+def leaf_name(path) -> str:
+    """``layers/mlp/up_proj/kernel`` for a tree path (dict keys, sequence indices, attributes)."""
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+    return "/".join(parts)
+
+
+def verify_digests(saved: dict | None, restored, where: str, hint: str = "") -> None:
+    """Raise :class:`CorruptCheckpointError` naming the first leaf whose digest differs from ``saved``."""
+    got = tree_digests(restored)
+    bad = [k for k in got if k in saved and saved[k] != got[k]]
+    missing = sorted(set(saved) - set(got))
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CorruptCheckpointError(f"{where}: tensor {bad[0]}: checksum mismatch (saved {saved[bad[0]]}, "
+                                     f"read {got[bad[0]]}){more}: the checkpoint changed on disk after it was "
+                                     f"written{hint}")
+    if missing:
+        raise CorruptCheckpointError(f"{where}: tensors {missing[:4]} have a saved checksum but were not "
+                                     f"restored{hint}")
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters (orbax embeds whole tensorstore specs)."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (orbax wraps the errors of its background writes), if any."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return None
+
+
+_OS_WORDS = {"No space left on device": errno.ENOSPC, "Permission denied": errno.EACCES,
+             "Read-only file system": errno.EROFS, "Disk quota exceeded": errno.EDQUOT}
+
+
+def _save_failure(directory, step, e: BaseException) -> CheckpointError | None:
+    """A one-line :class:`CheckpointError` for a save that failed for an OS reason (full disk, permission)."""
+    os_err = _os_error_in(e)
+    if os_err is not None:
+        why = f"{os_err.strerror or os_err}" + (f" ({os_err.filename})" if os_err.filename else "")
+    else:
+        text = str(e)
+        why = next((w for w in _OS_WORDS if w in text), None)
+        if why is None:
+            return None
+    what = f"saving step {step}" if step is not None else "saving a checkpoint"
+    return CheckpointError(f"{directory}: {what} failed: {why}; the checkpoints saved before are intact "
+                           "(free space / fix permissions and rerun the same command to resume)")
 
 
 def as_path(path):
@@ -91,10 +211,19 @@ class CheckpointStore:
         self.directory = as_path(directory)
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: checkpoint directory does not exist")
+        if keep is not None and keep < 1:
+            raise CheckpointError(f"{self.directory}: keep={keep}: expected >= 1 (checkpoint.keep)")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
-            read_only=read_only, save_interval_steps=1)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+            read_only=read_only, save_interval_steps=1, cleanup_tmp_directories=not read_only)
+        self._saving: int | None = None
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        except OSError as e:
+            err = _save_failure(self.directory, None, e)
+            if err is None:
+                raise
+            raise err from None
 
     # -- queries -----------------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -116,30 +245,87 @@ class CheckpointStore:
             raise CheckpointError(self._bad(step, f"partial checkpoint ({what})"))
         return d
 
-    def _bad(self, step: int, why: str) -> str:
+    def _hint(self, step: int) -> str:
         others = [s for s in self.all_steps() if s != step]
-        hint = (f"; other steps: {others} (restore one with checkpoint.restore_step=N, or move "
-                f"{self.directory / str(step)} aside)") if others else "; no other checkpoint in this directory"
-        return f"{self.directory / str(step)}: cannot restore step {step}: {why}{hint}"
+        if not others:
+            return "; no other checkpoint in this directory"
+        return (f"; other steps: {others} (restore one with checkpoint.restore_step=N, resume from the newest "
+                f"intact one with checkpoint.on_corrupt=fallback, or move {self.directory / str(step)} aside)")
+
+    def _bad(self, step: int, why: str) -> str:
+        return f"{self.directory / str(step)}: cannot restore step {step}: {why}{self._hint(step)}"
 
     # -- save ----------------------------------------------------------------------------------------
     def save(self, step: int, params, opt_state, meta: dict, *, state_step=None) -> bool:
-        """Start an (async) save of ``step``; returns False if that step already exists on disk."""
+        """Start an (async) save of ``step``; returns False if that step already exists on disk.
+
+        The per-leaf digests of params and train state go into ``meta["checksums"]``. A save that fails
+        for an OS reason (disk full, permission), now or in the background, is a :class:`CheckpointError`."""
         ocp = _ocp()
         if step in self.all_steps():
             log.warning("checkpoint for step %d already exists in %s; not saving it again", step, self.directory)
             return False
+        self.wait()  # surfaces a failure of the previous background save before starting this one
         train = {"step": state_step if state_step is not None else step, "opt_state": opt_state}
+        meta = {**meta, "checksums": {"params": tree_digests(params), "train": tree_digests(train)}}
         args = ocp.args.Composite(params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
                                   meta=ocp.args.JsonSave(_jsonable(meta)))
-        return bool(self.manager.save(step, args=args, force=True))
+        self._saving = step
+        try:
+            return bool(self.manager.save(step, args=args, force=True))
+        except Exception as e:  # noqa: BLE001 - orbax wraps OS errors in several types; name the step
+            err = _save_failure(self.directory, step, e)
+            if err is None:
+                raise
+            raise err from None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - the background save's error
+            err = _save_failure(self.directory, self._saving, e)
+            if err is None:
+                raise
+            raise err from None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    def rolled_back_to(self) -> int | None:
+        """The step of the last ``checkpoint.restore_step`` rollback applied to this directory, if any."""
+        marker = self.directory / "rolled_back" / "ROLLBACK.json"
+        try:
+            return int(json.loads(marker.read_text())["restore_step"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def set_aside(self, steps, why: str, *, rollback_to: int | None = None) -> list[str]:
+        """Move ``steps`` to ``<dir>/rolled_back/<step>-<unix time>`` (process 0; every process then reloads
+        the step list), so they are no longer part of the run's history; returns the new locations."""
+        steps = sorted(int(x) for x in steps)
+        moved = []
+        if steps and jax.process_index() == 0:
+            aside = self.directory / "rolled_back"
+            aside.mkdir(parents=True, exist_ok=True)
+            stamp = int(time.time())
+            for st in steps:
+                dst = aside / f"{st}-{stamp}"
+                (self.directory / str(st)).rename(dst)
+                moved.append(str(dst))
+            if rollback_to is not None:  # a rerun of the same command then resumes instead of rolling back again
+                (aside / "ROLLBACK.json").write_text(json.dumps({"restore_step": rollback_to, "moved": moved,
+                                                                 "time": stamp}) + "\n")
+            log.warning("%s: moved steps %s to %s (%s)", self.directory, steps, aside, why)
+        if steps and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("proactive_jax_set_aside")
+        if steps:
+            self.manager.reload()
+        return moved
 
     # -- restore -------------------------------------------------------------------------------------
     def restore_meta(self, step: int) -> dict:
@@ -148,7 +334,7 @@ class CheckpointStore:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - orbax raises many types; name the step
-            raise CheckpointError(self._bad(step, f"meta unreadable ({type(e).__name__}: {e})")) from e
+            raise CheckpointError(self._bad(step, f"meta unreadable ({_short(e)})")) from e
         return dict(out.meta)
 
     def restore(self, step: int, abstract_params, abstract_train=None) -> tuple[Any, Any, dict]:
@@ -161,8 +347,18 @@ class CheckpointStore:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(self._bad(step, f"{type(e).__name__}: {e}")) from e
-        return out.params, (out.train if abstract_train is not None else None), dict(out.meta)
+            raise CheckpointError(self._bad(step, f"unreadable, corrupt or truncated ({_short(e)})")) from e
+        meta = dict(out.meta)
+        sums = meta.get("checksums")
+        where = f"{self.directory / str(step)}"
+        if sums is None:
+            log.warning("%s: no checksums in this checkpoint (written by an older version); not verified", where)
+        else:
+            hint = self._hint(step)
+            verify_digests(sums.get("params", {}), out.params, f"{where} (params)", hint)
+            if abstract_train is not None:
+                verify_digests(sums.get("train", {}), out.train, f"{where} (train state)", hint)
+        return out.params, (out.train if abstract_train is not None else None), meta
 
 
 def _jsonable(x):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+import signal
 from typing import Sequence
 
 import jax
 
-from .checkpoint import CheckpointError, export
-from .loop import TrainingDiverged, train
-from .run_config import RunConfigError, load_run_config
+from ..cli import run_guarded
+from .checkpoint import export
+from .loop import train
+from .run_config import load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -23,39 +24,46 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="config overrides, YAML-typed (e.g. steps=200 out_dir=runs/x mesh.fsdp=4)")
 
 
+class _NoTraceback(logging.Filter):
+    """Library log records keep their message but lose the traceback: a failed background save is reported
+    once, as one line, by the error that stops the run (orbax logs the same failure from several threads)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} [{type(exc).__name__}: {exc}]"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "etils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logger = logging.getLogger(noisy)
+        logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _NoTraceback) for f in logger.filters):
+            logger.addFilter(_NoTraceback())
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done or stopped by SIGTERM (checkpoint saved), 130 stopped by Ctrl-C (saved), 2 a user
+    error (one line on stderr, from ``cli.run_guarded``), 3 the loss diverged."""
     _setup_logging()
-    try:
-        cfg = load_run_config(args.config, args.overrides)
-    except (RunConfigError, FileNotFoundError) as e:
-        print(f"proactive-jax train: {e}", file=sys.stderr)
-        return 2
-    try:
-        res = train(cfg)
-    except (RunConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"proactive-jax train: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"proactive-jax train: {e}", file=sys.stderr)
-        return 3
+    cfg = load_run_config(args.config, args.overrides)
+    res = train(cfg)
     if jax.process_index() == 0:
         last = res.history[-1] if res.history else {}
         print(json.dumps({"out_dir": str(res.out_dir), "step": res.step, "stopped": res.stopped,
                           "loss": last.get("loss"), "eval": res.evals[-1] if res.evals else None}))
-    return 0
+    return 130 if res.signum == signal.SIGINT else 0
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``proactive-jax train CONFIG [key=value ...]``."""
     p = argparse.ArgumentParser(prog="proactive-jax train", description="train a streaming LLM (MSLM + SPSD)")
     add_train_args(p)
-    return run_train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    return run_guarded("proactive-jax train", lambda: run_train(args))
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
@@ -70,12 +78,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     _setup_logging()
-    try:
-        out = export(args.checkpoint, args.step, args.out, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                     max_shard_size=args.max_shard_size)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"proactive-jax export: {e}", file=sys.stderr)
-        return 2
+    out = export(args.checkpoint, args.step, args.out, dtype=args.dtype, tokenizer_dir=args.tokenizer,
+                 max_shard_size=args.max_shard_size)
     print(out)
     return 0
 
@@ -84,6 +88,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     """``proactive-jax export --checkpoint RUN_DIR [--step N] --out HF_DIR``."""
     p = argparse.ArgumentParser(prog="proactive-jax export", description="write a checkpoint as a HF directory")
     add_export_args(p)
-    return run_export(p.parse_args(argv))
+    args = p.parse_args(argv)
+    return run_guarded("proactive-jax export", lambda: run_export(args))
 
 

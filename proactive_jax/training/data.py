@@ -91,10 +91,13 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
 
     def pipeline(split, max_rows, batch_size, n_syn=None):
         key, load = _text_examples(data, split, max_rows, n_synthetic=n_syn)
+        bound = max(b[0] for b in data.buckets) if data.on_unfit == "skip" else None  # skip huge rows untokenized
         prepared = pl.prepare_examples(load, tokenizer, data.render, dataset_key=key, cache_dir=cache_dir,
-                                       on_bad_example=data.on_bad_example)
+                                       on_bad_example=data.on_bad_example, source_bound=bound)
         if not prepared.examples:
-            raise RunConfigError(f"data.task={data.task!r} split {split!r}: no usable examples")
+            raise RunConfigError(f"data.task={data.task!r} split {split!r}: no usable examples (skipped: "
+                                 f"{prepared.skipped or 'none'}; the largest of data.buckets={list(data.buckets)} "
+                                 "bounds the source length)")
         return pl.Pipeline(prepared.examples, [tuple(b) for b in data.buckets], global_batch_size=batch_size,
                            collate=_collate(data.m_cap), seed=data.seed, host_index=host_index,
                            host_count=host_count, remainder=data.remainder, on_unfit=data.on_unfit,

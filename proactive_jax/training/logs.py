@@ -66,23 +66,34 @@ class MetricsLog:
 
 
 class SignalFlag:
-    """SIGTERM -> a flag read at the next step boundary (installed only in the main thread)."""
+    """SIGTERM and SIGINT (Ctrl-C) -> a flag read at the next step boundary, where the loop saves and stops.
+
+    Installed only in the main thread. A second Ctrl-C while waiting for the boundary interrupts at once
+    (``KeyboardInterrupt``; the last completed checkpoint stays intact)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, enabled: bool):
         self.signum = None
-        self.prev = None
+        self.prev: dict = {}
         self.installed = enabled and threading.current_thread() is threading.main_thread()
         if self.installed:
-            self.prev = signal.signal(signal.SIGTERM, self._handle)
+            for s in self.SIGNALS:
+                self.prev[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
-        print(f"proactive_jax.training: received signal {signum}; saving a checkpoint at the next step boundary",
+        name = signal.Signals(signum).name
+        print(f"proactive_jax.training: received {name}; saving a checkpoint at the next step boundary"
+              + (" (Ctrl-C again to stop at once without saving)" if signum == signal.SIGINT else ""),
               file=sys.stderr, flush=True)
 
     def restore(self):
         if self.installed:
-            signal.signal(signal.SIGTERM, self.prev if self.prev is not None else signal.SIG_DFL)
+            for s, prev in self.prev.items():
+                signal.signal(s, prev if prev is not None else signal.SIG_DFL)
             self.installed = False
 
 

@@ -42,8 +42,7 @@ from .step import StepSpec, build_eval_sums, build_train_step, make_optimizer, s
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/Inf; the message names the step and the last good checkpoint."""
+from ..errors import TrainingDiverged  # noqa: E402,F401  (re-exported: loop.TrainingDiverged)
 
 
 @dataclasses.dataclass
@@ -56,6 +55,7 @@ class TrainResult:
     evals: list = dataclasses.field(default_factory=list)
     model_config: ModelConfig | None = None
     checkpoint_dir: str | None = None
+    signum: int | None = None  # the signal that stopped the run (SIGTERM / SIGINT), if any
 
 
 def _fetch(metrics) -> dict:
@@ -253,4 +253,6 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
         logger.close()
         store.close()
     final_step = int(host_value(state["step"]))
-    return TrainResult(state["params"], records.history, out_dir, final_step, stopped, evals, model_cfg, ckpt_dir)
+    signum = flag.signum if (flag is not None and stopped == "signal") else None
+    return TrainResult(state["params"], records.history, out_dir, final_step, stopped, evals, model_cfg, ckpt_dir,
+                       signum)

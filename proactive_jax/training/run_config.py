@@ -37,13 +37,14 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from ..errors import ConfigError
 from ..models.config import ModelConfig
 from ..data.loaders import DatasetSpec
 from ..data.render import RenderConfig
 from ..method.objective import ObjectiveConfig
 
 
-class RunConfigError(ValueError):
+class RunConfigError(ConfigError):
     """A config file or override is malformed; the message names the dotted key and the expected type."""
 
 
@@ -350,6 +351,15 @@ class SyntheticSection:
     n_valid: int = 64  # per task
     seed: int = 0
 
+    def __post_init__(self):
+        from ..data.synthetic import SYNTHETIC_TASKS
+
+        bad = [t for t in self.tasks if t not in SYNTHETIC_TASKS]
+        if bad:
+            raise ValueError(f"tasks: unknown synthetic task(s) {bad}; expected some of {sorted(SYNTHETIC_TASKS)}")
+        if self.n_train < 1 or self.n_valid < 0:
+            raise ValueError(f"n_train={self.n_train}, n_valid={self.n_valid}: expected n_train >= 1, n_valid >= 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
@@ -436,7 +446,10 @@ class MeshSection:
 class CheckpointSection:
     """Orbax checkpoints in ``dir`` (default ``<out_dir>/checkpoints``): every ``every`` steps (0: never,
     except on a signal and at the end), the last ``keep`` kept. ``resume``: "auto" (resume when a
-    checkpoint exists), "never" (fail if one exists), "require" (fail if none)."""
+    checkpoint exists), "never" (fail if one exists), "require" (fail if none). ``restore_step=N`` rolls back: steps after N are moved
+    to ``<dir>/rolled_back/`` so that N's line of history is the live one. Every checkpoint carries per-leaf
+    checksums, verified on restore; ``on_corrupt``: "error" (stop, naming the step and tensor) or "fallback"
+    (resume from the newest intact step; the corrupt ones are moved aside like a rollback)."""
 
     every: int = 500
     keep: int = 3
@@ -446,6 +459,16 @@ class CheckpointSection:
     restore_step: int | None = None
     save_on_signal: bool = True
     save_final: bool = True
+    on_corrupt: Literal["error", "fallback"] = "error"
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise ValueError(f"every={self.every}: expected >= 0 (0: only on a signal and at the end)")
+        if self.keep < 1:
+            raise ValueError(f"keep={self.keep}: expected >= 1 (how many of the newest checkpoints to keep; "
+                             "keep=0 would delete the final one too)")
+        if self.restore_step is not None and self.restore_step < 0:
+            raise ValueError(f"restore_step={self.restore_step}: expected a step >= 0 or null (the latest)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -483,8 +506,12 @@ class RunConfig:
     def __post_init__(self):
         if self.steps is None and self.epochs is None:
             raise ValueError("give steps or epochs")
-        if self.steps is not None and self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps={self.steps}: expected >= 1 optimizer steps (a run of 0 steps trains and "
+                             "saves nothing)")
+        for key in ("eval_every", "log_every"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)}: expected >= 0 (0: off)")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.model.hf_dir is None and self.data.task != "synthetic" and self.data.tokenizer is None:

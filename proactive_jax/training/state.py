@@ -91,6 +91,18 @@ def host_value(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _restore_state(store, step0: int, model_cfg: ModelConfig, sh, abstract) -> dict:
+    """The verified train state of ``step0`` on the shardings ``sh``."""
+    meta = store.restore_meta(step0)
+    if "model_config" in meta:
+        check_same_shape(model_config_from_dict(meta["model_config"]), model_cfg, f"{store.directory}/{step0}")
+    tgt = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+    params, tr, _ = store.restore(step0, jax.tree.map(tgt, abstract["params"], sh["params"]),
+                                  jax.tree.map(tgt, {"step": abstract["step"], "opt_state": abstract["opt_state"]},
+                                               {"step": sh["step"], "opt_state": sh["opt_state"]}))
+    return {"step": tr["step"], "params": params, "opt_state": tr["opt_state"]}
+
+
 def restore_or_init(run: RunConfig, model_cfg: ModelConfig, store, sh, abstract, tx, init_params=None):
     """``(state, source)``: the train state ``{"step", "params", "opt_state"}`` on the shardings ``sh``, resumed
     from ``store`` (``checkpoint.resume`` / ``restore_step``) or freshly initialised (``model.init``)."""
@@ -102,15 +114,34 @@ def restore_or_init(run: RunConfig, model_cfg: ModelConfig, store, sh, abstract,
     if not steps_on_disk and ckpt.resume == "require":
         raise CheckpointError(f"{store.directory}: no checkpoint to resume from (checkpoint.resume=require)")
     if steps_on_disk and ckpt.resume != "never":
-        step0 = ckpt.restore_step if ckpt.restore_step is not None else steps_on_disk[-1]
-        meta = store.restore_meta(step0)
-        if "model_config" in meta:
-            check_same_shape(model_config_from_dict(meta["model_config"]), model_cfg, f"{store.directory}/{step0}")
-        tgt = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
-        params, tr, _ = store.restore(step0, jax.tree.map(tgt, abstract["params"], sh["params"]),
-                                      jax.tree.map(tgt, {"step": abstract["step"], "opt_state": abstract["opt_state"]},
-                                                   {"step": sh["step"], "opt_state": sh["opt_state"]}))
-        return {"step": tr["step"], "params": params, "opt_state": tr["opt_state"]}, f"resumed:{store.directory}@{step0}"
+        if ckpt.restore_step is not None and store.rolled_back_to() == ckpt.restore_step \
+                and steps_on_disk[-1] > ckpt.restore_step:
+            log.info("checkpoint.restore_step=%d was applied by an earlier run (%s); resuming from the latest step",
+                     ckpt.restore_step, store.directory / "rolled_back")
+        elif ckpt.restore_step is not None:
+            store.check_step(ckpt.restore_step)
+            state = _restore_state(store, ckpt.restore_step, model_cfg, sh, abstract)
+            later = [s for s in steps_on_disk if s > ckpt.restore_step]
+            if later:  # the rollback: the restored line of history becomes the live one
+                store.set_aside(later, f"checkpoint.restore_step={ckpt.restore_step} rolls the run back",
+                                rollback_to=ckpt.restore_step)
+            return state, f"resumed:{store.directory}@{ckpt.restore_step}"
+        bad: list[int] = []
+        for step0 in reversed(steps_on_disk):
+            try:
+                state = _restore_state(store, step0, model_cfg, sh, abstract)
+            except CheckpointError as e:
+                if ckpt.on_corrupt != "fallback" or "model differs" in str(e):
+                    raise
+                log.warning("checkpoint step %d is not usable, trying an older one: %s", step0, e)
+                bad.append(step0)
+                continue
+            if bad:
+                store.set_aside(bad, f"corrupt; resumed from the newest intact step {step0} "
+                                     "(checkpoint.on_corrupt=fallback)")
+            return state, f"resumed:{store.directory}@{step0}"
+        raise CheckpointError(f"{store.directory}: no intact checkpoint among steps {steps_on_disk} "
+                              "(checkpoint.on_corrupt=fallback); choose another out_dir or checkpoint.resume=never")
     params, source = initial_params(run, model_cfg, sh["params"], init_params)
     opt_state = jax.jit(tx.init, out_shardings=sh["opt_state"])(params)
     return {"step": jax.device_put(jnp.int32(0), sh["step"]), "params": params, "opt_state": opt_state}, source

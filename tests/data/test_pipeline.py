@@ -198,3 +198,37 @@ def test_save_load_roundtrip(data, tmp_path):
     pl.save_examples(tmp_path / "x.npz", exs, ids, {"a": 1})
     back, back_ids, meta = pl.load_examples(tmp_path / "x.npz")
     assert back == exs and back_ids == ids and meta == {"a": 1}
+
+
+def test_truncated_cache_is_rebuilt(tok, tmp_path, caplog):
+    texts = syn.make_task("word-map", 20, seed=4)
+    first = prepare_examples(texts, tok, RenderConfig(), dataset_key="k", cache_dir=tmp_path)
+    raw = first.cache_path.read_bytes()
+    first.cache_path.write_bytes(raw[: len(raw) // 2])  # a killed copy / full disk: BadZipFile on load
+    with caplog.at_level("WARNING"):
+        again = prepare_examples(texts, tok, RenderConfig(), dataset_key="k", cache_dir=tmp_path)
+    assert not again.cache_hit and again.examples == first.examples and "unreadable" in caplog.text
+    assert prepare_examples(texts, tok, RenderConfig(), dataset_key="k", cache_dir=tmp_path).cache_hit
+
+
+def test_huge_example_rejected_before_tokenizing(tok, monkeypatch):
+    good = syn.make_task("word-map", 3, seed=2)
+    huge = TextExample(task="t", id="huge", prompt_text="", units=["w"] * 200_000, target_text="x")
+    seen = []
+    real = pl.render_example
+
+    def counting(tokenizer, ex, *a, **k):
+        seen.append(ex.id)
+        return real(tokenizer, ex, *a, **k)
+
+    monkeypatch.setattr(pl, "render_example", counting)
+    prep = prepare_examples(good + [huge], tok, on_bad_example="skip", source_bound=40)
+    assert "huge" not in seen and len(prep.examples) == 3 and prep.skipped == {"over max_source_tokens": 1}
+    with pytest.raises(ExampleError, match=r"'huge'.*200000 source words.*not tokenized"):
+        prepare_examples([huge], tok, source_bound=40)
+
+
+def test_no_bucket_fits_names_the_buckets(data):
+    exs, ids = data
+    with pytest.raises(ExampleError, match=r"no full batch.*263 examples fit no bucket of \[\(4, 4\)\].*enlarge"):
+        Pipeline(exs, [(4, 4)], ids=ids, global_batch_size=8, collate=simple_collate, on_unfit="skip")

@@ -227,7 +227,7 @@ def test_bad_rows_skipped_counted_and_logged(caplog):
     assert "sq [dev]: 1/6 rows kept" in caplog.text and "missing field context: 1" in caplog.text
     with pytest.raises(ValueError, match="on_bad_example"):
         adapt_rows([], "squad", on_bad_example="ignore")
-    with pytest.raises(KeyError, match="unknown task"):
+    with pytest.raises(DataError, match="unknown task"):
         adapt_rows([], "nope")
 
 

@@ -119,7 +119,9 @@ def test_round_trip_through_transformers(which, request, ids, tmp_path):
     out = save_pretrained(config, params, tmp_path / "export")
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors"]
     with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
-        assert f.metadata() == {"format": "pt"}
+        meta = f.metadata()
+        assert meta["format"] == "pt" and set(meta) == {"format", "proactive_jax.crc32"}
+        assert set(json.loads(meta["proactive_jax.crc32"])) == set(f.keys())  # one CRC-32 per tensor
     # the exported tensors are the original ones, bit for bit
     orig, new = tensors_of(ck["dir"]), tensors_of(out)
     assert set(orig) == set(new)

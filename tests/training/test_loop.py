@@ -181,12 +181,15 @@ def test_cli_train_lowers_loss_and_exports(straight, tmp_path):
     _, ref, _, step = restore_params(straight)
     assert step == N and cfg.num_hidden_layers == 1 and _max_diff(params, ref) == 0.0
     assert TC.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
-    # the three ways to start (steps=0: nothing is trained, the initial params come back)
-    hf_start = T.train(_cfg(tmp_path / "from_hf", f"model.hf_dir={tmp_path / 'hf'}", "model.init=hf", "steps=0"))
-    assert hf_start.step == 0 and _max_diff(jax.device_get(hf_start.params), ref) == 0.0
-    ck_start = T.train(_cfg(tmp_path / "from_ckpt", "model.init=checkpoint", f"model.init_checkpoint={straight}",
-                            "steps=0"))
-    assert _max_diff(jax.device_get(ck_start.params), ref) == 0.0
+    # the three ways to start: from the HF export, from the checkpoint, from given params
+    p_sh = TS.state_shardings(_spec_of(_cfg("x")))[0]["params"]
+    for src in ([f"model.hf_dir={tmp_path / 'hf'}", "model.init=hf"],
+                ["model.init=checkpoint", f"model.init_checkpoint={straight}"]):
+        cfg = _cfg(tmp_path / "start", *src)
+        params, source = TSt.initial_params(cfg, TSt.resolve_model_config(cfg.model), p_sh, None)
+        assert source.startswith(("hf:", "checkpoint:")) and _max_diff(jax.device_get(params), ref) == 0.0
+    assert TC.train_main([str(CONFIG), *TINY, f"out_dir={tmp_path / 'zero'}", "steps=0"]) == 2  # trains nothing
+    assert not (tmp_path / "zero").exists()
     start = TM.place(ref, TS.state_shardings(_spec_of(_cfg("x")))[0]["params"])
     given = T.train(_cfg(tmp_path / "given", "checkpoint.save_final=false"), init_params=start)
     assert given.step == N and given.history[0]["loss"] < _losses(straight)[0][1] - 1.0  # started trained

@@ -103,3 +103,17 @@ def test_generic_builder_for_other_configs():
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
     with pytest.raises(RunConfigError, match=r"a.b is 1, not a mapping"):
         apply_overrides({"a": {"b": 1}}, ["a.b.c=2"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("checkpoint.keep=0", r"checkpoint: keep=0: expected >= 1"), ("checkpoint.keep=-1", r"keep=-1: expected >= 1"),
+    ("checkpoint.every=-5", r"every=-5: expected >= 0"), ("checkpoint.restore_step=-1", r"restore_step=-1"),
+    ("steps=0", r"steps=0: expected >= 1"), ("eval_every=-1", r"eval_every=-1"), ("log_every=-3", r"log_every=-3"),
+    ("data.synthetic.tasks=[lookup, nope]", r"unknown synthetic task\(s\) \['nope'\]"),
+    ("checkpoint.on_corrupt=maybe", r"checkpoint.on_corrupt: expected one of 'error', 'fallback'"),
+])
+def test_silently_accepted_values_are_config_errors(override, message):
+    from proactive_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(ROOT / "configs" / "tiny-synthetic.yaml", [override])
