@@ -102,6 +102,9 @@ COMMANDS: dict[str, Command] = {
                       "proactive_jax.method.decode_cli:run_decode_cli"),
     "eval": Command("evaluate decision heads with threshold sweeps: results.json, table, plots",
                     _lazy_args("proactive_jax.evaluation.evaluate", "add_eval_args"), "proactive_jax.evaluation.evaluate:run_eval_cli"),
+    "plan": Command("compile a run's train step for a TPU slice (no TPU, weights or data needed) and report its "
+                    "per-chip memory", _lazy_args("proactive_jax.training.plan", "add_plan_args"),
+                    "proactive_jax.training.plan:run_plan"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }
