@@ -225,8 +225,44 @@ def advice(report: dict, run, model_cfg) -> list[str]:
     return tips
 
 
-def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] | None = None) -> dict:
+def _with_batch(run, rows: int):
+    data = dataclasses.replace(run.data, global_batch_size=rows, micro_batch_size=None)
+    return dataclasses.replace(run, data=data)
+
+
+def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, first: dict) -> dict:
+    """The largest global batch (a multiple of the chip count, no accumulation) whose step fits: memory is
+    affine in the batch, so a second compile at twice the batch gives the slope; the extrapolated batch is
+    then compiled, stepping down one chip-multiple at a time until it fits."""
+    b0, n = run.data.global_batch_size, topo.chips
+    budget = topo.hbm_bytes * (1.0 - headroom)
+
+    def total(rows):
+        r = _with_batch(run, rows)
+        return memory_report(compile_step(build_spec(r, devices), r, bucket)[0], topo, headroom)["total_bytes"]
+
+    t0 = first["total_bytes"] if not run.data.micro_batch_size else total(b0)
+    slope = max((total(2 * b0) - t0) / b0, 1.0)
+    rows = max(int((b0 + (budget - t0) / slope) // n) * n, 0)
+    tried = {}
+    for _ in range(4):
+        if rows < n:
+            break
+        tried[rows] = total(rows)
+        if tried[rows] <= budget:
+            return {"max_global_batch": rows, "max_batch_total_bytes": tried[rows],
+                    "bytes_per_row": int(slope), "max_batch_tried": tried}
+        rows -= n
+    return {"max_global_batch": None, "bytes_per_row": int(slope), "max_batch_tried": tried}
+
+
+def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] | None = None,
+         search_batch: bool = False) -> dict:
     """Compile ``run``'s train step for ``topo`` and return the report (see ``proactive-jax plan --json``)."""
+    micro = run.data.micro_batch_size or run.data.global_batch_size
+    if micro % topo.chips:
+        raise PlanError(f"the (micro)batch of {micro} rows (data.micro_batch_size or data.global_batch_size) is not "
+                        f"a multiple of the {topo.chips} chips of {topo.name}")
     devices = topology_devices(topo)
     spec = build_spec(run, devices)
     bucket = tuple(bucket) if bucket is not None else largest_bucket(run.data.buckets)
@@ -234,6 +270,7 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
     rep = memory_report(compiled, topo, headroom)
     layout = state_layout(compiled, topo.chips)
     cfg = spec.model
+    extra = max_global_batch(run, devices, topo, bucket, headroom, rep) if search_batch else {}
     return {
         "topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
         "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
@@ -243,7 +280,9 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
                   "attention": cfg.attention},
         "logit_chunk": run.objective.logit_chunk, "compile_s": round(secs, 2), **rep, **layout,
         "pallas_kernels": compiled.as_text().count("tpu_custom_call"),  # Mosaic kernels in the program
-        "advice": [] if rep["fits"] else advice(rep, run, cfg),
+        # gradients cannot be fully replicated anywhere in the step if the temporaries are smaller than them
+        "fp32_params_bytes": 4 * cfg.num_params(), "grads_fit_replicated": rep["temp_bytes"] >= 4 * cfg.num_params(),
+        "advice": [] if rep["fits"] else advice(rep, run, cfg), **extra,
     }
 
 
@@ -260,6 +299,8 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headroom", type=float, default=0.0,
                    help="fraction of HBM to keep free for the verdict (e.g. 0.25); default 0")
     p.add_argument("--bucket", default=None, help="S,T bucket to plan (default: the run's largest)")
+    p.add_argument("--max-batch", action="store_true",
+                   help="also find the largest global batch that fits (a few more compiles)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -279,10 +320,17 @@ def format_report(r: dict) -> str:
         f"    arguments    {_gib(r['argument_bytes'])}  (train state {_gib(r['state_bytes_per_chip'])} of "
         f"{_gib(r['state_bytes'])} in total; fully replicated state leaves: {_gib(r['replicated_state_bytes'])})",
         f"    outputs      {_gib(r['output_bytes'])}  (of which {_gib(r['alias_bytes'])} alias the donated state)",
-        f"    temporaries  {_gib(r['temp_bytes'])}",
+        f"    temporaries  {_gib(r['temp_bytes'])}"
+        + ("" if r.get("grads_fit_replicated", True) else
+           f"  (< the {_gib(r['fp32_params_bytes'])} of fp32 gradients: never fully replicated)"),
         f"    total        {_gib(r['total_bytes'])} of {_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)",
     ]
     keep = f" with {100 * r['headroom']:.0f}% headroom" if r["headroom"] else ""
+    if "max_global_batch" in r:
+        mb = r["max_global_batch"]
+        lines.append(f"  largest global batch that fits{keep} (no accumulation): "
+                     + (f"{mb} ({_gib(r['max_batch_total_bytes'])}; ~{_gib(r['bytes_per_row'])} per row)"
+                        if mb else "none found"))
     if r["fits"]:
         lines.append(f"  verdict: FITS{keep}, {_gib(r['margin_bytes'])} to spare")
     else:
@@ -309,7 +357,7 @@ def run_plan(args: argparse.Namespace) -> int:
         run = load_run_config(args.config, args.overrides)
         topo = parse_topology(args.topology)
         bucket = None if args.bucket is None else tuple(int(x) for x in args.bucket.split(","))
-        report = plan(run, topo, headroom=args.headroom, bucket=bucket)
+        report = plan(run, topo, headroom=args.headroom, bucket=bucket, search_batch=args.max_batch)
     except (PlanError, RunConfigError, FileNotFoundError, ValueError) as e:
         print(f"proactive-jax plan: {e}", file=sys.stderr)
         return 2
