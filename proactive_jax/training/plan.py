@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,11 +30,13 @@ log = logging.getLogger(__name__)
 GIB = 1024 ** 3
 
 # HBM per chip (GiB) and chips per host of each TPU generation (public Cloud TPU figures)
+# (v4 is described as "megacore": one JAX device per chip, as jax.devices() shows on a v4 VM; libtpu's
+# "default" would give one device per TensorCore with half the HBM each)
 CHIPS = {
-    "v4": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 3},
-    "v5e": {"hbm_gib": 16.0, "host": (2, 2, 1), "dims": 2},
-    "v5p": {"hbm_gib": 95.0, "host": (2, 2, 1), "dims": 3},
-    "v6e": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 2},
+    "v4": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 3, "chip_config": "megacore"},
+    "v5e": {"hbm_gib": 16.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
+    "v5p": {"hbm_gib": 95.0, "host": (2, 2, 1), "dims": 3, "chip_config": "default"},
+    "v6e": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
 }
 # accelerator-type aliases (gcloud names): v5litepod-N / v6e-N count chips, v4-N / v5p-N count TensorCores
 _ALIAS = {"v5litepod": ("v5e", 1), "v5e": ("v5e", 1), "v6e": ("v6e", 1), "v4": ("v4", 2), "v5p": ("v5p", 2)}
@@ -44,6 +47,26 @@ _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: 
 
 class PlanError(RuntimeError):
     """The plan cannot be made (bad topology name, missing libtpu, config problem); one-line message."""
+
+
+class DoesNotFit(RuntimeError):
+    """The TPU compiler itself refused the program for lack of HBM (``RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, message: str, temp_bytes: int | None, available_bytes: int | None):
+        super().__init__(message)
+        self.temp_bytes, self.available_bytes = temp_bytes, available_bytes
+
+
+_OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+
+
+def _oom(e: Exception) -> DoesNotFit:
+    msg = str(e).strip().splitlines()[0]
+    m = _OOM.search(str(e))
+    unit = lambda v, u: int(float(v) * 1024 ** "KMGT".index(u) * 1024)  # noqa: E731
+    if m is None:
+        return DoesNotFit(msg, None, None)
+    return DoesNotFit(msg, unit(m.group(1), m.group(2)), unit(m.group(3), m.group(4)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,11 +127,15 @@ def topology_devices(topo: Topology):
 
     host = tuple(min(h, g) for h, g in zip(CHIPS[topo.chip]["host"], topo.grid + (1,) * 3))
     try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name, chip_config_name="default",
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name,
+                                            chip_config_name=CHIPS[topo.chip]["chip_config"],
                                             chips_per_host_bounds=host, num_slices=1)
     except Exception as e:  # noqa: BLE001 - libtpu's errors are long; keep the first line
         raise PlanError(f"--topology {topo.name}: libtpu cannot describe it ({str(e).splitlines()[0]})") from None
-    return list(desc.devices)
+    devices = list(desc.devices)
+    if len(devices) != topo.chips:
+        raise PlanError(f"--topology {topo.name}: libtpu describes {len(devices)} devices for {topo.chips} chips")
+    return devices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,8 +199,16 @@ def compile_step(spec, run, bucket):
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
     batch = abstract_batch(run, bucket, run.data.global_batch_size, batch_sharding(spec.mesh))
     t0 = time.perf_counter()
-    compiled = build_train_step(spec).lower(state, batch).compile()
-    return compiled, time.perf_counter() - t0
+    lowered = build_train_step(spec).lower(state, batch)
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only the out-of-HBM one is a verdict
+        if "RESOURCE_EXHAUSTED" in str(e):
+            raise _oom(e) from None
+        raise
+    secs = time.perf_counter() - t0
+    log.warning("compiled %s rows, bucket %s in %.0f s", run.data.global_batch_size, bucket, secs)
+    return compiled, secs
 
 
 def state_layout(compiled, n_chips: int) -> dict:
@@ -239,7 +274,12 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
 
     def total(rows):
         r = _with_batch(run, rows)
-        return memory_report(compile_step(build_spec(r, devices), r, bucket)[0], topo, headroom)["total_bytes"]
+        try:
+            t = memory_report(compile_step(build_spec(r, devices), r, bucket)[0], topo, headroom)["total_bytes"]
+        except DoesNotFit as e:
+            t = int(topo.hbm_bytes * 2) if e.temp_bytes is None else e.temp_bytes  # at least the temporaries
+        log.warning("global batch %d: %.2f GiB per chip", rows, t / GIB)
+        return t
 
     t0 = first["total_bytes"] if not run.data.micro_batch_size else total(b0)
     slope = max((total(2 * b0) - t0) / b0, 1.0)
@@ -256,6 +296,23 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
     return {"max_global_batch": None, "bytes_per_row": int(slope), "max_batch_tried": tried}
 
 
+def refused_report(run, spec, topo: Topology, bucket, headroom: float, e: DoesNotFit) -> dict:
+    """The report when the compiler refuses the program: what it said it needed (temporaries alone)."""
+    cfg = spec.model
+    need = e.temp_bytes or 0
+    rep = {"topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
+           "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
+           "global_batch_size": run.data.global_batch_size, "accum_steps": run.data.accum_steps,
+           "model": {"model_type": cfg.model_type, "params": cfg.num_params(), "layers": cfg.num_hidden_layers,
+                     "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat": cfg.remat_policy,
+                     "attention": cfg.attention}, "logit_chunk": run.objective.logit_chunk,
+           "fits": False, "compiler_refused": e.args[0], "temp_bytes": need, "total_bytes": need,
+           "capacity_bytes": topo.hbm_bytes, "headroom": headroom,
+           "margin_bytes": int(topo.hbm_bytes * (1 - headroom) - need)}
+    rep["advice"] = advice({"temp_bytes": need, "argument_bytes": 0, "capacity_bytes": topo.hbm_bytes}, run, cfg)
+    return rep
+
+
 def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] | None = None,
          search_batch: bool = False) -> dict:
     """Compile ``run``'s train step for ``topo`` and return the report (see ``proactive-jax plan --json``)."""
@@ -266,7 +323,10 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
     devices = topology_devices(topo)
     spec = build_spec(run, devices)
     bucket = tuple(bucket) if bucket is not None else largest_bucket(run.data.buckets)
-    compiled, secs = compile_step(spec, run, bucket)
+    try:
+        compiled, secs = compile_step(spec, run, bucket)
+    except DoesNotFit as e:
+        return refused_report(run, spec, topo, bucket, headroom, e)
     rep = memory_report(compiled, topo, headroom)
     layout = state_layout(compiled, topo.chips)
     cfg = spec.model
@@ -309,6 +369,10 @@ def _gib(n: float) -> str:
 
 
 def format_report(r: dict) -> str:
+    if "compiler_refused" in r:
+        return (f"plan: {r['model']['model_type']} on {r['topology']}, global batch {r['global_batch_size']}, bucket "
+                f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {_gib(r['temp_bytes'])} of temporaries alone "
+                f"per chip ({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
     cap = r["capacity_bytes"]
     lines = [
         f"plan: {r['model']['model_type']} {r['model']['params'] / 1e9:.2f}B params, {r['model']['dtype']} compute, "

@@ -95,3 +95,16 @@ def test_plan_compiles_tiny_run_for_a_tpu_slice():
     # FSDP: the train state is split over the 4 chips (norm vectors of 64 may stay whole), never replicated
     assert r["state_bytes_per_chip"] < 0.3 * r["state_bytes"]
     assert r["replicated_state_bytes"] < 0.05 * r["state_bytes"]
+
+
+def test_compiler_refusal_is_a_does_not_fit_verdict():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (22.86G) "
+           "exceeds available HBM (15.25G).")
+    e = plan._oom(RuntimeError(msg))
+    assert e.temp_bytes == int(22.86 * plan.GIB) and e.available_bytes == int(15.25 * plan.GIB)
+    run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
+    from proactive_jax.training.state import resolve_model_config
+    spec = SimpleNamespace(model=resolve_model_config(run.model), mesh=SimpleNamespace(shape={"data": 1, "fsdp": 4}))
+    rep = plan.refused_report(run, spec, plan.parse_topology("v5e:2x2"), (24, 24), 0.0, e)
+    assert not rep["fits"] and rep["margin_bytes"] < 0 and rep["advice"]
+    assert "DOES NOT FIT" in plan.format_report(rep) and "22.86 GiB" in plan.format_report(rep)
