@@ -115,6 +115,9 @@ COMMANDS: dict[str, Command] = {
     "probe": Command("train the learned decision head's probe on a trained run (self-labels or oracle labels)",
                      _lazy_args("proactive_jax.method.probe_cli", "add_probe_args"),
                      "proactive_jax.method.probe_cli:run_probe_cli"),
+    "plan": Command("compile a run's train step for a TPU slice (no TPU, weights or data needed) and report its "
+                    "per-chip memory", _lazy_args("proactive_jax.training.plan", "add_plan_args"),
+                    "proactive_jax.training.plan:run_plan"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }

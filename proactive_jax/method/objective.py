@@ -50,6 +50,9 @@ class ObjectiveConfig:
     trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (README)
     wait_k: int = 3
     target_offset: int | str = 0  # int, or "contiguous"
+    # target positions per chunk of the loss: the LM head, log-softmax and top-k run one chunk of
+    # [rows, logit_chunk, vocab] logits at a time (recomputed in the backward); 0 = all at once
+    logit_chunk: int = 0
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -58,6 +61,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective.target_offset={self.target_offset!r}; expected an int or 'contiguous'")
         if self.kl_topk < 1:
             raise ValueError(f"objective.kl_topk must be >= 1, got {self.kl_topk}")
+        if self.logit_chunk < 0:
+            raise ValueError(f"objective.logit_chunk must be >= 0 (0 = unchunked), got {self.logit_chunk}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,6 +188,17 @@ def nll_sum(logits, labels, mask):
     return -jnp.sum(jnp.where(mask, ll, 0.0))
 
 
+TOPK_RECALL = 0.95  # recall target of jax.lax.approx_max_k on TPU
+
+
+def top_k(x, k: int):
+    """``(values, indices)`` of the ``k`` largest entries on the last axis: ``jax.lax.approx_max_k`` when
+    lowered for TPU (``TOPK_RECALL``), the exact ``jax.lax.top_k`` on every other platform."""
+    return jax.lax.platform_dependent(
+        x, tpu=lambda v: jax.lax.approx_max_k(v, k, recall_target=TOPK_RECALL),
+        default=lambda v: jax.lax.top_k(v, k))
+
+
 def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = True, *,
                 renorm_student: bool = True):
     """Sum over masked rows of KL(P_teacher^topk || P_student^topk) on the teacher's top-k tokens.
@@ -195,7 +211,7 @@ def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = 
     if stop_grad:
         t = jax.lax.stop_gradient(t)
     k = min(k, t.shape[-1])
-    top_vals, top_idx = jax.lax.top_k(t, k)
+    top_vals, top_idx = top_k(t, k)
     log_pt = jax.nn.log_softmax(top_vals, axis=-1)
     s = student_logits.astype(jnp.float32)
     if renorm_student:
@@ -214,6 +230,34 @@ def sums_from_logits(batch_logits, stream_logits, batch, obj: ObjectiveConfig):
         "kl": topk_kl_sum(batch_logits, stream_logits, mask, obj.kl_topk, obj.teacher_stop_grad,
                           renorm_student=obj.kl_student_renorm),
     }
+
+
+def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch, obj: ObjectiveConfig):
+    """:func:`sums_from_logits` of ``hidden_to_logits`` of both views, ``obj.logit_chunk`` target positions at a
+    time: a ``lax.scan`` over chunks whose body is rematerialised, so only one chunk's ``[B, chunk, V]``
+    logits (and their cotangents) are ever live. Equal to the unchunked sums (padded positions are masked)."""
+    labels, mask = loss_rows(batch)
+    b, t, d = batch_hidden.shape
+    c = min(obj.logit_chunk, t)
+    n = -(-t // c)
+    pad = n * c - t
+
+    def split(x):  # [B, T, ...] -> [n, B, c, ...], zero-padded to n*c positions
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape((b, n, c) + x.shape[2:]).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def body(acc, xs):
+        hb, hs, lab, m = xs
+        lb, ls = hidden_to_logits(config, params, hb), hidden_to_logits(config, params, hs)
+        s = {"batch": nll_sum(lb, lab, m), "mslm": nll_sum(ls, lab, m),
+             "kl": topk_kl_sum(lb, ls, m, obj.kl_topk, obj.teacher_stop_grad,
+                               renorm_student=obj.kl_student_renorm)}
+        return jax.tree.map(jnp.add, acc, s), None
+
+    zero = {name: jnp.zeros((), jnp.float32) for name in ("batch", "mslm", "kl")}
+    sums, _ = jax.lax.scan(body, zero, (split(batch_hidden), split(stream_hidden), split(labels), split(mask)))
+    return sums
 
 
 def weighted_total(terms, obj: ObjectiveConfig):
@@ -258,6 +302,8 @@ def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, k
     tokens, positions, mv = packed_inputs(batch, limits, obj)
     hidden, _, _ = apply_hidden(config, params, tokens, positions, mv)
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
+    if obj.logit_chunk:
+        return chunked_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
     logits = hidden_to_logits(config, params, hidden[:, s_cap:])
     return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
 

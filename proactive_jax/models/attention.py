@@ -18,6 +18,8 @@ on TPU, cuDNN on GPU) take the same ``(q, keys, values)`` plus the mask vectors 
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import NamedTuple
 
 import jax
@@ -86,3 +88,63 @@ def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index:
     mx = jnp.max(q, axis=-1)
     out = jnp.stack([norm_ent, mx], axis=-1)  # [B,KV,G,Tq,2]
     return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused attention paths (model.attention); each takes the mask vectors and must equal dense_attention
+# ---------------------------------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
+
+
+def dense_from_vectors(q: Array, keys: Array, values: Array, qv: MaskVectors, k_segment: Array,
+                       k_index: Array) -> Array:
+    """The reference path from mask vectors: ``out [B, Tq, KV, G, D]``."""
+    return dense_attention(q, keys, values, visibility_mask(qv, k_segment, k_index))[0]
+
+
+def cudnn_attention(q: Array, keys: Array, values: Array, qv: MaskVectors, k_segment: Array,
+                    k_index: Array) -> Array:
+    """cuDNN flash attention (``jax.nn.dot_product_attention(implementation="cudnn")``) with the boolean mask
+    built from the vectors; bf16/fp16 only (cuDNN's constraint): float32 falls back to the dense path."""
+    b, t, h, hd = q.shape
+    kv = keys.shape[2]
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        _log_once(f"model.attention=cudnn: {q.dtype} compute is not supported by cuDNN flash attention; "
+                  "using the dense XLA path")
+        return dense_from_vectors(q, keys, values, qv, k_segment, k_index)
+    mask = visibility_mask(qv, k_segment, k_index)[:, None]  # [B,1,Tq,Tk]
+    out = jax.nn.dot_product_attention(q, keys, values, mask=mask, implementation="cudnn")
+    return out.reshape(b, t, kv, h // kv, hd)
+
+
+def pallas_attention(q: Array, keys: Array, values: Array, qv: MaskVectors, k_segment: Array,
+                     k_index: Array, **kw) -> Array:
+    """The block-sparse Pallas flash-attention kernel fed by the mask vectors (see :mod:`.pallas_attention`):
+    compiled by Mosaic on TPU, Pallas interpret mode elsewhere; ``shard_map`` over the batch under a mesh."""
+    from .pallas_attention import flash_attention
+
+    return flash_attention(q, keys, values, qv.segment, qv.index, qv.limit, k_segment, k_index, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(msg: str) -> None:
+    log.warning(msg)
+
+
+def attend(impl: str, q: Array, keys: Array, values: Array, qv: MaskVectors, k_segment: Array,
+           k_index: Array) -> Array:
+    """Attention output ``[B, Tq, KV, G, D]`` by ``model.attention``: "dense" (reference), "splash" (the
+    block-sparse Pallas kernel, :func:`pallas_attention`), "cudnn" (GPU), "auto" (splash on TPU, cuDNN on GPU,
+    dense elsewhere; chosen at lowering time by ``jax.lax.platform_dependent``)."""
+    args = (q, keys, values, qv, k_segment, k_index)
+    if impl == "dense":
+        return dense_from_vectors(*args)
+    if impl == "splash":
+        return pallas_attention(*args)
+    if impl == "cudnn":
+        return cudnn_attention(*args)
+    if impl == "auto":
+        return jax.lax.platform_dependent(*args, tpu=pallas_attention, cuda=cudnn_attention,
+                                          default=dense_from_vectors)
+    raise ValueError(f"model.attention={impl!r}; expected dense, splash, cudnn or auto")

@@ -21,6 +21,10 @@ SUPPORTED_ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# rematerialisation of each decoder layer in the backward pass (``model.remat``); True = "full", False = "none"
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention_out")
+# attention implementation (``model.attention``); see models/attention.py
+ATTENTION_IMPLS = ("dense", "splash", "cudnn", "auto")
 
 
 from ..errors import ConfigError  # noqa: E402,F401  (re-exported: models.config.ConfigError)
@@ -51,7 +55,15 @@ class ModelConfig:
     # compute options (not part of the checkpoint)
     dtype: str = "float32"
     scan_layers: bool = True
-    remat: bool = False
+    remat: bool | str = False  # a REMAT_POLICIES name; True means "full", False "none"
+    attention: str = "dense"  # an ATTENTION_IMPLS name
+
+    @property
+    def remat_policy(self) -> str:
+        """The remat policy name ("none", "full", ...), with the booleans mapped."""
+        if isinstance(self.remat, bool):
+            return "full" if self.remat else "none"
+        return self.remat
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_ARCHITECTURES:
@@ -60,6 +72,10 @@ class ModelConfig:
             )
         if self.dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"remat {self.remat!r} is not supported; expected true/false or one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention {self.attention!r} is not supported; expected one of {ATTENTION_IMPLS}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "

@@ -16,8 +16,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
-from .attention import MaskVectors, causal_vectors, dense_attention, stream_attention_stats, visibility_mask
+from .attention import (MaskVectors, attend, causal_vectors, dense_attention, stream_attention_stats,
+                        visibility_mask)
 from .config import ModelConfig, rope_frequencies
 
 Array = jax.Array
@@ -49,6 +51,14 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray, scale: float) -
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rot * sin
+
+
+def remat_policy(name: str):
+    """The ``jax.checkpoint`` policy of a ``model.remat`` name (None = save nothing: full recomputation)."""
+    cp = jax.checkpoint_policies
+    return {"full": None, "dots_saveable": cp.dots_saveable,
+            "dots_with_no_batch_dims_saveable": cp.dots_with_no_batch_dims_saveable,
+            "save_attention_out": cp.save_only_these_names("attention_out")}[name]
 
 
 class Attention(nn.Module):
@@ -90,13 +100,16 @@ class Attention(nn.Module):
             k_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
             new_cache = (ck, cv)
 
-        mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
-        out, probs = dense_attention(q, keys, values, mask)
-        out = out.reshape(b, t, h * hd)
-        y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
         stats = None
-        if stream_start is not None:
-            stats = stream_attention_stats(probs, mask, k_segment, k_index, stream_start)
+        if stream_start is not None or cfg.attention == "dense":  # the heads' statistics need the dense probs
+            mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
+            out, probs = dense_attention(q, keys, values, mask)
+            if stream_start is not None:
+                stats = stream_attention_stats(probs, mask, k_segment, k_index, stream_start)
+        else:
+            out = attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index)
+        out = checkpoint_name(out.reshape(b, t, h * hd), "attention_out")
+        y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
         return y, new_cache, stats
 
 
@@ -142,8 +155,8 @@ class Transformer(nn.Module):
         self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=jnp.float32,
                                      embedding_init=nn.initializers.normal(0.02))
         block = Block
-        if cfg.remat:
-            block = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, prevent_cse=not cfg.scan_layers, policy=remat_policy(cfg.remat_policy))
         self.layers = nn.scan(
             block,
             variable_axes={"params": 0},

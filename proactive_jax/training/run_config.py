@@ -322,8 +322,11 @@ class ModelSection:
     preset: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    remat: bool = False
+    # per-layer rematerialisation: true = "full", false = "none", or a policy (models/config.py REMAT_POLICIES)
+    remat: bool | Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                          "save_attention_out"] = False
     scan_layers: bool = True
+    attention: Literal["dense", "splash", "cudnn", "auto"] = "dense"  # models/attention.py
     init: Literal["auto", "hf", "random", "checkpoint"] = "auto"
     init_checkpoint: str | None = None
     init_step: int | None = None
@@ -338,7 +341,7 @@ class ModelSection:
             raise ValueError("init='checkpoint' needs model.init_checkpoint")
         if self.hf_dir is None and self.config_json is None and self.preset is None and not self.config:
             raise ValueError("no model given: set model.hf_dir, model.config_json, model.preset or model.config")
-        bad = [k for k in self.config if k in ("dtype", "remat", "scan_layers")]
+        bad = [k for k in self.config if k in ("dtype", "remat", "scan_layers", "attention")]
         if bad:
             raise ValueError(f"set {bad} as model.{bad[0]}, not inside model.config")
         check_fields(ModelConfig, self.config, "model.config")

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_config(sec: ModelSection) -> ModelConfig:
-    compute = dict(dtype=sec.dtype, remat=sec.remat, scan_layers=sec.scan_layers)
+    compute = dict(dtype=sec.dtype, remat=sec.remat, scan_layers=sec.scan_layers, attention=sec.attention)
     if sec.hf_dir is not None:
         if not Path(sec.hf_dir).is_dir():
             raise FileNotFoundError(f"model.hf_dir={sec.hf_dir}: directory does not exist (expected a Hugging "

@@ -134,6 +134,18 @@ def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key
     return loss, {**terms, "tokens": count}, grads
 
 
+def _under_mesh(mesh: Mesh):
+    """Trace ``fn`` with ``mesh`` as the abstract mesh (``jax.sharding.use_abstract_mesh``), so kernels that need
+    ``shard_map`` (Pallas attention) find it; the shardings stay the explicit ``in/out_shardings`` of the jit."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return fn(*args)
+        return inner
+    return wrap
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     model: ModelConfig
@@ -170,6 +182,7 @@ def build_train_step(spec: StepSpec) -> Callable:
     sh, _ = state_shardings(spec)
     mesh = spec.mesh
 
+    @_under_mesh(mesh)
     def step_fn(state, batch):
         params, opt_state, step = state["params"], state["opt_state"], state["step"]
         key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), step)
@@ -198,6 +211,7 @@ def build_eval_sums(spec: StepSpec) -> Callable:
     sh, _ = state_shardings(spec)
     sums_fn = packed_loss_sums if spec.packed else naive_loss_sums
 
+    @_under_mesh(spec.mesh)
     def f(params, batch, key):
         return sums_fn(spec.model, spec.objective, params, batch, key), num_loss_tokens(batch)
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -171,6 +172,35 @@ def test_scan_unrolled_and_remat_match(name, checkpoints):
         print(f"VARIANT {name} {variant}: max|diff| vs scan {d:.3g}")
         # same ops, same order: expect bit-identical; allow last-ulp noise from a different fusion
         assert d <= 1e-6 * float(np.abs(base).max()), variant
+
+
+def test_remat_policies_give_the_same_gradients():
+    """model.remat only changes what the backward pass recomputes, never the gradients."""
+    from proactive_jax.models.qwen import init_params
+    from tests.conftest import tiny_qwen3
+
+    cfg = tiny_qwen3(num_hidden_layers=1)
+    params = init_params(cfg, 0)
+    ids = np.arange(24, dtype=np.int32).reshape(2, 12) % cfg.vocab_size
+
+    def grads(c):
+        return jax.jit(jax.grad(lambda p: jnp.sum(jnp.tanh(apply_logits_causal(c, p, ids)))))(params)
+
+    ref = jax.tree.leaves(grads(cfg))
+    for policy in ("full", "save_attention_out"):  # (dots_saveable: jax's own policy, planned by `plan`)
+        got = jax.tree.leaves(grads(cfg.replace(remat=policy)))
+        for a, b in zip(got, ref):  # recomputation may fuse differently: float32 rounding only
+            assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * float(jnp.max(jnp.abs(b))), policy
+    with pytest.raises(ValueError, match="remat"):
+        cfg.replace(remat="everything")
+
+
+def apply_logits_causal(cfg, params, ids):
+    from proactive_jax.models.attention import causal_vectors
+    from proactive_jax.models.qwen import apply_logits
+
+    b, t = ids.shape
+    return apply_logits(cfg, params, ids, jnp.broadcast_to(jnp.arange(t), (b, t)), causal_vectors(b, t))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,435 @@
+"""``proactive-jax plan``: compile a run's real train step for a TPU slice on any machine, and read its memory.
+
+No TPU, no weights, no data: with ``libtpu`` installed (the ``tpu`` extra), JAX describes a named TPU
+topology (``jax.experimental.topologies``) and compiles for it on the CPU host. The step is the trainer's
+own: :func:`.state.resolve_model_config` -> :class:`.step.StepSpec` -> :func:`.step.state_shardings` ->
+:func:`.step.build_train_step`, lowered with abstract arguments (``jax.ShapeDtypeStruct`` with the
+shardings) and compiled; the batch shapes come from ``method.objective.pack_batch`` for the run's largest
+bucket. ``compiled.memory_analysis()`` gives the per-chip HBM of arguments, outputs (aliased by donation),
+and temporaries; the report sets them against the chip's capacity and names the knob that helps.
+(``cost_analysis()`` is not reliable through scanned layers, so FLOPs are not reported.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+GIB = 1024 ** 3
+
+# HBM per chip (GiB) and chips per host of each TPU generation (public Cloud TPU figures)
+# (v4 is described as "megacore": one JAX device per chip, as jax.devices() shows on a v4 VM; libtpu's
+# "default" would give one device per TensorCore with half the HBM each)
+CHIPS = {
+    "v4": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 3, "chip_config": "megacore"},
+    "v5e": {"hbm_gib": 16.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
+    "v5p": {"hbm_gib": 95.0, "host": (2, 2, 1), "dims": 3, "chip_config": "default"},
+    "v6e": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
+}
+# accelerator-type aliases (gcloud names): v5litepod-N / v6e-N count chips, v4-N / v5p-N count TensorCores
+_ALIAS = {"v5litepod": ("v5e", 1), "v5e": ("v5e", 1), "v6e": ("v6e", 1), "v4": ("v4", 2), "v5p": ("v5p", 2)}
+_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
+            512: "8x8x8"}
+
+
+class PlanError(RuntimeError):
+    """The plan cannot be made (bad topology name, missing libtpu, config problem); one-line message."""
+
+
+class DoesNotFit(RuntimeError):
+    """The TPU compiler itself refused the program for lack of HBM (``RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, message: str, temp_bytes: int | None, available_bytes: int | None):
+        super().__init__(message)
+        self.temp_bytes, self.available_bytes = temp_bytes, available_bytes
+
+
+_OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+
+
+def _oom(e: Exception) -> DoesNotFit:
+    msg = str(e).strip().splitlines()[0]
+    m = _OOM.search(str(e))
+    unit = lambda v, u: int(float(v) * 1024 ** "KMGT".index(u) * 1024)  # noqa: E731
+    if m is None:
+        return DoesNotFit(msg, None, None)
+    return DoesNotFit(msg, unit(m.group(1), m.group(2)), unit(m.group(3), m.group(4)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    chip: str  # v4 | v5e | v5p | v6e
+    grid: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.chip}:{'x'.join(map(str, self.grid))}"
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def hbm_bytes(self) -> int:
+        return int(CHIPS[self.chip]["hbm_gib"] * GIB)
+
+
+def parse_topology(name: str) -> Topology:
+    """``v5e:4x8`` / ``v4:2x2x4`` (chip grid), or a gcloud accelerator type (``v5litepod-32``, ``v4-32``)."""
+    name = name.strip().lower()
+    if ":" in name:
+        chip, _, grid = name.partition(":")
+        if chip not in CHIPS:
+            raise PlanError(f"--topology {name!r}: unknown TPU generation {chip!r}; expected one of {sorted(CHIPS)}")
+        try:
+            dims = tuple(int(x) for x in grid.split("x"))
+        except ValueError:
+            raise PlanError(f"--topology {name!r}: the grid must look like 4x8 (or 2x2x4 for v4/v5p)") from None
+        if len(dims) != CHIPS[chip]["dims"] and not (CHIPS[chip]["dims"] == 3 and len(dims) == 2):
+            raise PlanError(f"--topology {name!r}: {chip} slices have a {CHIPS[chip]['dims']}-D chip grid")
+        if any(d < 1 for d in dims):
+            raise PlanError(f"--topology {name!r}: grid sizes must be positive")
+        return Topology(chip, dims)
+    kind, _, count = name.rpartition("-")
+    if kind not in _ALIAS or not count.isdigit():
+        raise PlanError(f"--topology {name!r}: expected CHIP:GRID (e.g. v5e:4x8, v4:2x2x4) or an accelerator type "
+                        f"(v5litepod-32, v6e-16, v4-32, v5p-64)")
+    chip, per_chip = _ALIAS[kind]
+    chips = int(count) // per_chip
+    grids = _GRID_3D if CHIPS[chip]["dims"] == 3 else _GRID_2D
+    if chips not in grids:
+        raise PlanError(f"--topology {name!r}: no standard {chip} slice of {chips} chips; give the grid ({chip}:AxB..)")
+    return Topology(chip, tuple(int(x) for x in grids[chips].split("x")))
+
+
+def require_libtpu() -> None:
+    if importlib.util.find_spec("libtpu") is None:
+        raise PlanError("libtpu is not installed: `pip install -e \".[tpu]\"` (the tpu extra) to compile for TPU")
+
+
+def topology_devices(topo: Topology):
+    """The abstract devices of ``topo`` (compilation only; nothing runs)."""
+    require_libtpu()
+    from jax.experimental import topologies
+
+    host = tuple(min(h, g) for h, g in zip(CHIPS[topo.chip]["host"], topo.grid + (1,) * 3))
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name,
+                                            chip_config_name=CHIPS[topo.chip]["chip_config"],
+                                            chips_per_host_bounds=host, num_slices=1)
+    except Exception as e:  # noqa: BLE001 - libtpu's errors are long; keep the first line
+        raise PlanError(f"--topology {topo.name}: libtpu cannot describe it ({str(e).splitlines()[0]})") from None
+    devices = list(desc.devices)
+    if len(devices) != topo.chips:
+        raise PlanError(f"--topology {topo.name}: libtpu describes {len(devices)} devices for {topo.chips} chips")
+    return devices
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's step, abstractly
+# ---------------------------------------------------------------------------------------------
+
+def shape_model_section(sec, root: Path = Path(".")):
+    """``model`` section usable without weights: a missing ``hf_dir`` falls back to ``config_json`` (or to a
+    shipped ``configs/<name>.json`` whose name starts the directory's basename, lower-cased)."""
+    if sec.hf_dir is None or Path(sec.hf_dir).is_dir():
+        return sec
+    cfg_json = sec.config_json
+    if cfg_json is None:
+        base = Path(sec.hf_dir).name.lower()
+        hits = sorted((p for p in (root / "configs").glob("*.json") if base.startswith(p.stem.lower())),
+                      key=lambda p: -len(p.stem))
+        if not hits:
+            raise PlanError(f"model.hf_dir={sec.hf_dir} does not exist and no model.config_json is set (nor a "
+                            f"configs/*.json matching {base!r}); give model.config_json=PATH to plan without weights")
+        cfg_json = str(hits[0])
+    log.info("model.hf_dir=%s is absent: shapes from %s", sec.hf_dir, cfg_json)
+    return dataclasses.replace(sec, hf_dir=None, config_json=cfg_json, init="random")
+
+
+def largest_bucket(buckets) -> tuple[int, int]:
+    """The bucket with the longest packed sequence ``S + 2T`` (then the most target rows)."""
+    return tuple(max(buckets, key=lambda b: (b[0] + 2 * b[1], b[1])))
+
+
+def abstract_batch(run, bucket, rows: int, sharding) -> dict:
+    """The step's batch for ``bucket`` as ``ShapeDtypeStruct`` (shapes from ``pack_batch``, the collate)."""
+    import jax
+
+    from ..method.objective import pack_batch
+
+    host = pack_batch([], tuple(bucket), batch_size=rows, m_cap=run.data.m_cap or bucket[0])
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
+
+
+def build_spec(run, devices):
+    """``StepSpec`` of ``run`` on a mesh over ``devices``: what ``training.loop.train`` builds."""
+    from .mesh import make_mesh
+    from .state import resolve_model_config
+    from .step import StepSpec
+
+    mesh = make_mesh(run.mesh, devices)
+    model_cfg = resolve_model_config(shape_model_section(run.model))
+    total = run.steps if run.steps else 1000  # the schedule's length does not change the program's memory
+    return StepSpec(model_cfg, run.objective, run.optim, total, run.data.accum_steps, run.packed, run.seed, mesh,
+                    run.mesh.param_sharding)
+
+
+def compile_step(spec, run, bucket):
+    """``(compiled, seconds)``: the trainer's jitted step, lowered with abstract state and batch, compiled."""
+    import jax
+
+    from .mesh import batch_sharding
+    from .step import build_train_step, state_shardings
+
+    sh, abstract = state_shardings(spec)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
+    batch = abstract_batch(run, bucket, run.data.global_batch_size, batch_sharding(spec.mesh))
+    t0 = time.perf_counter()
+    lowered = build_train_step(spec).lower(state, batch)
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only the out-of-HBM one is a verdict
+        if "RESOURCE_EXHAUSTED" in str(e):
+            raise _oom(e) from None
+        raise
+    secs = time.perf_counter() - t0
+    log.warning("compiled %s rows, bucket %s in %.0f s", run.data.global_batch_size, bucket, secs)
+    return compiled, secs
+
+
+def state_layout(compiled, n_chips: int) -> dict:
+    """Bytes of the train state: in total, per chip as compiled, and in leaves the compiled step replicates."""
+    import jax
+    import numpy as np
+
+    in_sh = compiled.input_shardings[0][0]  # (state, batch) -> state shardings
+    shapes = compiled.args_info[0][0]
+    total = per_chip = replicated = 0
+    for sh, info in zip(jax.tree.leaves(in_sh), jax.tree.leaves(shapes)):
+        nbytes = int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
+        shard = int(np.prod(sh.shard_shape(info.shape))) * np.dtype(info.dtype).itemsize
+        total += nbytes
+        per_chip += shard
+        if shard == nbytes and nbytes > 1024 and n_chips > 1:
+            replicated += nbytes
+    return {"state_bytes": total, "state_bytes_per_chip": per_chip, "replicated_state_bytes": replicated}
+
+
+def memory_report(compiled, topo: Topology, headroom: float) -> dict:
+    m = compiled.memory_analysis()
+    args, out, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
+    code = int(m.generated_code_size_in_bytes)
+    total = args + out - alias + temp + code
+    budget = topo.hbm_bytes * (1.0 - headroom)
+    return {"argument_bytes": args, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp,
+            "code_bytes": code, "total_bytes": total, "capacity_bytes": topo.hbm_bytes, "headroom": headroom,
+            "fits": total <= budget, "margin_bytes": int(budget - total)}
+
+
+def advice(report: dict, run, model_cfg) -> list[str]:
+    """The knobs that lower the biggest part of the footprint."""
+    tips = []
+    if report["temp_bytes"] > report["argument_bytes"]:
+        if not run.objective.logit_chunk:
+            tips.append("objective.logit_chunk=32 (the loss then holds one chunk of [rows, 32, vocab] logits)")
+        if model_cfg.remat_policy == "none":
+            tips.append("model.remat=full (recompute each layer in the backward)")
+        elif model_cfg.remat_policy != "full":
+            tips.append("model.remat=full (save nothing per layer)")
+        rows = run.data.micro_batch_size or run.data.global_batch_size
+        if rows > 1:
+            tips.append(f"data.micro_batch_size={max(rows // 2, 1)} (gradient accumulation halves the activations)")
+        tips.append("a shorter largest bucket (data.buckets)")
+    if report["argument_bytes"] > 0.5 * report["capacity_bytes"] or not tips:
+        tips.append("a larger slice (--topology with more chips: the state is sharded over all of them)")
+    return tips
+
+
+def _with_batch(run, rows: int):
+    data = dataclasses.replace(run.data, global_batch_size=rows, micro_batch_size=None)
+    return dataclasses.replace(run, data=data)
+
+
+def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, first: dict) -> dict:
+    """The largest global batch (a multiple of the chip count, no accumulation) whose step fits: memory is
+    affine in the batch, so a second compile at twice the batch gives the slope; the extrapolated batch is
+    then compiled, stepping down one chip-multiple at a time until it fits."""
+    b0, n = run.data.global_batch_size, topo.chips
+    budget = topo.hbm_bytes * (1.0 - headroom)
+
+    def total(rows):
+        r = _with_batch(run, rows)
+        try:
+            t = memory_report(compile_step(build_spec(r, devices), r, bucket)[0], topo, headroom)["total_bytes"]
+        except DoesNotFit as e:
+            t = int(topo.hbm_bytes * 2) if e.temp_bytes is None else e.temp_bytes  # at least the temporaries
+        log.warning("global batch %d: %.2f GiB per chip", rows, t / GIB)
+        return t
+
+    t0 = first["total_bytes"] if not run.data.micro_batch_size else total(b0)
+    slope = max((total(2 * b0) - t0) / b0, 1.0)
+    rows = max(int((b0 + (budget - t0) / slope) // n) * n, 0)
+    tried = {}
+    for _ in range(4):
+        if rows < n:
+            break
+        tried[rows] = total(rows)
+        if tried[rows] <= budget:
+            return {"max_global_batch": rows, "max_batch_total_bytes": tried[rows],
+                    "bytes_per_row": int(slope), "max_batch_tried": tried}
+        rows -= n
+    return {"max_global_batch": None, "bytes_per_row": int(slope), "max_batch_tried": tried}
+
+
+def refused_report(run, spec, topo: Topology, bucket, headroom: float, e: DoesNotFit) -> dict:
+    """The report when the compiler refuses the program: what it said it needed (temporaries alone)."""
+    cfg = spec.model
+    need = e.temp_bytes or 0
+    rep = {"topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
+           "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
+           "global_batch_size": run.data.global_batch_size, "accum_steps": run.data.accum_steps,
+           "model": {"model_type": cfg.model_type, "params": cfg.num_params(), "layers": cfg.num_hidden_layers,
+                     "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat": cfg.remat_policy,
+                     "attention": cfg.attention}, "logit_chunk": run.objective.logit_chunk,
+           "fits": False, "compiler_refused": e.args[0], "temp_bytes": need, "total_bytes": need,
+           "capacity_bytes": topo.hbm_bytes, "headroom": headroom,
+           "margin_bytes": int(topo.hbm_bytes * (1 - headroom) - need)}
+    rep["advice"] = advice({"temp_bytes": need, "argument_bytes": 0, "capacity_bytes": topo.hbm_bytes}, run, cfg)
+    return rep
+
+
+def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] | None = None,
+         search_batch: bool = False) -> dict:
+    """Compile ``run``'s train step for ``topo`` and return the report (see ``proactive-jax plan --json``)."""
+    micro = run.data.micro_batch_size or run.data.global_batch_size
+    if micro % topo.chips:
+        raise PlanError(f"the (micro)batch of {micro} rows (data.micro_batch_size or data.global_batch_size) is not "
+                        f"a multiple of the {topo.chips} chips of {topo.name}")
+    devices = topology_devices(topo)
+    spec = build_spec(run, devices)
+    bucket = tuple(bucket) if bucket is not None else largest_bucket(run.data.buckets)
+    try:
+        compiled, secs = compile_step(spec, run, bucket)
+    except DoesNotFit as e:
+        return refused_report(run, spec, topo, bucket, headroom, e)
+    rep = memory_report(compiled, topo, headroom)
+    layout = state_layout(compiled, topo.chips)
+    cfg = spec.model
+    extra = max_global_batch(run, devices, topo, bucket, headroom, rep) if search_batch else {}
+    return {
+        "topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
+        "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
+        "global_batch_size": run.data.global_batch_size, "accum_steps": run.data.accum_steps,
+        "model": {"model_type": cfg.model_type, "params": cfg.num_params(), "layers": cfg.num_hidden_layers,
+                  "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat": cfg.remat_policy,
+                  "attention": cfg.attention},
+        "logit_chunk": run.objective.logit_chunk, "compile_s": round(secs, 2), **rep, **layout,
+        "pallas_kernels": compiled.as_text().count("tpu_custom_call"),  # Mosaic kernels in the program
+        # gradients cannot be fully replicated anywhere in the step if the temporaries are smaller than them
+        "fp32_params_bytes": 4 * cfg.num_params(), "grads_fit_replicated": rep["temp_bytes"] >= 4 * cfg.num_params(),
+        "advice": [] if rep["fits"] else advice(rep, run, cfg), **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML (e.g. configs/qwen2.5-3b-iwslt-ende.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (as for train)")
+    p.add_argument("--topology", required=True,
+                   help="TPU slice: CHIP:GRID (v4:2x2x4, v5e:4x8, v5p:2x2x2, v6e:4x4) or an accelerator type "
+                        "(v5litepod-32, v4-32)")
+    p.add_argument("--headroom", type=float, default=0.0,
+                   help="fraction of HBM to keep free for the verdict (e.g. 0.25); default 0")
+    p.add_argument("--bucket", default=None, help="S,T bucket to plan (default: the run's largest)")
+    p.add_argument("--max-batch", action="store_true",
+                   help="also find the largest global batch that fits (a few more compiles)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def format_report(r: dict) -> str:
+    if "compiler_refused" in r:
+        return (f"plan: {r['model']['model_type']} on {r['topology']}, global batch {r['global_batch_size']}, bucket "
+                f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {_gib(r['temp_bytes'])} of temporaries alone "
+                f"per chip ({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
+    cap = r["capacity_bytes"]
+    lines = [
+        f"plan: {r['model']['model_type']} {r['model']['params'] / 1e9:.2f}B params, {r['model']['dtype']} compute, "
+        f"remat {r['model']['remat']}, attention {r['model']['attention']}, logit_chunk {r['logit_chunk']}",
+        f"  slice {r['topology']} ({r['chips']} chips, mesh {r['mesh']}), global batch {r['global_batch_size']} "
+        f"in {r['accum_steps']} microbatch(es), bucket S,T = {r['bucket'][0]},{r['bucket'][1]} "
+        f"(packed {r['packed_length']})",
+        f"  compiled in {r['compile_s']:.1f} s; per-chip HBM:",
+        f"    arguments    {_gib(r['argument_bytes'])}  (train state {_gib(r['state_bytes_per_chip'])} of "
+        f"{_gib(r['state_bytes'])} in total; fully replicated state leaves: {_gib(r['replicated_state_bytes'])})",
+        f"    outputs      {_gib(r['output_bytes'])}  (of which {_gib(r['alias_bytes'])} alias the donated state)",
+        f"    temporaries  {_gib(r['temp_bytes'])}"
+        + ("" if r.get("grads_fit_replicated", True) else
+           f"  (< the {_gib(r['fp32_params_bytes'])} of fp32 gradients: never fully replicated)"),
+        f"    total        {_gib(r['total_bytes'])} of {_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)",
+    ]
+    keep = f" with {100 * r['headroom']:.0f}% headroom" if r["headroom"] else ""
+    if "max_global_batch" in r:
+        mb = r["max_global_batch"]
+        lines.append(f"  largest global batch that fits{keep} (no accumulation): "
+                     + (f"{mb} ({_gib(r['max_batch_total_bytes'])}; ~{_gib(r['bytes_per_row'])} per row)"
+                        if mb else "none found"))
+    if r["fits"]:
+        lines.append(f"  verdict: FITS{keep}, {_gib(r['margin_bytes'])} to spare")
+    else:
+        lines.append(f"  verdict: DOES NOT FIT{keep}: over by {_gib(-r['margin_bytes'])}; try: " + "; ".join(r["advice"]))
+    return "\n".join(lines)
+
+
+def _quiet_tpu_env() -> None:
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # quiets libtpu's host probing
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # only the compiler is used: plans may run side by side
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    _quiet_tpu_env()
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")  # compile for TPU, run nothing: never probe for a local TPU
+    from .run_config import RunConfigError, load_run_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run = load_run_config(args.config, args.overrides)
+        topo = parse_topology(args.topology)
+        bucket = None if args.bucket is None else tuple(int(x) for x in args.bucket.split(","))
+        report = plan(run, topo, headroom=args.headroom, bucket=bucket, search_batch=args.max_batch)
+    except (PlanError, RunConfigError, FileNotFoundError, ValueError) as e:
+        print(f"proactive-jax plan: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0 if report["fits"] else 1
+
+
+def plan_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="proactive-jax plan", description="compile a run's train step for a TPU slice")
+    add_plan_args(p)
+    return run_plan(p.parse_args(argv))

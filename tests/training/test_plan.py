@@ -1,0 +1,110 @@
+"""``proactive-jax plan``: topology names, the shape fallback, the verdict, and one real TPU compile (subprocess)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from proactive_jax.training import plan
+from proactive_jax.training.run_config import ModelSection, load_run_config
+
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.parametrize("name,chip,grid", [
+    ("v5e:4x8", "v5e", (4, 8)), ("v5litepod-32", "v5e", (4, 8)), ("v6e-16", "v6e", (4, 4)),
+    ("v4-32", "v4", (2, 2, 4)), ("v4:2x2x4", "v4", (2, 2, 4)), ("v5p-16", "v5p", (2, 2, 2)), ("V5E:2x2", "v5e", (2, 2)),
+])
+def test_parse_topology(name, chip, grid):
+    t = plan.parse_topology(name)
+    assert (t.chip, t.grid) == (chip, grid)
+    assert t.chips == int(__import__("math").prod(grid))
+
+
+@pytest.mark.parametrize("bad,needle", [("v9:2x2", "unknown TPU generation"), ("v5e:4by8", "grid"),
+                                        ("v5litepod-12", "no standard"), ("tpu", "expected CHIP:GRID")])
+def test_parse_topology_errors(bad, needle):
+    with pytest.raises(plan.PlanError, match=needle):
+        plan.parse_topology(bad)
+
+
+def test_missing_libtpu_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(plan.PlanError) as e:
+        plan.require_libtpu()
+    assert "[tpu]" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shipped_configs_fall_back_to_their_config_json():
+    for yaml_name, json_name in (("qwen2.5-3b-iwslt-ende.yaml", "qwen2.5-3b.json"), ("qwen3-4b-squad.yaml", "qwen3-4b.json")):
+        run = load_run_config(ROOT / "configs" / yaml_name)
+        if Path(run.model.hf_dir).is_dir():
+            pytest.skip(f"{run.model.hf_dir} exists on this machine")
+        sec = plan.shape_model_section(run.model, ROOT)
+        assert sec.hf_dir is None and Path(sec.config_json).name == json_name and sec.init == "random"
+    missing = ModelSection(hf_dir="/nonexistent/SomeOtherModel", init="hf")
+    with pytest.raises(plan.PlanError, match="model.config_json"):
+        plan.shape_model_section(missing, ROOT)
+
+
+def test_verdict_and_advice():
+    m = SimpleNamespace(argument_size_in_bytes=2 * plan.GIB, output_size_in_bytes=2 * plan.GIB,
+                        alias_size_in_bytes=2 * plan.GIB, temp_size_in_bytes=13 * plan.GIB,
+                        generated_code_size_in_bytes=0)
+    compiled = SimpleNamespace(memory_analysis=lambda: m)
+    topo = plan.parse_topology("v5e:4x8")
+    rep = plan.memory_report(compiled, topo, headroom=0.0)
+    assert rep["total_bytes"] == 15 * plan.GIB and rep["fits"] and rep["margin_bytes"] == plan.GIB
+    rep = plan.memory_report(compiled, topo, headroom=0.25)
+    assert not rep["fits"] and rep["margin_bytes"] == -3 * plan.GIB
+    run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
+    from proactive_jax.training.state import resolve_model_config
+    tips = plan.advice(rep, run, resolve_model_config(run.model))
+    assert any("logit_chunk" in t for t in tips) and any("micro_batch_size=16" in t for t in tips)
+    assert "DOES NOT FIT with 25% headroom: over by 3.00 GiB" in plan.format_report({
+        **rep, "model": {"model_type": "qwen3", "params": 1, "dtype": "float32", "remat": "none",
+                         "attention": "dense"}, "logit_chunk": 0, "topology": topo.name, "chips": 32, "mesh": {},
+        "global_batch_size": 32, "accum_steps": 1, "bucket": [24, 24], "packed_length": 72, "compile_s": 1.0,
+        "state_bytes": 0, "state_bytes_per_chip": 0, "replicated_state_bytes": 0, "advice": tips})
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu]'); CI installs it")
+def test_plan_compiles_tiny_run_for_a_tpu_slice():
+    """The real CLI in a subprocess: the tiny run, FSDP over a v5e 2x2 slice, chunked loss, the Pallas kernel."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-m", "proactive_jax.cli", "plan", "configs/tiny-synthetic.yaml", "mesh.data=1",
+           "mesh.fsdp=-1", "objective.logit_chunk=8", "model.remat=dots_saveable", "model.attention=splash", "--topology", "v5e:2x2", "--json"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (r["topology"], r["chips"], r["mesh"]) == ("v5e:2x2", 4, {"data": 1, "fsdp": 4})
+    assert r["bucket"] == [24, 24] and r["global_batch_size"] == 32 and r["logit_chunk"] == 8
+    assert r["model"]["remat"] == "dots_saveable" and r["model"]["attention"] == "splash"
+    assert r["pallas_kernels"] >= 3  # the attention kernel compiled by Mosaic: forward, dq, dk/dv
+    for k in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes", "capacity_bytes", "compile_s"):
+        assert r[k] > 0, k
+    assert r["capacity_bytes"] == 16 * plan.GIB and r["fits"] is True and r["advice"] == []
+    assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"] + r["code_bytes"]
+    # FSDP: the train state is split over the 4 chips (norm vectors of 64 may stay whole), never replicated
+    assert r["state_bytes_per_chip"] < 0.3 * r["state_bytes"]
+    assert r["replicated_state_bytes"] < 0.05 * r["state_bytes"]
+
+
+def test_compiler_refusal_is_a_does_not_fit_verdict():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (22.86G) "
+           "exceeds available HBM (15.25G).")
+    e = plan._oom(RuntimeError(msg))
+    assert e.temp_bytes == int(22.86 * plan.GIB) and e.available_bytes == int(15.25 * plan.GIB)
+    run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
+    from proactive_jax.training.state import resolve_model_config
+    spec = SimpleNamespace(model=resolve_model_config(run.model), mesh=SimpleNamespace(shape={"data": 1, "fsdp": 4}))
+    rep = plan.refused_report(run, spec, plan.parse_topology("v5e:2x2"), (24, 24), 0.0, e)
+    assert not rep["fits"] and rep["margin_bytes"] < 0 and rep["advice"]
+    assert "DOES NOT FIT" in plan.format_report(rep) and "22.86 GiB" in plan.format_report(rep)
