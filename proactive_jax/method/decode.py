@@ -17,6 +17,12 @@ query see a slot that has not been written yet.
 Every iteration feeds each example one chunk ``[source part (U) | target part (Hc)]``, unused positions
 masked with segment -1, so one batch mixes examples that read, write, or are finished.
 
+The pieces are module-level pure functions: :func:`prefill` (step 1) and :func:`decision_step` (one
+decision of step 2, for every row of a batch), and :func:`_decode_impl`, the ``lax.while_loop`` over that
+step; a live session (:mod:`.session`) calls the same two functions. Optional, behind static flags /
+arguments: the final hidden state of the decision row (``StepShapes.with_hidden``, for probe heads) and
+source units fed as input embeddings instead of ids (``unit_embeds``, ``batch["src_embeds"]``; audio).
+
 Shapes are bucketed (:func:`bucket`: ``2^k`` or ``3 * 2^(k-1)``) so a new compilation happens per shape
 bucket, not per example; the head's name and parameters are traced values (see :mod:`.heads`), so a tau
 sweep never recompiles. Only "does the head need attention statistics" is static.
@@ -34,7 +40,7 @@ import numpy as np
 from ..models.config import ModelConfig
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
 from ..models.attention import MaskVectors
-from ..models.qwen import apply_hidden, hidden_to_logits, init_cache
+from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
 from .streaming import StreamExample
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
@@ -75,127 +81,209 @@ def bucket(x: int, minimum: int = 1) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The jitted loop
+# The decoder as pure functions: prefill, one decision step, and the batch loop over that step
+#
+# ``sh`` (:class:`StepShapes`) is the static part (one compilation per value); ``rows`` holds the
+# per-example values that never change during a stream (``M`` aside, which a live session learns at
+# the end); ``state`` (:func:`prefill`'s dict) is the loop carry. The state always holds the *pending*
+# decision (``cand``, ``write``, ``score``, ``forced``) for its current logits: :func:`decision_step`
+# executes it (READ or WRITE), runs the model on the fed chunk and makes the next decision. A caller
+# that has no next unit for a row that wants to READ leaves that row out (``go`` False): nothing of it
+# changes. The batch decoder (:func:`_decode_impl`) and a live session (:mod:`.session`) run this same
+# step.
 # ---------------------------------------------------------------------------------------------
 
-# Longer than ~80 lines on purpose: the prefill, the loop state and the loop body are one traced function
-# sharing a dozen derived shapes and tables; each part is commented step by step below.
-def _decode_impl(config: ModelConfig, with_stats: bool, max_new: int, return_logits: bool, prompt_cap: int,
-                 unit_cap: int, params, head_vals, batch):
-    global TRACE_COUNT
-    TRACE_COUNT += 1
-    src, vis, M, plen, header, hlen, off, valid, ws_tab, eos_tab = (
-        batch[k] for k in ("src", "vis", "M", "plen", "header", "hlen", "off", "valid", "word_start", "eos"))
-    B, S_cap = src.shape
-    Hc = header.shape[1]
-    n_vis = vis.shape[1]  # M_cap + 2
-    P, U = prompt_cap, unit_cap
-    C = S_cap + Hc + max_new
-    D = n_vis - 1 + max_new  # decisions per example: at most M+1 reads and max_new writes
-    nl, nh = config.num_hidden_layers, config.num_attention_heads
+ROW_KEYS = ("M", "plen", "header", "hlen", "off", "valid", "word_start", "eos")
+
+
+class StepShapes(NamedTuple):
+    """The static part of prefill and step. Cache capacity ``C = source_cap + header_cap + max_new``."""
+
+    config: ModelConfig
+    with_stats: bool  # compute the attention statistics of the decision row (attention heads)
+    with_hidden: bool  # keep the final hidden state of the decision row in ``state["hidden"]`` (probe heads)
+    max_new: int  # target slots for written tokens
+    prompt_cap: int  # P: prompt tokens fed by the prefill
+    unit_cap: int  # U: source tokens fed by one READ (the longest unit or end marker)
+    source_cap: int  # S_cap: source slots
+    header_cap: int  # Hc: header slots (also the target part of every fed chunk)
+
+    @property
+    def capacity(self) -> int:
+        return self.source_cap + self.header_cap + self.max_new
+
+
+def _model(sh: StepShapes, params, chunk, cache, row, plen, embeds=None):
+    """Run the model on one fed chunk; return (logits, stats, hidden, cache) of row ``row`` [B] of it.
+
+    ``chunk`` = (ids, positions, segment, index, limit), each [B, T]; ``embeds`` [B, T, D]: input
+    embeddings instead of ``ids`` (None: embed ``ids``). ``stats`` [B, layers, H, 2] (zeros unless
+    ``sh.with_stats``), ``hidden`` [B, D] float32 (None unless ``sh.with_hidden``)."""
+    cfg = sh.config
+    ids, pos, seg, idx, lim = chunk
+    B = ids.shape[0]
     bi = jnp.arange(B)
+    hidden, cache, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache,
+                                        stream_start=plen if sh.with_stats else None, input_embeds=embeds)
+    h = hidden[bi, row]
+    logits = hidden_to_logits(cfg, params, h[:, None])[:, 0]
+    if sh.with_stats:
+        st = jnp.transpose(stats[:, bi, row], (1, 0, 2, 3)).astype(jnp.float32)  # [B, layers, H, 2]
+    else:
+        st = jnp.zeros((B, cfg.num_hidden_layers, cfg.num_attention_heads, 2), jnp.float32)
+    return logits, st, (h.astype(jnp.float32) if sh.with_hidden else None), cache
+
+
+def _decide(head_vals, rows, state) -> dict:
+    """The pending decision for the state's logits: greedy candidate, then the head (vmapped over rows).
+    A probe head reads ``state["hidden"]`` here (present when ``StepShapes.with_hidden``)."""
+    cand = jnp.argmax(state["logits"], axis=-1).astype(jnp.int32)
+    ds = DecisionState(state["logits"], state["stats"], state["n"], rows["M"], state["j"], state["words"],
+                       rows["word_start"][cand])
+    write, score, forced = jax.vmap(decide_encoded, in_axes=(None, 0))(head_vals, ds)
+    return dict(cand=cand, write=write, score=score, forced=forced)
+
+
+def prefill(sh: StepShapes, params, head_vals, rows, prompt):
+    """Prompt [B, P] into source slots (positions 0..), header into target slots (positions off + 0..),
+    n = 0 (header rows see V(0) = |prompt|); returns the loop state with the first pending decision."""
     i32 = jnp.int32
-    stream_start = plen if with_stats else None
-
-    def run(ids, pos, seg, idx, lim, cache, row):
-        hidden, cache, stats = apply_hidden(config, params, ids, pos, MaskVectors(seg, idx, lim), cache,
-                                            stream_start=stream_start)
-        logits = hidden_to_logits(config, params, hidden[bi, row][:, None])[:, 0]
-        if with_stats:
-            st = jnp.transpose(stats[:, bi, row], (1, 0, 2, 3)).astype(jnp.float32)  # [B, layers, H, 2]
-        else:
-            st = jnp.zeros((B, nl, nh, 2), jnp.float32)
-        return logits, st, cache
-
-    # 1. prefill: prompt -> source slots, header -> target slots, n = 0
+    B, P, Hc, S_cap = prompt.shape[0], sh.prompt_cap, sh.header_cap, sh.source_cap
+    plen, hlen, valid, off = rows["plen"], rows["hlen"], rows["valid"], rows["off"]
     p = jnp.arange(P, dtype=i32)[None]
     h = jnp.arange(Hc, dtype=i32)[None]
     p_ok = valid[:, None] & (p < plen[:, None])
     h_ok = valid[:, None] & (h < hlen[:, None])
-    cache = init_cache(config, B, C)
-    cache["segment"] = jnp.broadcast_to((jnp.arange(C) >= S_cap).astype(i32), (B, C))
-    logits, stats, cache = run(
-        jnp.concatenate([src[:, :P], header], 1),
-        jnp.concatenate([jnp.broadcast_to(p, (B, P)), off[:, None] + h], 1),
-        jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),
-        jnp.concatenate([jnp.broadcast_to(p, (B, P)), jnp.broadcast_to(S_cap + h, (B, Hc))], 1),
-        jnp.concatenate([jnp.zeros((B, P), i32), jnp.broadcast_to(plen[:, None], (B, Hc))], 1),
-        cache, P + hlen - 1)
-
+    cache = init_cache(sh.config, B, sh.capacity)
+    cache["segment"] = jnp.broadcast_to((jnp.arange(sh.capacity) >= S_cap).astype(i32), (B, sh.capacity))
+    chunk = (jnp.concatenate([prompt, rows["header"]], 1),
+             jnp.concatenate([jnp.broadcast_to(p, (B, P)), off[:, None] + h], 1),
+             jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),
+             jnp.concatenate([jnp.broadcast_to(p, (B, P)), jnp.broadcast_to(S_cap + h, (B, Hc))], 1),
+             jnp.concatenate([jnp.zeros((B, P), i32), jnp.broadcast_to(plen[:, None], (B, Hc))], 1))
+    logits, stats, hidden, cache = _model(sh, params, chunk, cache, P + hlen - 1, plen)
     zeros = jnp.zeros((B,), i32)
-    carry = dict(it=jnp.zeros((), i32), cache=cache, logits=logits, stats=stats, n=zeros, j=zeros, words=zeros,
-                 done=~valid, d=zeros, tokens=jnp.zeros((B, max_new), i32), phi=jnp.zeros((B, max_new), i32),
-                 score=jnp.zeros((B, D), jnp.float32), rn=jnp.zeros((B, D), i32),
-                 rwrite=jnp.zeros((B, D), bool), rforced=jnp.zeros((B, D), bool))
+    state = dict(cache=cache, logits=logits, stats=stats, n=zeros, v=plen.astype(i32), j=zeros, words=zeros,
+                 done=~valid, tokens=jnp.zeros((B, sh.max_new), i32), phi=jnp.zeros((B, sh.max_new), i32))
+    if sh.with_hidden:
+        state["hidden"] = hidden
+    state.update(_decide(head_vals, rows, state))
+    return state
+
+
+def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, go, unit_embeds=None):
+    """Execute the pending decision of every row with ``go & ~done``, then decide again.
+
+    WRITE feeds the candidate into target slot ``|header| + j`` (limit V(n)). READ feeds ``unit`` [B, U]
+    (its first ``unit_len`` [B] tokens: the next unit or the end marker) into source slots V(n).., and
+    re-feeds into their own slots the whole header (nothing written yet) or the last written token, with
+    limit V(n+1). ``unit_embeds`` [B, U, D]: the unit's input embeddings instead of its ids (audio);
+    target tokens are then embedded with the model's table (:func:`embed_ids`)."""
+    i32 = jnp.int32
+    B, U, Hc, S_cap, max_new = unit.shape[0], sh.unit_cap, sh.header_cap, sh.source_cap, sh.max_new
+    bi = jnp.arange(B)
+    hlen, off = rows["hlen"], rows["off"]
+    n, j, v_now = state["n"], state["j"], state["v"]
+    active = go & ~state["done"]
+    cand = state["cand"]
+    write = state["write"] & active
+    read = active & ~state["write"]
+
+    # source part: the unit into source slots V(n) .. V(n+1)-1
+    u = jnp.arange(U, dtype=i32)[None]
+    v_next = v_now + unit_len.astype(i32)
+    sidx = v_now[:, None] + u
+    s_ok = read[:, None] & (u < unit_len[:, None])
+
+    # target part: WRITE feeds the candidate (limit V(n)); READ re-feeds the header or the last written token
+    h = jnp.arange(Hc, dtype=i32)[None]
+    refeed_header = read & (j == 0)
+    prev = state["tokens"][bi, jnp.maximum(j - 1, 0)]
+    one_tok = jnp.where(write, cand, prev)
+    one_slot = hlen + jnp.where(write, j, j - 1)
+    t_tok = jnp.where(refeed_header[:, None], rows["header"], one_tok[:, None])
+    t_slot = jnp.where(refeed_header[:, None], h, one_slot[:, None])
+    t_ok = jnp.where(refeed_header[:, None], h < hlen[:, None], (h == 0) & active[:, None])
+    t_lim = jnp.where(write, v_now, v_next)
+
+    chunk = (jnp.concatenate([unit.astype(i32), t_tok], 1),
+             jnp.concatenate([sidx, off[:, None] + t_slot], 1),
+             jnp.concatenate([jnp.where(s_ok, 0, -1), jnp.where(t_ok, 1, -1)], 1).astype(i32),
+             jnp.concatenate([sidx, S_cap + t_slot], 1),
+             jnp.concatenate([jnp.zeros((B, U), i32), jnp.broadcast_to(t_lim[:, None], (B, Hc))], 1))
+    embeds = None
+    if unit_embeds is not None:
+        t_emb = embed_ids(sh.config, params, t_tok)
+        embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1)
+    logits, stats, hidden, cache = _model(sh, params, chunk, state["cache"],
+                                          jnp.where(refeed_header, U + hlen - 1, U), rows["plen"], embeds)
+
+    def keep(new, old):  # rows that did not advance keep everything
+        return jnp.where(active.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
+
+    out = dict(state, cache=cache, logits=keep(logits, state["logits"]), stats=keep(stats, state["stats"]))
+    if sh.with_hidden:
+        out["hidden"] = keep(hidden, state["hidden"])
+    wslot = jnp.where(write, j, max_new)
+    out["tokens"] = state["tokens"].at[bi, wslot].set(cand, mode="drop")
+    out["phi"] = state["phi"].at[bi, wslot].set(n, mode="drop")
+    out["words"] = state["words"] + (write & (rows["word_start"][cand] | (j == 0))).astype(i32)
+    out["j"] = j + write.astype(i32)
+    out["n"] = n + read.astype(i32)
+    out["v"] = jnp.where(read, v_next, v_now)
+    out["done"] = state["done"] | (write & (rows["eos"][cand] | (out["j"] >= max_new)))
+    nxt = _decide(head_vals, rows, out)
+    out.update({k: keep(x, state[k]) for k, x in nxt.items()})
+    return out
+
+
+def _decode_impl(sh: StepShapes, return_logits: bool, params, head_vals, batch):
+    """The batch decoder: prefill, then ``lax.while_loop`` over :func:`decision_step` until every example
+    stopped; every decision is recorded. ``batch`` holds ``src`` [B, S_cap], ``vis`` [B, M_cap+2] and the
+    :data:`ROW_KEYS`; optionally ``src_embeds`` [B, S_cap, D] (source input embeddings fed instead of ids
+    by READs; the prompt is always fed as ids)."""
+    global TRACE_COUNT
+    TRACE_COUNT += 1
+    i32 = jnp.int32
+    src, vis = batch["src"], batch["vis"]
+    src_embeds = batch.get("src_embeds")
+    rows = {k: batch[k] for k in ROW_KEYS}
+    B, S_cap = src.shape
+    n_vis = vis.shape[1]  # M_cap + 2
+    D = n_vis - 1 + sh.max_new  # decisions per example: at most M+1 reads and max_new writes
+    bi = jnp.arange(B)
+    u = jnp.arange(sh.unit_cap, dtype=i32)[None]
+    state = prefill(sh, params, head_vals, rows, src[:, :sh.prompt_cap])
+    rec = dict(d=jnp.zeros((B,), i32), score=jnp.zeros((B, D), jnp.float32), rn=jnp.zeros((B, D), i32),
+               rwrite=jnp.zeros((B, D), bool), rforced=jnp.zeros((B, D), bool))
     if return_logits:
-        carry["rlogits"] = jnp.zeros((B, D, logits.shape[-1]), jnp.float32)
+        rec["rlogits"] = jnp.zeros((B, D, state["logits"].shape[-1]), jnp.float32)
 
     def cond(c):
-        return jnp.any(~c["done"]) & (c["it"] < D + 1)
+        return jnp.any(~c[1]["done"]) & (c[0] < D + 1)
 
     def body(c):
-        n, j, active = c["n"], c["j"], ~c["done"]
-        cand = jnp.argmax(c["logits"], axis=-1).astype(i32)
-        ws = ws_tab[cand]
-        state = DecisionState(c["logits"], c["stats"], n, M, j, c["words"], ws)
-        write, score, forced = jax.vmap(decide_encoded, in_axes=(None, 0))(head_vals, state)
-        write = write & active
-        read = active & ~write
-        out = dict(c)
-        dslot = jnp.where(active, c["d"], D)  # finished examples record nothing (index dropped)
-        out["score"] = c["score"].at[bi, dslot].set(score, mode="drop")
-        out["rn"] = c["rn"].at[bi, dslot].set(n, mode="drop")
-        out["rwrite"] = c["rwrite"].at[bi, dslot].set(write, mode="drop")
-        out["rforced"] = c["rforced"].at[bi, dslot].set(forced, mode="drop")
+        it, st, r = c
+        active = ~st["done"]
+        dslot = jnp.where(active, r["d"], D)  # finished examples record nothing (index dropped)
+        put = lambda a, x: a.at[bi, dslot].set(x, mode="drop")  # noqa: E731
+        r = dict(r, d=r["d"] + active.astype(i32), score=put(r["score"], st["score"]), rn=put(r["rn"], st["n"]),
+                 rwrite=put(r["rwrite"], st["write"] & active), rforced=put(r["rforced"], st["forced"]))
         if return_logits:
-            out["rlogits"] = c["rlogits"].at[bi, dslot].set(c["logits"], mode="drop")
+            r["rlogits"] = put(r["rlogits"], st["logits"])
+        n = st["n"]
+        unit_len = vis[bi, jnp.minimum(n + 1, n_vis - 1)] - vis[bi, n]
+        sidx = jnp.clip(st["v"][:, None] + u, 0, S_cap - 1)
+        unit = jnp.take_along_axis(src, sidx, axis=1)
+        emb = None if src_embeds is None else jnp.take_along_axis(src_embeds, sidx[..., None], axis=1)
+        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, active, emb)
+        return it + 1, st, r
 
-        # source part: unit n+1 (or the end marker) into source slots V(n) .. V(n+1)-1
-        v_now = vis[bi, n]
-        v_next = vis[bi, jnp.minimum(n + 1, n_vis - 1)]
-        sidx = v_now[:, None] + jnp.arange(U, dtype=i32)[None]
-        s_ok = read[:, None] & (sidx < v_next[:, None])
-        stok = jnp.take_along_axis(src, jnp.clip(sidx, 0, S_cap - 1), axis=1)
-
-        # target part: WRITE feeds the candidate into slot |header| + j (limit V(n)); READ re-feeds the
-        # whole header (nothing written yet) or the last written token, with limit V(n+1)
-        refeed_header = read & (j == 0)
-        prev = c["tokens"][bi, jnp.maximum(j - 1, 0)]
-        one_tok = jnp.where(write, cand, prev)
-        one_slot = hlen + jnp.where(write, j, j - 1)
-        t_tok = jnp.where(refeed_header[:, None], header, one_tok[:, None])
-        t_slot = jnp.where(refeed_header[:, None], h, one_slot[:, None])
-        t_ok = jnp.where(refeed_header[:, None], h < hlen[:, None], (h == 0) & active[:, None])
-        t_lim = jnp.where(write, v_now, v_next)
-
-        logits, stats, cache = run(
-            jnp.concatenate([stok, t_tok], 1),
-            jnp.concatenate([sidx, off[:, None] + t_slot], 1),
-            jnp.concatenate([jnp.where(s_ok, 0, -1), jnp.where(t_ok, 1, -1)], 1).astype(i32),
-            jnp.concatenate([sidx, S_cap + t_slot], 1),
-            jnp.concatenate([jnp.zeros((B, U), i32), jnp.broadcast_to(t_lim[:, None], (B, Hc))], 1),
-            c["cache"], jnp.where(refeed_header, U + hlen - 1, U))
-        out["cache"] = cache
-        out["logits"] = jnp.where(active[:, None], logits, c["logits"])
-        out["stats"] = jnp.where(active[:, None, None, None], stats, c["stats"])
-
-        wslot = jnp.where(write, j, max_new)
-        out["tokens"] = c["tokens"].at[bi, wslot].set(cand, mode="drop")
-        out["phi"] = c["phi"].at[bi, wslot].set(n, mode="drop")
-        out["words"] = c["words"] + (write & (ws | (j == 0))).astype(i32)
-        out["j"] = j + write.astype(i32)
-        out["n"] = n + read.astype(i32)
-        out["done"] = c["done"] | (write & (eos_tab[cand] | (out["j"] >= max_new)))
-        out["d"] = c["d"] + active.astype(i32)
-        out["it"] = c["it"] + 1
-        return out
-
-    c = jax.lax.while_loop(cond, body, carry)
-    keys = ["tokens", "phi", "j", "d", "score", "rn", "rwrite", "rforced"] + (["rlogits"] if return_logits else [])
-    return {k: c[k] for k in keys}
+    _, st, r = jax.lax.while_loop(cond, body, (jnp.zeros((), i32), state, rec))
+    return dict(r, tokens=st["tokens"], phi=st["phi"], j=st["j"])
 
 
-_decode_jit = jax.jit(_decode_impl, static_argnums=(0, 1, 2, 3, 4, 5))
+_decode_jit = jax.jit(_decode_impl, static_argnums=(0, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,8 +413,8 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
         ids = order[start:start + size]
         chunk = [examples[i] for i in ids]
         batch, P_cap, U = _host_batch(chunk, B, int(max_new_tokens), target_offset, ws, eos, key)
-        out = _decode_jit(config, spec.needs_stats, int(max_new_tokens), bool(return_logits), P_cap, U,
-                          params, head_vals, batch)
+        sh = StepShapes(config, spec.needs_stats, False, int(max_new_tokens), P_cap, U, key[1], key[3])
+        out = _decode_jit(sh, bool(return_logits), params, head_vals, batch)
         out = jax.device_get(out)
         for b, (i, e) in enumerate(zip(ids, chunk)):
             L, D = int(out["j"][b]), int(out["d"][b])

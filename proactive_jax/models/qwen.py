@@ -157,21 +157,29 @@ class Transformer(nn.Module):
             self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                                     kernel_init=nn.initializers.normal(0.02))
 
-    def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache=None, stream_start=None):
+    def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache=None, stream_start=None,
+                 input_embeds=None):
         """Returns ``(hidden [B,T,D], new_cache, stats)``.
+
+        ``input_embeds`` [B, T, D]: input embeddings used instead of embedding ``input_ids`` (which is then
+        ignored): e.g. projected audio features; :meth:`embed` gives the table rows of token ids.
 
         ``cache``: None, or a dict ``{"k", "v": [layers, B, C, KV, hd], "segment": [B, C]}`` where
         ``segment`` already holds the segment of every slot after this call's writes. ``stats``:
         ``[layers, B, T, H, 2]`` attention statistics over streamed source keys (see
         :func:`stream_attention_stats`) when ``stream_start`` ([B] int) is given, else None.
         """
-        x = self.embed_tokens(input_ids)
+        x = self.embed(input_ids) if input_embeds is None else input_embeds.astype(self.embed_tokens.dtype)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         cache_segment = None if cache is None else cache["segment"]
         x, (new_kv, stats) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
         x = self.norm(x)
         new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "segment": cache_segment}
         return x, new_cache, stats
+
+    def embed(self, input_ids):
+        """Input embeddings of token ids (the embedding-table rows, in the compute dtype)."""
+        return self.embed_tokens(input_ids)
 
     def logits(self, hidden):
         if self.config.tie_word_embeddings:
@@ -216,8 +224,15 @@ def abstract_params(config: ModelConfig) -> dict:
 
 
 def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors, cache=None,
-                 stream_start=None):
-    return make_model(config).apply({"params": params}, input_ids, positions, mask_vec, cache, stream_start)
+                 stream_start=None, input_embeds=None):
+    """``(hidden, new_cache, stats)``; ``input_embeds`` [B, T, D] replaces the embedding of ``input_ids``."""
+    return make_model(config).apply({"params": params}, input_ids, positions, mask_vec, cache, stream_start,
+                                    input_embeds)
+
+
+def embed_ids(config: ModelConfig, params, input_ids):
+    """The input embeddings of token ids [B, T] -> [B, T, D] (what the model feeds for ids)."""
+    return make_model(config).apply({"params": params}, input_ids, method=Transformer.embed)
 
 
 def hidden_to_logits(config: ModelConfig, params, hidden):

@@ -308,3 +308,32 @@ def test_interleave_and_calibration(setup):
     assert "WRITE" in format_events(ev)
     tau = calibrate_tau(run(s, "entropy:tau=0.5"), 0.9)
     assert 0 <= tau <= 1
+
+
+def test_embeddings_path_and_hidden_state(setup):
+    """Source fed as input embeddings (the table rows) == fed as ids; the kept hidden state gives the logits."""
+    s = setup
+    cfg, params, exs = s["cfg"], s["params"], s["exs"]
+    spec = parse_head("wait-k:k=2")
+    vals = encode_head(spec, cfg.num_hidden_layers)
+    ws = np.asarray(s["ws"], bool)
+    eos = np.zeros(cfg.vocab_size, bool)
+    eos[s["eos"]] = True
+    key = dec.shape_key(exs)
+    batch, P_cap, U = dec._host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, ws, eos, key)
+    sh = dec.StepShapes(cfg, False, False, MAX_NEW, P_cap, U, key[1], key[3])
+    ids_out = jax.device_get(dec._decode_jit(sh, True, params, vals, batch))
+    emb = dict(batch, src_embeds=np.asarray(dec.embed_ids(cfg, params, jnp.asarray(batch["src"]))))
+    emb_out = jax.device_get(dec._decode_jit(sh, True, params, vals, emb))
+    for k in ("tokens", "phi", "j", "d", "rwrite", "rn"):
+        np.testing.assert_array_equal(emb_out[k], ids_out[k], err_msg=k)
+    np.testing.assert_allclose(emb_out["rlogits"], ids_out["rlogits"], atol=1e-5, rtol=0)
+    # with_hidden: the state keeps the final hidden state of the decision row
+    shh = sh._replace(with_hidden=True)
+    rows = {k: jnp.asarray(batch[k]) for k in dec.ROW_KEYS}
+    st = dec.prefill(shh, params, vals, rows, jnp.asarray(batch["src"][:, :P_cap]))
+    B = batch["src"].shape[0]
+    st = dec.decision_step(shh, params, vals, rows, st, jnp.asarray(batch["src"][:, P_cap:P_cap + U]),
+                           jnp.ones((B,), jnp.int32), jnp.ones((B,), bool))
+    np.testing.assert_allclose(hidden_to_logits(cfg, params, st["hidden"][:, None])[:, 0], st["logits"],
+                               atol=1e-5, rtol=0)
