@@ -11,7 +11,8 @@ from .method.streaming import StreamExample
 from .models.config import ModelConfig
 from .models.hf import load_pretrained, save_pretrained
 from .models.qwen import forward, init_params
+from .models.audio import forward_audio
 
-__all__ = ["ModelConfig", "StreamExample", "forward", "init_params", "load_pretrained", "metrics",
+__all__ = ["ModelConfig", "StreamExample", "forward", "forward_audio", "init_params", "load_pretrained", "metrics",
            "save_pretrained", "stream_decode", "token_logprobs"]
 __version__ = "0.1.0"

@@ -49,6 +49,10 @@ def _run_hf_check(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"proactive-jax hf-check: {e}", file=sys.stderr)
         return 2
+    if getattr(config, "model_type", None) == "qwen2_audio":
+        from .models.audio_check import hf_check_audio
+
+        return hf_check_audio(args, config, params, tol)
     ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
     ours = np.asarray(forward(config, params, ids), np.float32)
     del params

@@ -303,8 +303,9 @@ def encode_chunk(config: AudioModelConfig, params, state: EncoderState, mel_chun
 def scatter_audio(config: AudioModelConfig, params, input_ids, audio_embeds, audio_valid):
     """Token embeddings of ``input_ids`` with the valid audio embeddings put, in order, into the
     ``<|AUDIO|>`` slots (the i-th placeholder of the batch, row-major, gets the i-th valid audio token)."""
-    emb = params["language_model"]["embed_tokens"]["embedding"]
-    x = jnp.take(emb, input_ids, axis=0).astype(jnp.float32)
+    from .qwen import embed_ids
+
+    x = embed_ids(config.text, params["language_model"], input_ids).astype(jnp.float32)
     flat = audio_embeds.reshape(-1, audio_embeds.shape[-1])
     order = jnp.argsort(~audio_valid.reshape(-1), stable=True)  # valid tokens first, in order
     is_audio = input_ids == config.audio_token_index
@@ -314,15 +315,12 @@ def scatter_audio(config: AudioModelConfig, params, input_ids, audio_embeds, aud
 
 
 def lm_logits_from_embeds(text_cfg, lm_params, embeds, positions, mask_vec):
-    """The Qwen2 decoder run on input embeddings (its own layers and norm; no token lookup)."""
+    """The Qwen2 decoder's logits on input embeddings ``[B, T, D]`` (no token lookup)."""
     from . import qwen
 
-    def run(module, x):
-        dtype = jnp.dtype(text_cfg.dtype)
-        h, _ = module.layers(x.astype(dtype), None, positions, mask_vec, None, None)
-        return module.logits(module.norm(h))
-
-    return qwen.make_model(text_cfg).apply({"params": lm_params}, embeds, method=run)
+    ids = jnp.zeros(embeds.shape[:2], jnp.int32)
+    h, _, _ = qwen.apply_hidden(text_cfg, lm_params, ids, positions, mask_vec, input_embeds=embeds)
+    return qwen.hidden_to_logits(text_cfg, lm_params, h)
 
 
 def _forward_audio_fn(config: AudioModelConfig, encoder_mask: str, params, input_ids, feats, valid):
