@@ -166,21 +166,23 @@ def log_mel(waveform, sampling_rate: int = SAMPLING_RATE, num_mel_bins: int = 12
 
 def log_mel_windows(waveform, sampling_rate: int = SAMPLING_RATE, num_mel_bins: int = 128, *,
                     clamp: str = "utterance", resample: bool = False, max_seconds: float | None = None,
-                    name: str = "waveform") -> tuple[np.ndarray, np.ndarray]:
-    """Audio of any length as 30 s windows: ``(features [W, bins, 3000], feature_attention_mask [W, 3000])``.
+                    window_frames: int = N_FRAMES, name: str = "waveform") -> tuple[np.ndarray, np.ndarray]:
+    """Audio of any length as windows: ``(features [W, bins, window_frames], feature_attention_mask [W, frames])``.
 
-    Window w holds samples ``[w * 30 s, (w + 1) * 30 s)``, is padded like one Whisper input and encoded
-    with its own positions; the mask marks its valid frames. Nothing is dropped.
+    Window w holds samples ``[w * window, (w + 1) * window)`` (30 s by default; a small encoder's
+    ``2 * max_source_positions`` frames otherwise), is padded like one Whisper input and encoded with
+    its own positions; the mask marks its valid frames. Nothing is dropped.
     """
     x = check_waveform(waveform, sampling_rate, name=name, resample=resample, max_seconds=max_seconds,
                        allow_silent=True)
-    n_win = max(1, -(-x.size // N_SAMPLES))
-    feats = np.empty((n_win, num_mel_bins, N_FRAMES), np.float32)
-    mask = np.zeros((n_win, N_FRAMES), np.int32)
+    win = window_frames * HOP
+    n_win = max(1, -(-x.size // win))
+    feats = np.empty((n_win, num_mel_bins, window_frames), np.float32)
+    mask = np.zeros((n_win, window_frames), np.int32)
     for w in range(n_win):
-        seg = x[w * N_SAMPLES:(w + 1) * N_SAMPLES]
-        feats[w] = _log_mel_frames(np.pad(seg, (0, N_SAMPLES - seg.size)), num_mel_bins, clamp)
-        mask[w, :max(1, num_frames(seg.size))] = 1
+        seg = x[w * win:(w + 1) * win]
+        feats[w] = _log_mel_frames(np.pad(seg, (0, win - seg.size)), num_mel_bins, clamp)
+        mask[w, :max(1, min(window_frames, -(-seg.size // HOP)))] = 1
     return feats, mask
 
 

@@ -42,22 +42,38 @@ def output_lengths(valid_frames):
 # Parameters
 # ---------------------------------------------------------------------------------------------
 
-def init_encoder_params(enc: EncoderConfig, out_dim: int, rng) -> dict:
-    """Random encoder + projector parameters (normal(0.02), LayerNorms at one/zero, sinusoid positions)."""
+def _encoder_tree(enc: EncoderConfig, out_dim: int, make) -> dict:
+    """The encoder + projector tree; ``make(kind, shape)`` builds each leaf (kind: normal/zeros/ones/positions)."""
     d, f, m, n = enc.d_model, enc.encoder_ffn_dim, enc.num_mel_bins, enc.encoder_layers
-    keys = iter(jax.random.split(rng, 16))
-    nrm = lambda *shape: (0.02 * jax.random.normal(next(keys), shape, jnp.float32))
-    zeros, ones = (lambda *s: jnp.zeros(s, jnp.float32)), (lambda *s: jnp.ones(s, jnp.float32))
-    ln = lambda *lead: {"scale": ones(*lead, d), "bias": zeros(*lead, d)}
-    lin = lambda i, o, bias=True: ({"kernel": nrm(n, i, o), "bias": zeros(n, o)} if bias else {"kernel": nrm(n, i, o)})
+    ln = lambda *lead: {"scale": make("ones", (*lead, d)), "bias": make("zeros", (*lead, d))}  # noqa: E731
+
+    def lin(i, o, bias=True, lead=(n,)):
+        p = {"kernel": make("normal", (*lead, i, o))}
+        if bias:
+            p["bias"] = make("zeros", (*lead, o))
+        return p
+
     layers = {"self_attn_layer_norm": ln(n), "final_layer_norm": ln(n),
               "self_attn": {"q_proj": lin(d, d), "k_proj": lin(d, d, bias=False), "v_proj": lin(d, d),
                             "out_proj": lin(d, d)},
               "fc1": lin(d, f), "fc2": lin(f, d)}
-    tower = {"conv1": {"kernel": nrm(3, m, d), "bias": zeros(d)}, "conv2": {"kernel": nrm(3, d, d), "bias": zeros(d)},
-             "embed_positions": {"embedding": jnp.asarray(sinusoids(enc.max_source_positions, d))},
+    tower = {"conv1": {"kernel": make("normal", (3, m, d)), "bias": make("zeros", (d,))},
+             "conv2": {"kernel": make("normal", (3, d, d)), "bias": make("zeros", (d,))},
+             "embed_positions": {"embedding": make("positions", (enc.max_source_positions, d))},
              "layers": layers, "layer_norm": ln()}
-    return {"audio_tower": tower, "multi_modal_projector": {"linear": {"kernel": nrm(d, out_dim), "bias": zeros(out_dim)}}}
+    return {"audio_tower": tower, "multi_modal_projector": {"linear": lin(d, out_dim, lead=())}}
+
+
+def init_encoder_params(enc: EncoderConfig, out_dim: int, rng: np.random.Generator) -> dict:
+    """Random encoder + projector parameters (numpy: normal(0.02), LayerNorms at one/zero, sinusoid positions)."""
+    def make(kind, shape):
+        if kind == "normal":
+            return rng.normal(0.0, 0.02, shape).astype(np.float32)
+        if kind == "positions":
+            return sinusoids(*shape)
+        return (np.ones if kind == "ones" else np.zeros)(shape, np.float32)
+
+    return _encoder_tree(enc, out_dim, make)
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
@@ -68,20 +84,38 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
-def init_params(config: AudioModelConfig, rng: Array | int = 0) -> dict:
-    """Random parameters of the whole Qwen2-Audio model."""
-    from . import qwen
+def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
+    """The decoder's parameters with numpy (norm weights one, biases zero, the rest normal(0.02)): the
+    same distribution as :func:`proactive_jax.models.qwen.init_params`, without compiling flax's init."""
+    from .qwen import abstract_params as text_abstract
 
-    if isinstance(rng, int):
-        rng = jax.random.PRNGKey(rng)
-    k1, k2 = jax.random.split(rng)
-    params = init_encoder_params(config.encoder, config.text.hidden_size, k1)
-    params["language_model"] = qwen.init_params(config.text, k2)
+    def leaf(path, x):
+        name = getattr(path[-1], "key", "")
+        if name == "weight":
+            return np.ones(x.shape, np.float32)
+        if name == "bias":
+            return np.zeros(x.shape, np.float32)
+        return rng.normal(0.0, 0.02, x.shape).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, text_abstract(text_cfg))
+
+
+def init_params(config: AudioModelConfig, seed: int = 0) -> dict:
+    """Random parameters of the whole Qwen2-Audio model (numpy, on the host; ``jax.device_put`` to place)."""
+    rng = np.random.default_rng(seed)
+    params = init_encoder_params(config.encoder, config.text.hidden_size, rng)
+    params["language_model"] = _init_text_numpy(config.text, rng)
     return params
 
 
 def abstract_params(config: AudioModelConfig) -> dict:
-    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+    """Parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
+    from .qwen import abstract_params as text_abstract
+
+    tree = _encoder_tree(config.encoder, config.text.hidden_size,
+                         lambda kind, shape: jax.ShapeDtypeStruct(shape, jnp.float32))
+    tree["language_model"] = text_abstract(config.text)
+    return tree
 
 
 # ---------------------------------------------------------------------------------------------
