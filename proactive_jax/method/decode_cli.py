@@ -12,7 +12,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step", type=int, default=None, help="training-run step (default: latest)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--head", default="entropy:tau=0.3", help="decision head spec, e.g. wait-k:k=3")
-    p.add_argument("--text", required=True, help="the source text to stream (split into words)")
+    p.add_argument("--text", default=None, help="the source text to stream (split into words)")
+    p.add_argument("--audio", default=None, help="a WAV (or, with soundfile, FLAC...) file to stream chunk by chunk "
+                   "through a Qwen2-Audio checkpoint (instead of --text)")
+    p.add_argument("--chunk-ms", type=float, default=1000.0, help="audio chunk (unit) length in ms, a multiple of 40")
     p.add_argument("--prompt", default="", help="task text shown up front (instruction, question)")
     p.add_argument("--unit", default="word", choices=("word", "token", "sentence"))
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -20,6 +23,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_decode_cli(args: argparse.Namespace) -> int:
+    if (args.text is None) == (getattr(args, "audio", None) is None):
+        print("proactive-jax decode: give exactly one of --text and --audio", file=sys.stderr)
+        return 2
+    if args.audio is not None:
+        from .audio_decode_cli import run_audio_decode
+
+        return run_audio_decode(args)
     from transformers import AutoTokenizer
 
     from ..data import TextExample, render_example, split_words, template_parts, word_start_table
