@@ -39,7 +39,7 @@ class SpeechDemoConfig:
     batch_size: int = 32
     chunk_tokens: int = 5  # 200 ms
     max_seconds: float = 4.0
-    num_mel_bins: int = 16
+    num_mel_bins: int = 40
     kl_lambda: float = 0.1
     heads: tuple = ("batch", "wait-k:k=2", "wait-k:k=4", "wait-k:k=8", "entropy:tau=0.05", "entropy:tau=0.15",
                     "entropy:tau=0.3", "attention:tau=0.5", "attention:tau=0.7")

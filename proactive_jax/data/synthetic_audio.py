@@ -26,12 +26,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SR = 16000
-# syllable -> (low tone, high tone) in Hz: well apart on the mel scale
-SYLLABLES = {
-    "ka": (310, 1250), "mo": (420, 2100), "ri": (560, 1600), "su": (700, 2900), "te": (880, 1900),
-    "lu": (1050, 3500), "no": (350, 2500), "pi": (480, 3100), "ba": (620, 1400), "do": (760, 3800),
-    "fe": (950, 2300), "gu": (1150, 2700),
-}
+# syllable -> (low tone, high tone) in Hz: 4 low x 3 high tones, each a different mel band
+_LOW, _HIGH = (250, 450, 750, 1100), (1700, 2700, 4200)
+SYLLABLES = {name: (_LOW[i % 4], _HIGH[i // 4]) for i, name in enumerate(
+    ("ka", "mo", "ri", "su", "te", "lu", "no", "pi", "ba", "do", "fe", "gu"))}
 # groups sharing their first syllable are confusable until the end of the word
 WORDS = ("ka-mo", "ka-ri-su", "ka-te", "mo-lu", "mo-no-pi", "ri-ba", "ri-do-fe", "su-gu", "su-ka-lu",
          "te-pi", "lu-no", "no-fe-do", "pi-ba", "ba-gu-te", "do-su")

@@ -29,6 +29,7 @@ from .results import EvalError, RecordStore, markdown_table, task_quality, write
 from ..data.loaders import DatasetSpec
 from ..data.render import RenderConfig
 from ..method.heads import parse_head
+from .audio_eval import AUDIO_EVAL_TASKS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +318,10 @@ def run_eval(cfg) -> dict:
     if tok_dir is None:
         raise EvalError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    if cfg.task in AUDIO_EVAL_TASKS:  # speech tasks: audio examples, same sweeps and scoring
+        from .audio_eval import run_audio_eval
+
+        return run_audio_eval(cfg, model_cfg, params, tok)
     parts = cfg.render.parts(tok)
 
     def items(split, n):
