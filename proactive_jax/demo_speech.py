@@ -219,12 +219,14 @@ def check_targets(results: dict) -> list[dict]:
         best = max(pro, key=lambda r: r["quality"], default=None)
         wk = [r for r in look if r["head"].startswith("wait-k") and r["rco"] <= 0.8]
         best_wk = max(wk, key=lambda r: r["quality"], default=None)
-        ok = best is not None and best["quality"] >= 0.95 * batch
-        out.append({"target": "speech-lookup: proactive >= 95% of batch accuracy at RCO <= 0.8", "pass": ok,
+        learnt = batch >= 50.0  # a batch model near chance (1/15) makes the ratio meaningless
+        ok = learnt and best is not None and best["quality"] >= 0.95 * batch
+        out.append({"target": "speech-lookup: proactive >= 95% of batch accuracy at RCO <= 0.8 (batch >= 50%)",
+                    "pass": ok,
                     "batch": batch, "proactive": best and (best["head"], best["quality"], best["rco"]),
                     "wait-k": best_wk and (best_wk["head"], best_wk["quality"], best_wk["rco"])})
         out.append({"target": "speech-lookup: wait-k clearly worse at RCO <= 0.8",
-                    "pass": bool(best and (best_wk is None or best_wk["quality"] < best["quality"] - 5))})
+                    "pass": bool(learnt and best and (best_wk is None or best_wk["quality"] < best["quality"] - 5))})
     tr = results.get("speech-transcribe")
     if tr:
         batch = next(r for r in tr if r["head"] == "batch")["quality"]
