@@ -459,7 +459,7 @@ QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
     "choice": choice_accuracy,
     "accuracy": lambda preds, golds: {"accuracy": accuracy(preds, golds)},
     "rouge": rouge,
-    "wer": lambda hyps, refs: {"wer": wer(hyps, refs), "normaliser": "basic"},
+    "wer": lambda hyps, refs: {"wer": wer(hyps, refs)},
     "wer-whisper": lambda hyps, refs: _wer_whisper(hyps, refs),
 }
 
