@@ -60,9 +60,11 @@ def test_loss_equals_forward_on_embeddings(setup):
     emb = np.asarray(encode(cfg, params, batch["features"], batch["valid_frames"][:, None]
                             >= np.arange(40)[None] + 1, mask="causal", conv_edge="zero"))
     nll, count = 0.0, 0
+    rows = np.asarray(lm["embed_tokens"]["embedding"])
+    np.testing.assert_array_equal(rows[[5, 7]], np.asarray(embed_ids(cfg.text, lm, jnp.asarray([[5, 7]])))[0])
     for i, ex in enumerate(exs):
         n_tok = sum(len(u) for u in ex.units)
-        table = lambda ids: np.asarray(embed_ids(cfg.text, lm, jnp.asarray([ids], jnp.int32)))[0]  # noqa: E731
+        table = lambda ids: rows[np.asarray(ids)]  # noqa: E731  (the embedding table's rows)
         seq = np.concatenate([table(list(ex.prompt)), emb[i, :n_tok], table(list(ex.end)),
                               table(list(ex.header + ex.target))])[None]
         S, T = ex.S, ex.T
