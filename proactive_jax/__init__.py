@@ -12,7 +12,8 @@ from .method.streaming import StreamExample
 from .models.config import ModelConfig
 from .models.hf import load_pretrained, save_pretrained
 from .models.qwen import forward, init_params
+from .models.audio import forward_audio
 
-__all__ = ["ModelConfig", "StreamExample", "forward", "init_params", "load_pretrained", "metrics",
-           "save_pretrained", "SessionBatch", "stream_decode", "StreamSession", "token_logprobs"]
+__all__ = ["ModelConfig", "SessionBatch", "StreamExample", "StreamSession", "forward", "forward_audio", "init_params",
+           "load_pretrained", "metrics", "save_pretrained", "stream_decode", "token_logprobs"]
 __version__ = "0.1.0"

@@ -46,6 +46,10 @@ def _run_hf_check(args: argparse.Namespace) -> int:
 
     tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
     config, params = load_pretrained(args.dir, dtype=args.dtype)  # errors: one line via main
+    if getattr(config, "model_type", None) == "qwen2_audio":
+        from .models.audio_check import hf_check_audio
+
+        return hf_check_audio(args, config, params, tol)
     ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
     ours = np.asarray(forward(config, params, ids), np.float32)
     if not np.all(np.isfinite(ours)):

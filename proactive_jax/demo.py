@@ -65,12 +65,14 @@ class DemoConfig:
     eval_batch_size: int = 64
     show_examples: int = 2
     progress: bool = True
+    speech: dict = dataclasses.field(default_factory=dict)  # the speech stage (demo_speech.SpeechDemoConfig keys)
     quick: dict = dataclasses.field(default_factory=lambda: {  # overrides applied by --quick
         "n_train": 2000, "n_test": 64, "n_calib": 32, "pretrain_steps": 400, "finetune_steps": 150,
         "probe_examples": 300, "probe_steps": 300,
         "heads": {"lookup": ["batch", "wait-k:k=1|3|8", "entropy:tau=0.1|0.3|q0.9", "attention:tau=0.5|q0.9"],
                   "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2|q0.9", "attention:tau=0.5|q0.9"]},
         "probe_heads": ["probe:tau=0.5|q0.9"],
+        "speech": {"enabled": False},  # the speech stage needs ~500+ steps to learn: full demo only (see demo_speech)
     })
 
 
@@ -436,8 +438,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     trace_text = "\n".join(traces)
     _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))
 
+    speech = None
+    if dict(cfg.speech).get("enabled", True):  # the speech stage: tiny causal audio encoder + Qwen2 (demo_speech.py)
+        from .demo_speech import run_speech_stage
+
+        t0 = time.perf_counter()
+        speech = run_speech_stage(dict(cfg.speech), out / "speech", say=_say)
+        timings["speech"] = time.perf_counter() - t0
+        targets = targets + speech["targets"]
     timings["total"] = time.perf_counter() - t_start
-    summary = {"config": dataclasses.asdict(cfg), "timings_s": timings, "targets": targets,
+    summary = {"config": dataclasses.asdict(cfg), "timings_s": timings, "targets": targets, "speech": speech,
                "tasks": {task: {model: [{k: v for k, v in s.items() if k != "examples"} for s in res["settings"]]
                                 for model, res in results[task].items()} for task in cfg.tasks}}
     R.write_atomic(out / "results.json", json.dumps(summary, indent=1, default=float))

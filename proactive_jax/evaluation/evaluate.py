@@ -31,6 +31,7 @@ from .results import (EvalError, RecordStore, markdown_table, array_digest, para
 from ..data.loaders import DatasetSpec
 from ..data.render import RenderConfig
 from ..method.heads import parse_head
+from .audio_eval import AUDIO_EVAL_TASKS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +401,10 @@ def run_eval(cfg) -> dict:
         raise EvalError(f"tokenizer={tok_dir}: not a local directory (expected the files of a tokenizer, e.g. "
                         "tokenizer.json; download a Hub tokenizer with save_pretrained where there is network)")
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    if cfg.task in AUDIO_EVAL_TASKS:  # speech tasks: audio examples, same sweeps and scoring
+        from .audio_eval import run_audio_eval
+
+        return run_audio_eval(cfg, model_cfg, params, tok)
     parts = cfg.render.parts(tok)
 
     def items(split, n):

@@ -505,7 +505,15 @@ QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
     "accuracy": lambda preds, golds: {"accuracy": accuracy(preds, golds)},
     "rouge": rouge,
     "wer": lambda hyps, refs: {"wer": wer(hyps, refs)},
+    "wer-whisper": lambda hyps, refs: _wer_whisper(hyps, refs),
 }
+
+
+def _wer_whisper(hyps, refs) -> dict:
+    """WER after Whisper's English normaliser (the Qwen2-Audio evaluation's); see data.audio_tasks."""
+    from ..data.audio_tasks import wer as audio_wer
+
+    return audio_wer(list(hyps), [r[0] if isinstance(r, (list, tuple)) else r for r in refs], "whisper")
 
 
 def quality(name: str, preds: Sequence, refs: Sequence) -> dict:

@@ -24,6 +24,8 @@ TASK_QUALITY = {
     "squad": ("squad", "f1", "F1", False),
     "mctest": ("choice", "accuracy", "acc", False),
     "dialogsum": ("rouge", "rougeL", "ROUGE-L", False),
+    "librispeech": ("wer", "wer", "WER", False),
+    "spoken-squad": ("squad", "f1", "F1", False),
 }
 
 
@@ -39,7 +41,7 @@ def task_quality(task: str, metric: str | None = None):
         if metric not in M.QUALITY_METRICS:
             raise EvalError(f"unknown metric {metric!r}; known: {sorted(M.QUALITY_METRICS)}")
         key = {"bleu": "bleu", "squad": "f1", "choice": "accuracy", "accuracy": "accuracy", "rouge": "rougeL",
-               "wer": "wer"}[metric]
+               "wer": "wer", "wer-whisper": "wer"}[metric]
         return metric, key, key, metric == "bleu"
     base = "mt" if task.startswith(("mt", "iwslt")) else task
     if base not in TASK_QUALITY:

@@ -42,6 +42,7 @@ from .probe import check_probe, probe_prob, uses_stats
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
 from ..models.attention import MaskVectors
 from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
+from . import audio_stream
 from .streaming import StreamExample
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
@@ -389,7 +390,8 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
     ``sort_by_length``: with several batches, group examples of similar M and S (results keep the input
     order). ``probe``: the learned probe's parameters (:mod:`.probe`) for a ``probe`` head (the decoder
     then keeps the decision row's hidden state). All input errors raise ValueError before anything is
-    compiled.
+    compiled. Audio examples (:class:`~.audio_stream.AudioStreamExample`) feed their units as the carried
+    embeddings.
 
     Shapes are bucketed once per call (:func:`shape_key` over all the examples; batch size rounded by
     :func:`bucket`), so one call compiles at most once, and later calls in the same bucket not at all.
@@ -429,6 +431,8 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
         ids = order[start:start + size]
         chunk = [examples[i] for i in ids]
         batch, P_cap, U = _host_batch(chunk, B, int(max_new_tokens), target_offset, ws, eos, key)
+        if audio_stream.has_audio(chunk):  # audio units are fed as their embeddings (method.md section 7b)
+            batch["src_embeds"] = audio_stream.source_embeds(config, params, chunk, B, key[1], batch["src"])
         sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3])
         out = _decode_jit(sh, bool(return_logits), params, head_vals, batch)
         out = jax.device_get(out)

@@ -18,6 +18,9 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live", action="store_true",
                    help="read the source from standard input as it arrives (a word per unit, or a line per unit "
                         "with --unit sentence) and print the writes as they happen; end of input = end of source")
+    p.add_argument("--audio", default=None, help="a WAV (or, with soundfile, FLAC...) file to stream chunk by chunk "
+                   "through a Qwen2-Audio checkpoint (instead of --text)")
+    p.add_argument("--chunk-ms", type=float, default=1000.0, help="audio chunk (unit) length in ms, a multiple of 40")
     p.add_argument("--prompt", default="", help="task text shown up front (instruction, question)")
     p.add_argument("--unit", default="word", choices=("word", "token", "sentence"))
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -25,6 +28,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_decode_cli(args: argparse.Namespace) -> int:
+    if sum([args.text is not None, args.live, args.audio is not None]) > 1:
+        print("proactive-jax decode: give one of --text, --live and --audio", file=sys.stderr)
+        return 2
+    if args.audio is not None:
+        from .audio_decode_cli import run_audio_decode
+
+        return run_audio_decode(args)
     from transformers import AutoTokenizer
 
     if args.live:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..models.config import ModelConfig
 from ..models.attention import MaskVectors
-from ..models.qwen import apply_hidden, hidden_to_logits
+from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits
 from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
                         validate_phi, wait_k_schedule)
 
@@ -296,12 +296,19 @@ def packed_inputs(batch, limits, obj: ObjectiveConfig):
 
 
 def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
-    """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view."""
+    """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view.
+
+    ``batch["source_embeds"]`` (optional, [B, S_cap, D]): input embeddings of the source slots (audio
+    units; :mod:`.audio_objective`), fed instead of the source ids' table rows."""
     phi = batch_schedules(batch, key, obj)
     limits = stream_limits(batch, phi)
     tokens, positions, mv = packed_inputs(batch, limits, obj)
-    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv)
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
+    embeds = None
+    if "source_embeds" in batch:  # audio (method.md 7b): source slots fed as input embeddings [B, S_cap, D]
+        t_emb = embed_ids(config, params, tokens[:, s_cap:])
+        embeds = jnp.concatenate([batch["source_embeds"].astype(t_emb.dtype), t_emb], axis=1)
+    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
     if obj.logit_chunk:
         return chunked_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
     logits = hidden_to_logits(config, params, hidden[:, s_cap:])

@@ -102,10 +102,60 @@ TENSOR_TABLE: tuple[TensorSpec, ...] = (
 # HF name of the output projection that tied models may (or may not) carry; ignored when tied
 TIED_LM_HEAD = "lm_head.weight"
 
+# Qwen2-Audio (model_type qwen2_audio): the text table under ``language_model.`` (the names transformers 5
+# saves), then the Whisper-style audio tower and the projector. Conv kernels: HF [out, in, 3] is the
+# transpose of the leaf [3, in, out].
+_A = "audio_tower.layers." + LAYER + "."
+_AUDIO_ENCODER_TABLE: tuple[TensorSpec, ...] = (
+    TensorSpec("audio_tower.conv1.weight", ("audio_tower", "conv1", "kernel"), transpose=True),
+    TensorSpec("audio_tower.conv1.bias", ("audio_tower", "conv1", "bias")),
+    TensorSpec("audio_tower.conv2.weight", ("audio_tower", "conv2", "kernel"), transpose=True),
+    TensorSpec("audio_tower.conv2.bias", ("audio_tower", "conv2", "bias")),
+    TensorSpec("audio_tower.embed_positions.weight", ("audio_tower", "embed_positions", "embedding")),
+    TensorSpec(_A + "self_attn_layer_norm.weight", ("audio_tower", "layers", "self_attn_layer_norm", "scale")),
+    TensorSpec(_A + "self_attn_layer_norm.bias", ("audio_tower", "layers", "self_attn_layer_norm", "bias")),
+    *_linear(_A + "self_attn.q_proj", ("audio_tower", "layers", "self_attn", "q_proj")),
+    TensorSpec(_A + "self_attn.k_proj.weight", ("audio_tower", "layers", "self_attn", "k_proj", "kernel"),
+               transpose=True),
+    *_linear(_A + "self_attn.v_proj", ("audio_tower", "layers", "self_attn", "v_proj")),
+    *_linear(_A + "self_attn.out_proj", ("audio_tower", "layers", "self_attn", "out_proj")),
+    TensorSpec(_A + "final_layer_norm.weight", ("audio_tower", "layers", "final_layer_norm", "scale")),
+    TensorSpec(_A + "final_layer_norm.bias", ("audio_tower", "layers", "final_layer_norm", "bias")),
+    *_linear(_A + "fc1", ("audio_tower", "layers", "fc1")),
+    *_linear(_A + "fc2", ("audio_tower", "layers", "fc2")),
+    TensorSpec("audio_tower.layer_norm.weight", ("audio_tower", "layer_norm", "scale")),
+    TensorSpec("audio_tower.layer_norm.bias", ("audio_tower", "layer_norm", "bias")),
+    *_linear("multi_modal_projector.linear", ("multi_modal_projector", "linear")),
+)
+AUDIO_TENSOR_TABLE: tuple[TensorSpec, ...] = tuple(
+    dataclasses.replace(s, hf_name="language_model." + s.hf_name, path=("language_model",) + s.path)
+    for s in TENSOR_TABLE) + _AUDIO_ENCODER_TABLE
+AUDIO_TIED_LM_HEAD = "language_model." + TIED_LM_HEAD
+
+
+def _is_audio(config) -> bool:
+    return getattr(config, "model_type", None) == "qwen2_audio"
+
+
+def _table(config) -> tuple[tuple[TensorSpec, ...], str]:
+    """The name table of ``config``'s model and the name of its (tied) output projection."""
+    return (AUDIO_TENSOR_TABLE, AUDIO_TIED_LM_HEAD) if _is_audio(config) else (TENSOR_TABLE, TIED_LM_HEAD)
+
+
+def _text_config(config) -> ModelConfig:
+    return config.text if _is_audio(config) else config
+
+
+def _num_layers(config, spec: TensorSpec) -> int:
+    return config.encoder.encoder_layers if spec.path[0] == "audio_tower" else _text_config(config).num_hidden_layers
+
 
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat ``{path: shape}`` of the model's parameter tree (via ``jax.eval_shape``; nothing allocated)."""
-    from .qwen import abstract_params
+    if _is_audio(config):
+        from .audio import abstract_params
+    else:
+        from .qwen import abstract_params
 
     return {path: tuple(leaf.shape) for path, leaf in _flatten(abstract_params(config))}
 
@@ -116,13 +166,14 @@ def tensor_layout(config: ModelConfig) -> list[tuple[TensorSpec, tuple[int, ...]
     Raises if the model has a parameter that no table entry covers (the table and the model disagree).
     """
     shapes = param_shapes(config)
-    layout = [(spec, shapes[spec.path]) for spec in TENSOR_TABLE if spec.path in shapes]
+    table, _ = _table(config)
+    layout = [(spec, shapes[spec.path]) for spec in table if spec.path in shapes]
     uncovered = set(shapes) - {spec.path for spec, _ in layout}
     if uncovered:
-        raise AssertionError(f"parameters without an entry in hf.TENSOR_TABLE: {sorted(uncovered)}")
+        raise AssertionError(f"parameters without an entry in the hf name table: {sorted(uncovered)}")
     for spec, shape in layout:
-        if spec.per_layer and shape[0] != config.num_hidden_layers:
-            raise AssertionError(f"{'/'.join(spec.path)}: leading axis {shape[0]} != num_hidden_layers")
+        if spec.per_layer and shape[0] != _num_layers(config, spec):
+            raise AssertionError(f"{'/'.join(spec.path)}: leading axis {shape[0]} != its number of layers")
     return layout
 
 
@@ -130,7 +181,7 @@ def expected_tensors(config: ModelConfig, layout=None) -> dict[str, tuple[int, .
     """``{HF tensor name: HF shape}`` of a checkpoint of ``config`` (what the exporter writes)."""
     out = {}
     for spec, shape in layout if layout is not None else tensor_layout(config):
-        layers = range(config.num_hidden_layers) if spec.per_layer else [None]
+        layers = range(shape[0]) if spec.per_layer else [None]
         for i in layers:
             out[spec.name(i)] = spec.hf_shape(shape)
     return out
@@ -236,26 +287,31 @@ def _tensor_index(files, weight_map, index_path, open_file, handles: list) -> di
 def _check_tensors(root: Path, config: ModelConfig, layout, where: Mapping[str, Any], files) -> None:
     """Every expected tensor is present with its shape and a floating dtype; nothing unexpected is there."""
     expected = expected_tensors(config, layout)
-    d, v = config.hidden_size, config.vocab_size
-    if config.tie_word_embeddings and TIED_LM_HEAD in where:
+    text = _text_config(config)
+    _, TIED_LM_HEAD = _table(config)  # noqa: N806 (the table's name of the tied head)
+    d, v = text.hidden_size, text.vocab_size
+    if text.tie_word_embeddings and TIED_LM_HEAD in where:
         shape = where[TIED_LM_HEAD].info(TIED_LM_HEAD)[1]
         if shape != (v, d):
             raise CheckpointError(
                 f"{where[TIED_LM_HEAD].path}: tensor {TIED_LM_HEAD!r} has shape {list(shape)}, expected "
                 f"{[v, d]} (tie_word_embeddings=true; the tensor is otherwise ignored)")
     ignored = {n for n in where if n.endswith(IGNORED_TENSOR_SUFFIXES)}
-    if config.tie_word_embeddings:
+    if text.tie_word_embeddings:
         ignored.add(TIED_LM_HEAD)
     unexpected = sorted(set(where) - set(expected) - ignored)
     if unexpected:
         listed = ", ".join(f"{n!r} (in {where[n].path.name})" for n in unexpected[:8])
         more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
         raise CheckpointError(f"{root}: unexpected tensors for {config.model_type} with "
-                              f"{config.num_hidden_layers} layers: {listed}{more}")
+                              f"{text.num_hidden_layers} layers: {listed}{more}")
     missing = [n for n in expected if n not in where]
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
-        raise CheckpointError(f"{root}: missing tensors {missing[:8]}{more} "
+        what = "missing tensors"
+        if _is_audio(config) and any(n.startswith(("audio_tower.", "multi_modal_projector.")) for n in missing):
+            what = "missing audio encoder/projector tensors (a qwen2_audio checkpoint needs them)"
+        raise CheckpointError(f"{root}: {what} {missing[:8]}{more} "
                               f"(looked in {', '.join(f.name for f in files)})")
     for name, shape in expected.items():
         st_dtype, actual = where[name].info(name)
@@ -272,7 +328,7 @@ def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -
     params: dict = {}
     for spec, leaf_shape in layout:
         leaf = np.empty(leaf_shape, np.float32)
-        layers = range(config.num_hidden_layers) if spec.per_layer else [None]
+        layers = range(leaf_shape[0]) if spec.per_layer else [None]
         for i in layers:
             name = spec.name(i)
             dst = leaf[i] if spec.per_layer else leaf
@@ -291,10 +347,25 @@ def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -
     return params
 
 
+def _load_config(root: Path, **kw):
+    """The model config of ``root/config.json``: a ModelConfig, or an AudioModelConfig for qwen2_audio."""
+    p = root / "config.json"
+    if p.is_file():
+        try:
+            hf = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            hf = None  # load_hf_config reports it
+        if isinstance(hf, dict) and hf.get("model_type") == "qwen2_audio":
+            from .audio_config import from_hf_dict_audio
+
+            return from_hf_dict_audio(hf, source=str(p), **kw)
+    return load_hf_config(root, **kw)
+
+
 def load_pretrained(path: str | Path, dtype: str = "float32", *,
                     place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
                     reader: str = "pread", **compute) -> tuple[ModelConfig, dict]:
-    """Load a local Hugging Face Qwen2/Qwen2.5/Qwen3 checkpoint directory.
+    """Load a local Hugging Face Qwen2/Qwen2.5/Qwen3 or Qwen2-Audio checkpoint directory.
 
     Args:
       path: directory with ``config.json`` (transformers v4 or v5 layout) and ``model.safetensors`` or
@@ -308,14 +379,16 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
         (``safetensors.safe_open``, mmap based).
       **compute: further compute options for the config (``scan_layers``, ``remat``).
 
-    Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.models.qwen`.
+    Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.models.qwen`
+    (for ``model_type: qwen2_audio``: an :class:`~.audio_config.AudioModelConfig` and the tree of
+    :mod:`proactive_jax.models.audio`).
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: checkpoint directory does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: expected a Hugging Face checkpoint directory, got a file")
-    config = load_hf_config(root, dtype=dtype, **compute)
+    config = _load_config(root, dtype=dtype, **compute)
     layout = tensor_layout(config)
     files, weight_map, index_path = _weight_files(root)
     place = place or _default_place
@@ -363,6 +436,7 @@ def _hf_array(params, spec: TensorSpec, layer: int | None, out_dtype: np.dtype) 
 
 
 def _generation_config(config: ModelConfig, tokenizer_dir: Path | None) -> dict:
+    config = _text_config(config)
     gen: dict[str, Any] = {}
     src = tokenizer_dir / "generation_config.json" if tokenizer_dir else None
     if src is not None and src.is_file():
@@ -432,15 +506,22 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     _check_out_dir(out)
     layout_ = tensor_layout(config)
     _check_params({spec.path: shape for spec, shape in layout_}, params)
-    hf_config = to_hf_dict(config, layout=layout, torch_dtype=dtype)
+    if _is_audio(config):
+        from .audio_config import to_hf_dict_audio
+
+        hf_config = to_hf_dict_audio(config, layout=layout, torch_dtype=dtype)
+    else:
+        hf_config = to_hf_dict(config, layout=layout, torch_dtype=dtype)
     shard_limit = parse_size(max_shard_size)
 
     out_dtype = np.dtype(_np_dtypes()[_ST_NAME[dtype]])
     st_dtype, itemsize = _ST_NAME[dtype], out_dtype.itemsize
     # embeddings, then layer by layer (so that a shard holds whole layers where possible), then the rest
-    first = [(s, sh, None) for s, sh in layout_ if s.path == ("embed_tokens", "embedding")]
-    layers = [(s, sh, i) for i in range(config.num_hidden_layers) for s, sh in layout_ if s.per_layer]
-    rest = [(s, sh, None) for s, sh in layout_ if not s.per_layer and s.path != ("embed_tokens", "embedding")]
+    is_embed = lambda s: s.path[-2:] == ("embed_tokens", "embedding")
+    first = [(s, sh, None) for s, sh in layout_ if is_embed(s)]
+    layers = [(s, sh, i) for i in range(max(sh[0] for s, sh in layout_ if s.per_layer))
+              for s, sh in layout_ if s.per_layer and i < sh[0]]
+    rest = [(s, sh, None) for s, sh in layout_ if not s.per_layer and not is_embed(s)]
     specs = {spec.name(i): (spec, i) for spec, _, i in first + layers + rest}
     order = [(spec.name(i), spec.hf_shape(shape)) for spec, shape, i in first + layers + rest]
 

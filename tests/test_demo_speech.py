@@ -1,0 +1,53 @@
+"""The speech stage's pieces: synthetic tone-words, example building, the targets check (no training here:
+the stage itself runs in the full demo; see /work/coord readme notes for its measured run)."""
+import numpy as np
+import pytest
+
+from proactive_jax import demo_speech as DS
+from proactive_jax.data.synthetic_audio import SYLLABLES, WORDS, make_speech_task
+
+
+def test_synthetic_speech_is_deterministic_and_confusable():
+    a = make_speech_task("speech-lookup", 4, seed=1, split="test")
+    b = make_speech_task("speech-lookup", 4, seed=1, split="test")
+    assert all(np.array_equal(x.waveform, y.waveform) for x, y in zip(a, b))
+    c = make_speech_task("speech-lookup", 4, seed=1, split="train")
+    assert not np.array_equal(a[0].waveform, c[0].waveform)
+    for it in a:
+        q = it.words.index(it.question)
+        assert it.target_words == (it.words[q + 1],) and it.evidence_words == (q + 1,)
+        assert list(it.word_ends) == sorted(it.word_ends) and it.word_ends[-1] <= it.waveform.size
+    first = [w.split("-")[0] for w in WORDS]
+    assert len(set(first)) < len(first)  # some words share their first syllable
+    assert len(set(SYLLABLES.values())) == len(SYLLABLES)
+    rates = [it.word_ends[0] / len(it.words[0].split("-")) for it in make_speech_task("speech-transcribe", 20)]
+    assert max(rates) > 1.4 * min(rates)  # speaking rate varies
+    with pytest.raises(ValueError, match="unknown speech task"):
+        make_speech_task("speech-x", 1)
+
+
+def test_build_examples_and_evidence_chunks():
+    cfg = DS.SpeechDemoConfig.from_dict({"n_train": 4})
+    acfg = DS.model_config(cfg)
+    items = make_speech_task("speech-transcribe", 3, seed=0)
+    feats, valid, exs = DS.build(items, cfg, acfg)
+    assert feats.shape == (3, cfg.num_mel_bins, acfg.encoder.num_frames)
+    for it, v, ex in zip(items, valid, exs):
+        assert sum(len(u) for u in ex.units) == DS._tokens_for(it.waveform.size)
+        assert all(len(u) == acfg.chunk for u in ex.units[:-1])
+        assert ex.prompt[-1] == DS.BOS_A and ex.end[0] == DS.EOS_A and ex.target[-1] == DS.EOS
+        ev = DS.evidence_chunks(it, acfg.chunk)
+        assert ev == sorted(ev) and 1 <= ev[0] and ev[-1] <= ex.M
+    with pytest.raises(ValueError, match="unknown keys"):
+        DS.SpeechDemoConfig.from_dict({"stepz": 3})
+
+
+def test_targets_need_a_learnt_batch_model():
+    row = lambda head, q, rco, ail: {"head": head, "quality": q, "rco": rco, "ail": ail}  # noqa: E731
+    look = [row("batch", 90, 1.0, 3), row("entropy:tau=0.1", 88, 0.7, 1), row("wait-k:k=2", 40, 0.5, -2)]
+    tr = [row("batch", 20, 1.0, 4), row("entropy:tau=0.1", 21, 0.8, 1.0), row("wait-k:k=4", 22, 0.8, 2.0)]
+    got = {t["target"].split(":")[0] + str(i): t["pass"] for i, t in
+           enumerate(DS.check_targets({"speech-lookup": look, "speech-transcribe": tr}))}
+    assert list(got.values()) == [True, True, True]
+    chance = [row("batch", 6, 1.0, 3), row("entropy:tau=0.1", 10, 0.3, 1)]
+    assert not any(t["pass"] for t in DS.check_targets({"speech-lookup": chance}))
