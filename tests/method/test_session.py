@@ -37,7 +37,7 @@ def _tau(s, base):
 
 
 HEADS = ["batch", "wait-k:k=2", "wait-k:k=1,decide_at=token", "entropy:decide_at=token",
-         "attention:layers=-1:,min_read=1"]
+         "attention:layers=-1:,min_read=2"]
 
 
 @pytest.mark.parametrize("head", HEADS)
