@@ -10,13 +10,14 @@ range and the stream copy's view of the batch copy; in a decode cache, the empty
 - forward: grid ``(batch, query head, query block)``; a loop over key blocks with the online softmax (fp32
   statistics), ``lax.cond`` skipping empty blocks; saves ``logsumexp`` per row;
 - backward (``jax.custom_vjp``): a dq kernel (grid over query blocks) and a dk/dv kernel (grid over key
-  blocks, looping over the query heads of its key/value head), both recomputing probabilities from
+  blocks, then the query heads of its key/value head as a sequential axis accumulating in float32), both
+  recomputing probabilities from
   ``logsumexp`` (FlashAttention-2), skipping empty blocks the same way.
 
 Rows that see no key at all (padding) output 0 (the dense path outputs the mean of the values there; such
 rows are masked out of every loss). Off TPU the kernels run in Pallas interpret mode (tests); on TPU they are
 compiled by Mosaic; the choice is made at lowering time (``jax.lax.platform_dependent``), and under a mesh
-(``jax.set_mesh``) the call is wrapped in ``shard_map`` over the batch axis, as Pallas TPU kernels need.
+(``jax.sharding.use_abstract_mesh``, set by training.step) the call is wrapped in ``shard_map`` over the batch axis, as Pallas TPU kernels need.
 """
 
 from __future__ import annotations
@@ -94,19 +95,25 @@ def _dq_kernel(qv_ref, kv_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, 
     dq_ref[0, 0] = dq.astype(dq_ref.dtype)
 
 
-def _dkv_kernel(qv_ref, kv_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, bq, nq, groups,
-                scale):
+def _dkv_kernel(qv_ref, kv_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, bq, nq, scale):
+    """One key block and ONE query head of its group per grid step; the group axis (last, sequential) accumulates
+    into the float32 dk/dv blocks, so only one head's queries are in VMEM at a time."""
+    @pl.when(pl.program_id(3) == 0)
+    def _init():
+        dk_ref[...] = jnp.zeros(dk_ref.shape, dk_ref.dtype)
+        dv_ref[...] = jnp.zeros(dv_ref.shape, dv_ref.dtype)
+
     k, v = k_ref[0, 0], v_ref[0, 0]
     kvec = kv_ref[0]
 
     def body(i, carry):
-        g, start = i // nq, pl.multiple_of((i % nq) * bq, bq)
+        start = pl.multiple_of(i * bq, bq)
         vis = _visible(qv_ref[0, pl.ds(start, bq), :], kvec)
 
         def compute(c):
             dk, dv = c
-            q, do = q_ref[0, g, pl.ds(start, bq), :], do_ref[0, g, pl.ds(start, bq), :]
-            lse, delta = lse_ref[0, g, pl.ds(start, bq), :], delta_ref[0, g, pl.ds(start, bq), :]
+            q, do = q_ref[0, 0, pl.ds(start, bq), :], do_ref[0, 0, pl.ds(start, bq), :]
+            lse, delta = lse_ref[0, 0, pl.ds(start, bq), :], delta_ref[0, 0, pl.ds(start, bq), :]
             p = jnp.where(vis, jnp.exp(_dot(q, k, (1, 1)) * scale - lse), 0.0)
             dv = dv + _dot(p.astype(do.dtype), do, (0, 0))
             ds = p * (_dot(do, v, (1, 1)) - delta)
@@ -115,9 +122,9 @@ def _dkv_kernel(qv_ref, kv_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
         return jax.lax.cond(jnp.any(vis), compute, lambda c: c, carry)
 
     zeros = jnp.zeros(k.shape, jnp.float32)
-    dk, dv = jax.lax.fori_loop(0, groups * nq, body, (zeros, zeros))
-    dk_ref[0, 0] = dk.astype(dk_ref.dtype)
-    dv_ref[0, 0] = dv.astype(dv_ref.dtype)
+    dk, dv = jax.lax.fori_loop(0, nq, body, (zeros, zeros))
+    dk_ref[0, 0] += dk
+    dv_ref[0, 0] += dv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,15 +166,16 @@ def _bwd(qvec, kvec, q, k, v, o, lse, do, bq, bk, interpret):
                 pl.BlockSpec((1, 1, bq, 1), row), pl.BlockSpec((1, 1, bq, 1), row)],
                pl.BlockSpec((1, 1, bq, d), row), jax.ShapeDtypeStruct(q.shape, q.dtype),
                (qvec, kvec, q, k, v, do, lse, delta), interpret)
-    group = lambda i, j, n: (i, j, 0, 0)  # noqa: E731 - the G query heads of key/value head j
-    kblk = pl.BlockSpec((1, 1, bk, d), row)
-    dk, dv = _call(functools.partial(_dkv_kernel, bq=bq, nq=tq // bq, groups=g, scale=scale), (b, kvh, tk // bk),
-                   [pl.BlockSpec((1, tq, 3), lambda i, j, n: (i, 0, 0)),
-                    pl.BlockSpec((1, 2, bk), lambda i, j, n: (i, 0, n)),
-                    pl.BlockSpec((1, g, tq, d), group), kblk, kblk, pl.BlockSpec((1, g, tq, d), group),
-                    pl.BlockSpec((1, g, tq, 1), group), pl.BlockSpec((1, g, tq, 1), group)],
-                   [kblk, kblk], [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    head = lambda i, j, n, gg: (i, j * g + gg, 0, 0)  # noqa: E731 - query head gg of key/value head j
+    kblk = pl.BlockSpec((1, 1, bk, d), lambda i, j, n, gg: (i, j, n, 0))
+    dk, dv = _call(functools.partial(_dkv_kernel, bq=bq, nq=tq // bq, scale=scale), (b, kvh, tk // bk, g),
+                   [pl.BlockSpec((1, tq, 3), lambda i, j, n, gg: (i, 0, 0)),
+                    pl.BlockSpec((1, 2, bk), lambda i, j, n, gg: (i, 0, n)),
+                    pl.BlockSpec((1, 1, tq, d), head), kblk, kblk, pl.BlockSpec((1, 1, tq, d), head),
+                    pl.BlockSpec((1, 1, tq, 1), head), pl.BlockSpec((1, 1, tq, 1), head)],
+                   [kblk, kblk], [jax.ShapeDtypeStruct(k.shape, jnp.float32), jax.ShapeDtypeStruct(v.shape, jnp.float32)],
                    (qvec, kvec, q, k, v, do, lse, delta), interpret)
+    dk, dv = dk.astype(k.dtype), dv.astype(v.dtype)
     return dq, dk, dv
 
 

@@ -237,8 +237,9 @@ def test_objective_kl_option_is_plumbed():
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,chunk,obj", [
-    ("qwen2", 5, dict(kl_topk=20)),  # tied LM head; 12 target positions -> chunks 5, 5, 2 (+3 padded)
-    ("qwen3", 4, dict(kl_topk=7, teacher_stop_grad=False, target_offset="contiguous")),  # untied, 3 chunks
+    # tied LM head (its gradient flows through the lookup and every chunk), gradient through the teacher too;
+    # 12 target positions -> chunks 5, 5, 2 (+3 padded positions)
+    ("qwen2", 5, dict(kl_topk=20, teacher_stop_grad=False)),
 ])
 def test_chunked_loss_equals_unchunked_values_and_grads(name, chunk, obj):
     import dataclasses

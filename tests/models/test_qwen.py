@@ -187,7 +187,7 @@ def test_remat_policies_give_the_same_gradients():
         return jax.jit(jax.grad(lambda p: jnp.sum(jnp.tanh(apply_logits_causal(c, p, ids)))))(params)
 
     ref = jax.tree.leaves(grads(cfg))
-    for policy in ("full", "save_attention_out"):  # (dots_saveable: jax's own policy, planned by `plan`)
+    for policy in ("save_attention_out",):  # the policy of ours (checkpoint_name); dots_* are jax's own
         got = jax.tree.leaves(grads(cfg.replace(remat=policy)))
         for a, b in zip(got, ref):  # recomputation may fuse differently: float32 rounding only
             assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * float(jnp.max(jnp.abs(b))), policy
