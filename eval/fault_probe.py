@@ -200,11 +200,11 @@ def build_cases(work: Path, run: Path, hf: Path) -> list[Case]:
     off = lambda ds: _cli("eval", f"checkpoint={run}", "task=squad", f"dataset={ds}", "heads=[batch]",  # noqa: E731
                           "progress=false", "out_dir={d}/e")
     cases.append(Case("offline", "hub dataset, no offline switch", off("{source: hub, path: rajpurkar/squad}"),
-                      env={"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None}, timeout=90))
+                      env={"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None}, timeout=150))
     cases.append(Case("offline", "hub dataset, HF_DATASETS_OFFLINE=1", off("{source: hub, path: rajpurkar/squad}"),
-                      env={"HF_DATASETS_OFFLINE": "1"}, timeout=90))
+                      env={"HF_DATASETS_OFFLINE": "1"}, timeout=150))
     cases.append(Case("offline", "tfds squad, no offline switch", off("{source: tfds, path: squad, name: v1.1}"),
-                      env={"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None}, timeout=90,
+                      env={"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None}, timeout=150,
                       check=lambda d, p: "wrote into $HOME" if any((d / "home").rglob("tensorflow_datasets")) else None))
 
     # -- signals and a full disk -------------------------------------------------------------------------------

@@ -87,7 +87,9 @@ def test_parse_errors(spec, msg):
 
 
 def test_resolve_layers():
-    assert resolve_layers("-4:", 2) == (0, 1)
+    assert resolve_layers("-2:", 2) == (0, 1)
+    with pytest.raises(ValueError, match=r"slice bound -4 out of range for a model with 2 layers"):
+        resolve_layers("-4:", 2)  # a bound beyond the model is a mistake, not "all layers" (issue 15)
     assert resolve_layers("-2:", 4) == (2, 3)
     assert resolve_layers("0,2", 4) == (0, 2)
     assert resolve_layers(":", 3) == (0, 1, 2)
