@@ -166,6 +166,8 @@ class EvalItem:
     references: list
 
 
+# Longer than ~80 lines on purpose: validation, fingerprint, calibration, the decode loop over settings and
+# the scoring pass, in the order they run; the parts are helpers (results, calibration) already.
 def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[str], out_dir: str | Path, *,
                    task: str, detokenize: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,

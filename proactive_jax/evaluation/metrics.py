@@ -1,5 +1,8 @@
 """Latency and quality metrics (design/method.md section 7). Small pure functions, numpy only.
 
+(About 520 lines on purpose: the SimulEval latency definitions, their computation-aware variants and the
+quality metrics stay in one module so that every metric the tables report is defined in one place.)
+
 Latency
 -------
 Read counts ``phi(j)`` (section 3) run from 0 to M+1, with M+1 meaning "the end marker was read too".

@@ -19,7 +19,7 @@ is encoded alone), ``"lookahead"`` keeps it (10 ms of right context, the release
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

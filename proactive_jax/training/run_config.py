@@ -1,5 +1,8 @@
 """YAML run configs as nested frozen dataclasses, with ``key=value`` overrides.
 
+(About 530 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
+their config-time validation are one schema; splitting them would separate each field from its check.)
+
 The generic part (:func:`from_dict`, :func:`load_config`, :func:`apply_overrides`, :func:`to_dict`) builds
 *any* nested dataclass from a plain dict and is meant to be reused by the eval and demo configs::
 

@@ -1,13 +1,11 @@
 """Speech dataset adapters on rows built in each dataset's schema and on the shipped WAV + JSONL fixtures."""
-import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from proactive_jax.data import audio_tasks as AT
-from proactive_jax.data.audio import read_audio, write_wav
+from proactive_jax.data.audio import write_wav
 from proactive_jax.data.tasks import DataError, RowRef
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "audio"

@@ -269,8 +269,6 @@ def test_chunked_loss_equals_unchunked_values_and_grads(name, chunk, obj):
 
 def test_chunked_loss_keeps_one_chunk_of_logits_live():
     """The compiled gradient's temporaries shrink with the chunk (the full [B, 2T, V] logits never exist)."""
-    import dataclasses
-
     cfg = tiny_qwen3(vocab_size=4096, num_hidden_layers=1)
     params = init_params(cfg, 0)
     rng = np.random.default_rng(2)
