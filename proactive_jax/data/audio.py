@@ -21,6 +21,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ N_FRAMES = N_SAMPLES // HOP  # 3000
 CLAMP_MODES = ("utterance", "running")
 
 
-class AudioError(ValueError):
+class AudioError(DataError):
     """Bad audio input; the message names the input and what was expected."""
 
 

@@ -32,11 +32,12 @@ from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_h
 from .objective import ObjectiveConfig, pack_batch
 from .probe import _bucket, dual_view_states, probe_logit, sweep_schedules
 from .streaming import StreamExample
+from ..errors import EvalError
 
 log = logging.getLogger(__name__)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(EvalError):
     """Calibration cannot run (no states, a probe head without a probe, ...)."""
 
 

@@ -29,7 +29,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 def run_decode_cli(args: argparse.Namespace) -> int:
     if sum([args.text is not None, args.live, args.audio is not None]) > 1:
-        print("proactive-jax decode: give one of --text, --live and --audio", file=sys.stderr)
+        print("proactive-jax decode: give exactly one of --text and --audio, or --live", file=sys.stderr)
         return 2
     if args.audio is not None:
         from .audio_decode_cli import run_audio_decode
@@ -40,8 +40,8 @@ def run_decode_cli(args: argparse.Namespace) -> int:
     if args.live:
         return run_live(args)
     if args.text is None:
-        print("proactive-jax decode: give --text TEXT, or --live to read the source from standard input",
-              file=sys.stderr)
+        print("proactive-jax decode: give exactly one of --text and --audio (--text TEXT, or --live to read the "
+              "source from standard input)", file=sys.stderr)
         return 2
 
     from ..data import TextExample, render_example, split_words, template_parts, word_start_table

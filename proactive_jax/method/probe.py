@@ -40,6 +40,7 @@ from ..models.qwen import apply_hidden, hidden_to_logits
 from .heads import normalised_entropy
 from .objective import ObjectiveConfig, loss_rows, pack_batch, packed_inputs, stream_limits
 from .streaming import StreamExample
+from ..errors import ProactiveError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ NUM_STAT_FEATURES = 3  # next-token entropy, mean attention entropy, mean attent
 PROBE_KINDS = ("linear", "mlp")
 
 
-class ProbeError(ValueError):
+class ProbeError(ProactiveError, ValueError):
     """Bad probe input or file; the message names what is wrong."""
 
 

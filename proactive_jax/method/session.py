@@ -34,6 +34,7 @@ import numpy as np
 from ..models.config import ModelConfig
 from .decode import (DecodeResult, StepShapes, _check_ids, _vocab_table, bucket, decision_step, prefill)
 from .heads import HeadSpec, encode_head, parse_head
+from ..errors import ProactiveError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read coun
 TRACE_COUNT = 0  # incremented each time the session step or prefill is traced (compiled for new shapes)
 
 
-class SessionError(ValueError):
+class SessionError(ProactiveError, ValueError):
     """Bad use of a session (closed, bad unit); the message says which row and why."""
 
 

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import ProactiveError
+
 log = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
@@ -45,7 +47,7 @@ _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: 
             512: "8x8x8"}
 
 
-class PlanError(RuntimeError):
+class PlanError(ProactiveError, RuntimeError):
     """The plan cannot be made (bad topology name, missing libtpu, config problem); one-line message."""
 
 
