@@ -449,13 +449,9 @@ def add_eval_args(p) -> None:
 def run_eval_cli(args) -> int:
     import sys
 
-    from ..training.run_config import RunConfigError
+    from ..training.run_config import RunConfigError, config_and_overrides
 
-    overrides = list(args.overrides)
-    path = args.config
-    if path is not None and "=" in path and not Path(path).exists():
-        overrides.insert(0, path)
-        path = None
+    path, overrides = config_and_overrides(args.config, args.overrides)
     try:
         cfg = load_eval_config(path, overrides)
         res = run_eval(cfg)

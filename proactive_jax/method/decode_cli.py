@@ -27,6 +27,21 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message for the chat template")
 
 
+def _model_and_tokenizer(args: argparse.Namespace):
+    """``(config, params, tokenizer)`` for ``--checkpoint`` / ``--step`` / ``--tokenizer``; the head is checked first."""
+    from transformers import AutoTokenizer
+
+    from ..models.loading import load_model
+    from .heads import parse_head
+
+    parse_head(args.head)
+    cfg, params, tok_dir = load_model(args.checkpoint, args.step)
+    tok_dir = args.tokenizer or tok_dir
+    if tok_dir is None:
+        raise ValueError(f"no tokenizer found for {args.checkpoint}; pass --tokenizer DIR")
+    return cfg, params, AutoTokenizer.from_pretrained(str(tok_dir))
+
+
 def run_decode_cli(args: argparse.Namespace) -> int:
     if sum([args.text is not None, args.live, args.audio is not None]) > 1:
         print("proactive-jax decode: give exactly one of --text and --audio, or --live", file=sys.stderr)
@@ -35,8 +50,6 @@ def run_decode_cli(args: argparse.Namespace) -> int:
         from .audio_decode_cli import run_audio_decode
 
         return run_audio_decode(args)
-    from transformers import AutoTokenizer
-
     if args.live:
         return run_live(args)
     if args.text is None:
@@ -46,16 +59,10 @@ def run_decode_cli(args: argparse.Namespace) -> int:
 
     from ..data import TextExample, render_example, split_words, template_parts, word_start_table
     from .decode import format_events, interleave, stream_decode
-    from .heads import parse_head
-    from ..models.loading import eos_ids_for, load_model
+    from ..models.loading import eos_ids_for
 
     try:
-        parse_head(args.head)
-        cfg, params, tok_dir = load_model(args.checkpoint, args.step)
-        tok_dir = args.tokenizer or tok_dir
-        if tok_dir is None:
-            raise ValueError(f"no tokenizer found for {args.checkpoint}; pass --tokenizer DIR")
-        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        cfg, params, tok = _model_and_tokenizer(args)
         units = split_words(args.text)
         if not units:
             raise ValueError("--text is empty: nothing to stream")
@@ -85,22 +92,13 @@ def _live_units(stream, unit: str):
 
 def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     """``decode --live``: a :class:`.session.StreamSession` fed from standard input, writes printed at once."""
-    from transformers import AutoTokenizer
-
-    from .heads import parse_head
     from .session import SessionError, StreamSession
-    from ..models.loading import load_model
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:
         if args.unit == "token":
             raise ValueError("--live streams words (--unit word) or lines (--unit sentence), not tokens")
-        parse_head(args.head)
-        cfg, params, tok_dir = load_model(args.checkpoint, args.step)
-        tok_dir = args.tokenizer or tok_dir
-        if tok_dir is None:
-            raise ValueError(f"no tokenizer found for {args.checkpoint}; pass --tokenizer DIR")
-        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        cfg, params, tok = _model_and_tokenizer(args)
         session = StreamSession.from_tokenizer(cfg, params, args.head, tok, prompt_text=args.prompt,
                                                system=args.system, max_new_tokens=args.max_new_tokens)
     except (ValueError, FileNotFoundError) as e:

@@ -106,14 +106,10 @@ def add_probe_args(p) -> None:
 
 
 def run_probe_cli(args) -> int:
-    from ..training.run_config import RunConfigError, load_config
+    from ..training.run_config import RunConfigError, config_and_overrides, load_config
     from .probe import ProbeError
 
-    overrides = list(args.overrides)
-    path = args.config
-    if path is not None and "=" in path and not Path(path).exists():
-        overrides.insert(0, path)
-        path = None
+    path, overrides = config_and_overrides(args.config, args.overrides)
     try:
         cfg = load_config(ProbeConfig, path, overrides)
         out = run_probe_train(cfg)

@@ -288,6 +288,15 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def config_and_overrides(path: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """A CLI's optional CONFIG argument and its ``key=value`` list: a first argument that holds ``=`` and is no
+    file is the first override (so ``proactive-jax eval checkpoint=...`` needs no config file)."""
+    overrides = list(overrides)
+    if path is not None and "=" in path and not Path(path).exists():
+        return None, [path] + overrides
+    return path, overrides
+
+
 def load_config(cls, path: str | Path | None, overrides: Sequence[str] = (), *, data: Mapping | None = None):
     """Read a YAML file (or take ``data``), apply overrides, build ``cls``; errors name file and key."""
     raw = read_yaml(path) if path is not None else dict(data or {})

@@ -22,18 +22,9 @@ import pytest
 from proactive_jax.training import cli as TC, data as TD, loop as T, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
 from proactive_jax.training.run_config import load_run_config
-from tests.training.util import max_diff as _max_diff
+from tests.training.util import CONFIG, N, TINY, max_diff as _max_diff
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "tiny-synthetic.yaml"
-N = 12
-TINY = [
-    "model.config={num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, "
-    "num_key_value_heads: 1, head_dim: 16}",
-    "data.synthetic.n_train=64", "data.synthetic.n_valid=0", "data.valid_batches=0", "data.buckets=[[24, 24]]",
-    "data.global_batch_size=16", "objective.kl_topk=8", "optim.lr=3e-3", "optim.warmup_steps=2",
-    f"steps={N}", "checkpoint.every=0", "eval_every=0", "progress=false", "tensorboard=false",
-]
 
 SIGTERM_WORKER = textwrap.dedent("""
     import json, os, signal, sys
