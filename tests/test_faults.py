@@ -73,7 +73,10 @@ class Faults:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         (tmp / "worker.py").write_text(WORKER)
-        self.at = {"int": RNG.randint(1, N - 1), "kill": RNG.randint(3, N - 1), "enospc": RNG.randint(6, N - 3)}  # >= 6: a save (step 2 or 4) has completed
+        # kill and enospc at >= 6: saves are asynchronous, and the save of step 4 starts only once the save of
+        # step 2 has completed, so by step 6 at least one checkpoint is complete (a kill at step 4 once found
+        # none: the save of step 2 was still in flight)
+        self.at = {"int": RNG.randint(1, N - 1), "kill": RNG.randint(6, N - 1), "enospc": RNG.randint(6, N - 3)}
         self.procs = {}
         for mode, at in self.at.items():
             args = _train_args(tmp / mode, "checkpoint.every=2", "checkpoint.keep=10")
