@@ -21,6 +21,7 @@ import pytest
 
 from proactive_jax import cli
 from proactive_jax.training.checkpoint import CheckpointStore, restore_params
+from tests.subprocs import Procs, cpu_env
 from tests.training.util import CONFIG, N, TINY, max_diff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,51 +57,31 @@ WORKER = textwrap.dedent("""
 
 
 def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), TOKENIZERS_PARALLELISM="false")
-    env.update(extra)
-    return env
+    return cpu_env(8, **extra)
 
 
 def _train_args(out_dir, *extra) -> list:
     return [str(CONFIG), *TINY, f"out_dir={out_dir}", *extra]
 
 
-class Faults:
+class Faults(Procs):
     """The fault subprocesses, started when the module starts."""
 
     def __init__(self, tmp: Path):
-        self.tmp = tmp
+        super().__init__(tmp)
         (tmp / "worker.py").write_text(WORKER)
         # kill and enospc at >= 6: saves are asynchronous, and the save of step 4 starts only once the save of
         # step 2 has completed, so by step 6 at least one checkpoint is complete (a kill at step 4 once found
         # none: the save of step 2 was still in flight)
         self.at = {"int": RNG.randint(1, N - 1), "kill": RNG.randint(6, N - 1), "enospc": RNG.randint(6, N - 3)}
-        self.procs = {}
         for mode, at in self.at.items():
             args = _train_args(tmp / mode, "checkpoint.every=2", "checkpoint.keep=10")
-            log = open(tmp / f"{mode}.log", "w")
-            self.procs[mode] = (subprocess.Popen([sys.executable, str(tmp / "worker.py"), mode, str(at),
-                                                  json.dumps(args)], stdout=log, stderr=subprocess.PIPE,
-                                                 env=_env(), cwd=str(ROOT), text=True), log)
+            self.start(mode, [str(tmp / "worker.py"), mode, str(at), json.dumps(args)], _env(), pipe_stderr=True)
 
     def result(self, mode, timeout=300):
-        proc, log = self.procs[mode]
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError(f"{mode} worker hung") from None
-        log.close()
-        return proc.returncode, err, self.tmp / mode, self.at[mode]
-
-    def stop(self):
-        for proc, log in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
+        rc, err = self.wait(mode, timeout)
+        assert rc is not None, f"{mode} worker hung"
+        return rc, err, self.tmp / mode, self.at[mode]
 
 
 @pytest.fixture(scope="module")

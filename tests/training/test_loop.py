@@ -6,11 +6,8 @@ The SIGTERM run and the two multi-host processes start as subprocesses when the 
 collected by the tests that need them.
 """
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,9 +19,8 @@ import pytest
 from proactive_jax.training import cli as TC, data as TD, loop as T, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
 from proactive_jax.training.run_config import load_run_config
+from tests.subprocs import Procs, cpu_env
 from tests.training.util import CONFIG, N, TINY, max_diff as _max_diff
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SIGTERM_WORKER = textwrap.dedent("""
     import json, os, signal, sys
@@ -70,56 +66,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int, fast_compile: bool = False) -> dict:
-    env = dict(os.environ)
-    flags = f"--xla_force_host_platform_device_count={devices}"
-    if fast_compile:  # halves CPU compile time; only where results are not compared with this process's
-        flags += " --xla_backend_optimization_level=0"
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), TOKENIZERS_PARALLELISM="false")
-    return env
-
-
-class Background:
-    """Subprocesses started at module start, collected on demand."""
+class Background(Procs):
+    """The SIGTERM run and the two multi-host processes, started when the module starts."""
 
     def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.procs = {}
+        super().__init__(tmp)
         (tmp / "sigterm.py").write_text(SIGTERM_WORKER)
         (tmp / "multihost.py").write_text(MULTIHOST_WORKER)
         over = TINY + [f"out_dir={tmp / 'resumed'}", f"eval_every={N // 2}"]
-        self._start("sigterm", [str(tmp / "sigterm.py"), str(CONFIG), json.dumps(over), str(N // 2)], 8)
+        self.start("sigterm", [str(tmp / "sigterm.py"), str(CONFIG), json.dumps(over), str(N // 2)], cpu_env(8))
         port = _free_port()
         mh = TINY + [f"out_dir={tmp / 'multihost'}", "steps=6", "eval_every=2", "mesh.data=2", "mesh.fsdp=2"]
         for pid in (0, 1):
-            self._start(f"mh{pid}", [str(tmp / "multihost.py"), str(CONFIG), json.dumps(mh), str(pid), str(port)], 2,
-                        fast_compile=True)
-
-    def _start(self, name, args, devices, fast_compile=False):
-        log = open(self.tmp / f"{name}.log", "w")
-        self.procs[name] = (subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                             env=_env(devices, fast_compile), cwd=str(ROOT)), log)
+            self.start(f"mh{pid}", [str(tmp / "multihost.py"), str(CONFIG), json.dumps(mh), str(pid), str(port)],
+                       cpu_env(2, fast_compile=True))
 
     def result(self, name, timeout=240) -> dict:
-        proc, log = self.procs[name]
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = "timeout"
-        log.close()
-        text = (self.tmp / f"{name}.log").read_text()
+        rc, _ = self.wait(name, timeout)
+        text = self.log(name)
         lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
         assert rc == 0 and lines, f"{name} failed (rc={rc}):\n{text[-4000:]}"
         return json.loads(lines[-1][len("RESULT "):])
-
-    def stop(self):
-        for proc, log in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 @pytest.fixture(scope="module", autouse=True)
