@@ -383,11 +383,13 @@ class MakeExample:
     Example keys: ``features`` float32 [bins, window_frames] (one encoder window, padded), ``valid_frames``
     and ``audio_tokens`` (int, the ``<|AUDIO|>`` slots: :func:`encoder_tokens`), ``target`` int32 [n]
     (the tokenized transcript, + ``eos_id`` if given), ``text``, ``question`` (``""`` for ASR), ``id``,
-    ``index`` (the source row), ``seconds``. A bad row becomes ``{"bad": message, "reason": ...}``, acted on
+    ``index`` (the source row), ``seconds``; ``waveform`` (float32, 16 kHz) with ``keep_waveform``. A bad row becomes ``{"bad": message, "reason": ...}``, acted on
     by the consumer (so errors read the same with and without worker processes)."""
 
-    def __init__(self, source, tokenizer, features: AudioFeatures, eos_id: int | None = None):
+    def __init__(self, source, tokenizer, features: AudioFeatures, eos_id: int | None = None,
+                 keep_waveform: bool = False):
         self.source, self.tokenizer, self.features, self.eos_id = source, tokenizer, features, eos_id
+        self.keep_waveform = bool(keep_waveform)
 
     def _tokens(self, text: str) -> list:
         enc = getattr(self.tokenizer, "encode", None)
@@ -414,11 +416,14 @@ class MakeExample:
             return {"bad": msg.splitlines()[0] if msg else where, "reason": _reason(msg), "index": index}
         f = self.features
         valid = max(1, -(-x.size // HOP))
-        return {"features": window_features(x, f.num_mel_bins, f.window_frames, f.clamp),
-                "valid_frames": np.int32(valid), "audio_tokens": np.int32(encoder_tokens(valid)),
-                "target": np.asarray(target, np.int32), "text": text.strip(),
-                "question": str(row.get("question") or ""), "id": str(rid if rid is not None else where),
-                "index": np.int64(index), "seconds": np.float32(x.size / SAMPLING_RATE)}
+        out = {"features": window_features(x, f.num_mel_bins, f.window_frames, f.clamp),
+               "valid_frames": np.int32(valid), "audio_tokens": np.int32(encoder_tokens(valid)),
+               "target": np.asarray(target, np.int32), "text": text.strip(),
+               "question": str(row.get("question") or ""), "id": str(rid if rid is not None else where),
+               "index": np.int64(index), "seconds": np.float32(x.size / SAMPLING_RATE)}
+        if self.keep_waveform:
+            out["waveform"] = x
+        return out
 
 
 def _grain():
@@ -437,8 +442,8 @@ class AudioExampleStream:
 
     def __init__(self, source, *, tokenizer, features: AudioFeatures = AudioFeatures(), host_index: int = 0,
                  host_count: int = 1, seed: int = 0, num_epochs: int | None = None, num_workers: int = 0,
-                 on_bad_audio: str = "error", eos_id: int | None = None, read_threads: int = 1,
-                 prefetch: int = 4):
+                 on_bad_audio: str = "error", eos_id: int | None = None, keep_waveform: bool = False,
+                 read_threads: int = 1, prefetch: int = 4):
         if host_count < 1 or not 0 <= host_index < host_count:
             raise ValueError(f"host_index={host_index} must be in [0, host_count={host_count})")
         if on_bad_audio not in BAD_AUDIO_POLICIES:
@@ -449,7 +454,7 @@ class AudioExampleStream:
         self.rows = len(self.source)
         if self.rows == 0:
             raise DataError(f"{getattr(self.source, 'name', 'source')}: no rows", reason="empty source")
-        self.make = MakeExample(self.source, tokenizer, features, eos_id)
+        self.make = MakeExample(self.source, tokenizer, features, eos_id, keep_waveform)
         self.host_index, self.host_count, self.seed = int(host_index), int(host_count), int(seed)
         self.num_epochs, self.num_workers, self.on_bad_audio = num_epochs, int(num_workers), on_bad_audio
         self.read_threads, self.prefetch = int(read_threads), int(prefetch)
@@ -519,13 +524,18 @@ class AudioExampleStream:
 
 
 def audio_example_stream(source, *, tokenizer, features: AudioFeatures = AudioFeatures(), host_index: int = 0,
-                         host_count: int = 1, seed: int = 0, state: Mapping | None = None, **kw) -> AudioExampleStream:
+                         host_count: int = 1, seed: int = 0, state: Mapping | None = None, position: int = 0,
+                         **kw) -> AudioExampleStream:
     """The trainer's entry point: this host's audio examples (dicts, see :class:`MakeExample`) as an
     iterator with ``get_state()``/``set_state()``; ``state`` (from ``get_state``) resumes exactly.
-    ``kw``: ``num_epochs`` (None = forever), ``num_workers`` (processes; 0 = in process), ``on_bad_audio``
-    (``error`` | ``skip``), ``eos_id``, ``read_threads``, ``prefetch``."""
+    ``position`` instead starts after that many of this host's rows (== examples consumed when nothing is
+    skipped, e.g. ``step * global_batch / host_count`` under ``on_bad_audio="error"``; with skips, save the
+    state). ``kw``: ``num_epochs`` (None = forever), ``num_workers`` (processes; 0 = in process),
+    ``on_bad_audio`` (``error`` | ``skip``), ``eos_id``, ``keep_waveform``, ``read_threads``, ``prefetch``."""
     stream = AudioExampleStream(source, tokenizer=tokenizer, features=features, host_index=host_index,
                                 host_count=host_count, seed=seed, **kw)
     if state is not None:
         stream.set_state(state)
+    elif position:
+        stream.position = stream.examples = int(position)
     return stream

@@ -135,6 +135,11 @@ def test_resume_from_saved_state_equals_uninterrupted(tok):
         s.close()
         resumed = audio_example_stream(src, tokenizer=tok, features=SMALL, seed=5, state=state)
         same(head + take(resumed, 25 - k), full)
+    at = audio_example_stream(src, tokenizer=tok, features=SMALL, seed=5, position=13, keep_waveform=True)
+    tail = take(at, 12)
+    same(tail, full[13:])
+    ref = src[int(tail[0]["index"])]["audio"]["array"]
+    np.testing.assert_array_equal(tail[0]["waveform"], ref)
     other = audio_example_stream(src, tokenizer=tok, features=SMALL, seed=6)
     with pytest.raises(DataError, match="seed=5"):
         other.set_state(state)
