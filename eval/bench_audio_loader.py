@@ -106,9 +106,10 @@ def memory_run(source, tok, feats, n: int, seed: int) -> dict:
 def report(res: list, dem: dict, hosts: list) -> dict:
     G = dem["global_batch"]
     per_worker = next((r["examples_per_s"] for r in res if r["workers"] == 1), res[0]["examples_per_s"])
+    mib = G * dem["num_mel_bins"] * dem["window_frames"] * 4 / 2**20
     lines = [f"demand: global batch {G} (config {dem['config'] or 'default 64 x 30 s'}); one step = {G} mel windows "
-             f"[{dem['num_mel_bins']}, {dem['window_frames']}] = {G * dem['num_mel_bins'] * dem['window_frames'] * 4 / 2**20:.0f}"
-             f" MiB of float32 features; needed loader rate = {G} / t_step examples/s for the whole job"]
+             f"[{dem['num_mel_bins']}, {dem['window_frames']}] = {mib:.0f} MiB of float32 features; "
+             f"needed loader rate = {G} / t_step examples/s for the whole job"]
     for r in res:
         lines.append(f"workers {r['workers']}: {r['examples_per_s']:.2f} examples/s, {r['mel_frames_per_s']:.0f} mel "
                      f"frames/s ({r['valid_mel_frames_per_s']:.0f} valid), {r['audio_s_per_s']:.1f} audio s/s; "

@@ -105,6 +105,22 @@ def test_prepare_audio_from_an_iterable_streams_like_the_rows(tmp_path, tok):
         audio_example_stream((r for r in []), tokenizer=tok)
 
 
+def test_tfds_and_datasets_flac_rows_through_array_record(tmp_path, tok):
+    sf = pytest.importorskip("soundfile")
+    pcm = np.round(0.3 * np.sin(np.arange(12000) / 4.0) * 32767).astype(np.int16)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format="FLAC", subtype="PCM_16")
+    rows = [{"speech": pcm, "text": b"ONE TWO", "id": b"84-121123-0000", "speaker_id": 84},  # tfds librispeech
+            {"audio": {"path": "x.flac", "bytes": buf.getvalue()}, "text": "ONE TWO", "id": "flac"}]  # datasets
+    prepare_audio(iter(rows), tmp_path / "ar")
+    ex = {e["id"]: e for e in audio_example_stream(tmp_path / "ar", tokenizer=tok, features=SMALL, num_epochs=1)}
+    assert sorted(ex) == ["84-121123-0000", "flac"] and ex["flac"]["text"] == "ONE TWO"
+    # lossless FLAC; data.audio scales int16 arrays by 1/32767, soundfile by 1/32768: 2.6e-5 apart in log power
+    np.testing.assert_allclose(ex["flac"]["features"], ex["84-121123-0000"]["features"], atol=2e-5)
+    np.testing.assert_array_equal(ex["flac"]["target"], tok.encode("ONE TWO", add_special_tokens=False))
+    assert ex["flac"]["valid_frames"] == 75 and ex["flac"]["audio_tokens"] == encoder_tokens(75)
+
+
 def test_manifest_directory_source(tmp_path, tok):
     lines = []
     for i in range(4):
