@@ -161,6 +161,22 @@ def test_resume_from_saved_state_equals_uninterrupted(tok):
         other.set_state(state)
 
 
+def test_state_resumes_through_an_orbax_checkpoint(tmp_path, tok):
+    from proactive_jax.training.checkpoint import CheckpointStore
+
+    src = short_source(6)
+    full = take(audio_example_stream(src, tokenizer=tok, features=SMALL, seed=4, host_index=1, host_count=2), 9)
+    s = audio_example_stream(src, tokenizer=tok, features=SMALL, seed=4, host_index=1, host_count=2)
+    head = take(s, 5)
+    store = CheckpointStore(tmp_path / "ckpt", async_save=False)
+    store.save(3, {"w": np.zeros(2, np.float32)}, {"m": np.zeros(2, np.float32)}, {"audio_stream": s.get_state()})
+    store.close()
+    meta = CheckpointStore(tmp_path / "ckpt", read_only=True).restore_meta(3)
+    resumed = audio_example_stream(src, tokenizer=tok, features=SMALL, seed=4, host_index=1, host_count=2,
+                                   state=meta["audio_stream"])
+    same(head + take(resumed, 4), full)
+
+
 def test_epochs_are_permutations_and_hosts_are_disjoint_and_cover(tok):
     n = 10
     src = short_source(n)
