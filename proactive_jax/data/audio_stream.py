@@ -339,7 +339,9 @@ def as_source(source):
         raise DataError(f"{p}: expected a prepare_audio directory (index.json + ArrayRecord shards) or a .jsonl "
                         "manifest", reason="bad source")
     if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
-        return source if hasattr(source, "name") else RowSource(source, type(source).__name__)
+        if isinstance(source, (ArrayRecordAudioSource, ManifestSource, RowSource, SyntheticAudioSource)):
+            return source
+        return RowSource(source, str(getattr(source, "name", None) or type(source).__name__))
     raise DataError(f"{type(source).__name__}: an iterable-only (streaming) source has no random access; write it "
                     "to ArrayRecord shards once with prepare_audio(rows, out_dir) and stream that directory",
                     reason="bad source")
