@@ -44,12 +44,11 @@ dataset's length (tested: peak RSS after 200 and after 2,000 utterances).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import struct
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
