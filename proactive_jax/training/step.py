@@ -25,7 +25,7 @@ from ..method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens
 from ..models.config import ModelConfig
 from .mesh import (BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated, stacked,
                    text_path)
-from .run_config import OptimSection
+from .run_config import OptimSection, RunConfigError
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def make_spec(run, model_cfg, mesh: Mesh, total_steps: int) -> StepSpec:
         a = run.audio
         audio = AudioOptions(a.encoder, a.encoder_mask, a.conv_edge)
         if not run.packed:
-            raise ValueError("packed=false (the naive two-pass reference) is text only; audio runs use packed=true")
+            raise RunConfigError("packed=false (the naive two-pass reference) is text only; audio runs use packed=true")
     return StepSpec(model_cfg, run.objective, run.optim, total_steps, run.data.accum_steps, run.packed, run.seed,
                     mesh, run.mesh.param_sharding, audio)
 
