@@ -1,6 +1,6 @@
 """YAML run configs as nested frozen dataclasses, with ``key=value`` overrides.
 
-(About 540 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
+(About 600 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
 their config-time validation are one schema; splitting them would separate each field from its check.)
 
 The generic part (:func:`from_dict`, :func:`load_config`, :func:`apply_overrides`, :func:`to_dict`) builds
