@@ -71,46 +71,28 @@ def vocabulary() -> list[str]:
 
 
 def model_config(cfg: SpeechDemoConfig):
-    from .models.audio_config import AudioModelConfig, EncoderConfig
-    from .models.config import ModelConfig
+    """The run config's ``tiny-audio`` preset with this demo's mel bins, window (``max_seconds``) and chunk."""
+    import copy
 
-    vocab = len(vocabulary())
+    from .models.audio_config import from_hf_dict_audio
+    from .training.run_config import MODEL_PRESETS
+
+    preset = copy.deepcopy(MODEL_PRESETS["tiny-audio"])
     positions = int(cfg.max_seconds * 50)
     positions += positions % 2
-    enc = EncoderConfig(num_mel_bins=cfg.num_mel_bins, d_model=48, encoder_layers=2, encoder_attention_heads=4,
-                        encoder_ffn_dim=96, max_source_positions=positions)
-    text = ModelConfig(model_type="qwen2", vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=True,
-                       qk_norm=False, tie_word_embeddings=True, max_position_embeddings=512, eos_token_id=EOS)
-    return AudioModelConfig(text=text, encoder=enc, audio_token_index=AUDIO, chunk_tokens=cfg.chunk_tokens)
-
-
-def _tokens_for(samples: int) -> int:
-    from .models.audio import output_lengths
-
-    frames = -(-samples // 160)
-    return int(output_lengths(np.int64(frames))[1])
+    preset["audio_config"].update(num_mel_bins=cfg.num_mel_bins, max_source_positions=positions)
+    preset["text_config"].update(vocab_size=len(vocabulary()), eos_token_id=EOS)
+    return from_hf_dict_audio(preset, source="speech demo").replace(chunk_tokens=cfg.chunk_tokens)
 
 
 def build(items, cfg: SpeechDemoConfig, acfg):
-    """Features [N, bins, frames], valid frames [N] and token-level StreamExamples (placeholder units)."""
-    from .data.audio import log_mel_windows
-    from .method.streaming import StreamExample
+    """Features [N, bins, frames], valid frames [N] and token-level StreamExamples (placeholder units), by the
+    trainer's speech data code (:mod:`.training.audio_data`)."""
+    from .training.audio_data import features_of, synthetic_speech_examples
 
-    word_id = {w: i for i, w in enumerate(vocabulary())}
-    K = acfg.chunk
-    feats, valid, exs = [], [], []
-    for it in items:
-        f, m = log_mel_windows(it.waveform, 16000, cfg.num_mel_bins, clamp="running",
-                               window_frames=acfg.encoder.num_frames, name=it.id)
-        feats.append(f[0])
-        valid.append(int(m[0].sum()))
-        n = _tokens_for(it.waveform.size)
-        prompt = ((T_TRANSCRIBE,) if it.question is None else (T_LOOKUP, word_id[it.question])) + (BOS_A,)
-        units = tuple((AUDIO,) * min(K, n - s) for s in range(0, n, K))
-        exs.append(StreamExample(prompt=prompt, units=units, end=(EOS_A, USER_END), header=(ASSISTANT,),
-                                 target=tuple(word_id[w] for w in it.target_words) + (EOS,)))
-    return np.stack(feats), np.asarray(valid, np.int32), exs
+    exs = synthetic_speech_examples(items, acfg)
+    fv = [features_of(e.waveform, acfg, "running", e.id) for e in exs]
+    return np.stack([f for f, _ in fv]), np.asarray([v for _, v in fv], np.int32), exs
 
 
 def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
@@ -155,7 +137,9 @@ def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
 
 def evidence_chunks(item, K: int) -> list[int]:
     """For each target word, the read count (chunks) after which the evidence has been heard."""
-    return [-(-_tokens_for(item.word_ends[w]) // K) for w in item.evidence_words]
+    from .training.audio_data import audio_tokens_for
+
+    return [-(-audio_tokens_for(item.word_ends[w]) // K) for w in item.evidence_words]
 
 
 def evaluate(cfg: SpeechDemoConfig, acfg, params, items, feats, valid, exs) -> list[dict]:

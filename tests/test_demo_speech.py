@@ -5,6 +5,7 @@ import pytest
 
 from proactive_jax import demo_speech as DS
 from proactive_jax.data.synthetic_audio import SYLLABLES, WORDS, make_speech_task
+from proactive_jax.models.audio import output_lengths
 
 
 def test_synthetic_speech_is_deterministic_and_confusable():
@@ -33,7 +34,8 @@ def test_build_examples_and_evidence_chunks():
     feats, valid, exs = DS.build(items, cfg, acfg)
     assert feats.shape == (3, cfg.num_mel_bins, acfg.encoder.num_frames)
     for it, v, ex in zip(items, valid, exs):
-        assert sum(len(u) for u in ex.units) == DS._tokens_for(it.waveform.size)
+        assert v == -(-it.waveform.size // 160)  # valid frames of the window
+        assert sum(len(u) for u in ex.units) == int(output_lengths(np.int64(v))[1])
         assert all(len(u) == acfg.chunk for u in ex.units[:-1])
         assert ex.prompt[-1] == DS.BOS_A and ex.end[0] == DS.EOS_A and ex.target[-1] == DS.EOS
         ev = DS.evidence_chunks(it, acfg.chunk)

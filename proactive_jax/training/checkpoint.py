@@ -51,6 +51,10 @@ def _ocp():
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
+    if getattr(cfg, "model_type", None) == "qwen2_audio":  # AudioModelConfig: its text decoder as below
+        return {"model_type": "qwen2_audio", "text": model_config_to_dict(cfg.text),
+                "encoder": dataclasses.asdict(cfg.encoder), "audio_token_index": cfg.audio_token_index,
+                "chunk_tokens": cfg.chunk_tokens}
     d = dataclasses.asdict(cfg)
     if cfg.rope_scaling is not None:
         d["rope_scaling"] = dict(cfg.rope_scaling)
@@ -60,6 +64,13 @@ def model_config_to_dict(cfg: ModelConfig) -> dict:
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:
+    if d.get("model_type") == "qwen2_audio":
+        from ..models.audio_config import AudioModelConfig, EncoderConfig
+
+        names = {f.name for f in dataclasses.fields(EncoderConfig)}
+        return AudioModelConfig(text=model_config_from_dict(d["text"]),
+                                encoder=EncoderConfig(**{k: v for k, v in d["encoder"].items() if k in names}),
+                                audio_token_index=int(d["audio_token_index"]), chunk_tokens=d.get("chunk_tokens"))
     d = dict(d)
     d["rope_scaling"] = _freeze_rope_scaling(d.get("rope_scaling"))
     if isinstance(d.get("eos_token_id"), list):
@@ -361,6 +372,15 @@ class CheckpointStore:
         return out.params, (out.train if abstract_train is not None else None), meta
 
 
+def abstract_params_of(cfg):
+    """The parameter tree's shapes (``ShapeDtypeStruct``) of a text or a qwen2_audio model."""
+    if getattr(cfg, "model_type", None) == "qwen2_audio":
+        from ..models.audio import abstract_params
+    else:
+        from ..models.qwen import abstract_params
+    return abstract_params(cfg)
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -394,9 +414,7 @@ def restore_params(path: str | Path, step: int | None = None, *, shardings=None,
         if "model_config" not in meta:
             raise CheckpointError(store._bad(step, "meta has no model_config (not written by proactive_jax.training)"))
         cfg = model_config_from_dict(meta["model_config"])
-        from ..models.qwen import abstract_params
-
-        abstract = abstract_params(cfg)
+        abstract = abstract_params_of(cfg)
         if shardings is None:
             dev = device or jax.local_devices(backend="cpu")[0]
             shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(dev), abstract)

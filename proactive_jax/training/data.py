@@ -75,6 +75,15 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
     from ..data import pipeline as pl
     from ..data import synthetic
 
+    from .run_config import AUDIO_TASKS
+
+    if run.data.task in AUDIO_TASKS:  # speech: waveforms -> log-mel in the collate (training.audio_data)
+        from .audio_data import build_audio_data
+
+        return build_audio_data(run, model_cfg, host_index=host_index, host_count=host_count, n_devices=n_devices)
+    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+        raise RunConfigError(f"model is qwen2_audio but data.task={run.data.task!r} is a text task; expected one of "
+                             f"{list(AUDIO_TASKS)}")
     data = run.data
     tok_dir = data.tokenizer or (str(synthetic.ASSET_DIR) if data.task == "synthetic" else run.model.hf_dir)
     if tok_dir is None or not Path(tok_dir).is_dir():

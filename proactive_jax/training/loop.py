@@ -37,7 +37,7 @@ from .logs import MetricsLog, SignalFlag, preemption_service, should_stop
 from .mesh import batch_sharding, global_batch, make_mesh, maybe_initialize_distributed
 from .run_config import RunConfig, dump_run_config, to_dict
 from .state import host_value, resolve_model_config, restore_or_init
-from .step import StepSpec, build_eval_sums, build_train_step, make_optimizer, state_shardings
+from .step import StepSpec, build_eval_sums, build_train_step, make_spec, make_state_optimizer, state_shardings
 
 log = logging.getLogger(__name__)
 
@@ -192,18 +192,17 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
     out_dir = Path(run.out_dir)
     is_main = jax.process_index() == 0
     mesh = make_mesh(run.mesh, devices)
-    model_cfg = resolve_model_config(run.model)
+    model_cfg = resolve_model_config(run.model, run.audio)
     data = build_data(run, model_cfg, host_index=jax.process_index(), host_count=jax.process_count(),
                       n_devices=mesh.size)
     steps_per_epoch = data.train.steps_per_epoch
     total = run.steps if run.steps is not None else int(math.ceil(run.epochs * steps_per_epoch))
-    spec = StepSpec(model_cfg, run.objective, run.optim, total, run.data.accum_steps, run.packed, run.seed, mesh,
-                    run.mesh.param_sharding)
+    spec = make_spec(run, model_cfg, mesh, total)
     sh, abstract = state_shardings(spec)
     ckpt_dir = run.checkpoint.dir or str(out_dir / "checkpoints")  # a str: may be gs://...
     store = CheckpointStore(ckpt_dir, keep=run.checkpoint.keep, async_save=run.checkpoint.async_save)
     try:
-        state, source = restore_or_init(run, model_cfg, store, sh, abstract, make_optimizer(run.optim, total),
+        state, source = restore_or_init(run, model_cfg, store, sh, abstract, make_state_optimizer(spec),
                                         init_params)
         start = int(host_value(state["step"]))
     except BaseException:
@@ -223,7 +222,7 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
     pbar = _progress_bar(run, is_main, start, total)
     records = _StepRecords(logger, store, start, total, steps_per_epoch, run.log_every, pbar)
     log.info("training %s: %d params, steps %d..%d (%d/epoch), mesh %s, init %s", model_cfg.model_type,
-             model_cfg.num_params(), start, total, steps_per_epoch, dict(mesh.shape), source)
+             sum(int(a.size) for a in jax.tree.leaves(abstract["params"])), start, total, steps_per_epoch, dict(mesh.shape), source)
 
     def save(step: int, st) -> None:
         store.save(step, st["params"], st["opt_state"], {**meta_base, "step": step, "epoch": step / steps_per_epoch},

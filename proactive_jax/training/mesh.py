@@ -101,6 +101,16 @@ def path_keys(path) -> tuple[str, ...]:
     return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
+def text_path(path: tuple[str, ...]) -> tuple[str, ...]:
+    """A qwen2_audio decoder leaf (``language_model/...``) named as in a text model."""
+    return path[1:] if path and path[0] == "language_model" else path
+
+
+def stacked(path: tuple[str, ...]) -> bool:
+    """Whether the leaf's first axis is the scanned layer axis (decoder ``layers/...``, ``audio_tower/layers/...``)."""
+    return "layers" in path[:2]
+
+
 # the vocabulary axis of these leaves is sharded only when no other axis divides (see param_partition_spec)
 VOCAB_AXIS = {("embed_tokens", "embedding"): 0, ("lm_head", "kernel"): 1}
 
@@ -113,7 +123,8 @@ def param_partition_spec(path: tuple[str, ...], shape: tuple[int, ...], fsdp: in
     full rematerialization"), while sharding the hidden axis all-gathers the weight, FSDP style."""
     if fsdp <= 1:
         return P()
-    skip = 1 if path and path[0] == "layers" else 0
+    path = text_path(path)
+    skip = 1 if stacked(path) else 0
     cands = [(size, i) for i, size in enumerate(shape) if i >= skip and size % fsdp == 0]
     if not cands:
         return P()

@@ -167,13 +167,19 @@ def largest_bucket(buckets) -> tuple[int, int]:
     return tuple(max(buckets, key=lambda b: (b[0] + 2 * b[1], b[1])))
 
 
-def abstract_batch(run, bucket, rows: int, sharding) -> dict:
-    """The step's batch for ``bucket`` as ``ShapeDtypeStruct`` (shapes from ``pack_batch``, the collate)."""
+def abstract_batch(run, bucket, rows: int, sharding, model_cfg=None) -> dict:
+    """The step's batch for ``bucket`` as ``ShapeDtypeStruct`` (shapes from ``pack_batch``, the collate; for a
+    qwen2_audio model ``training.audio_data.empty_batch``: plus the mel features of one encoder window)."""
     import jax
 
     from ..method.objective import pack_batch
 
-    host = pack_batch([], tuple(bucket), batch_size=rows, m_cap=run.data.m_cap or bucket[0])
+    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+        from .audio_data import empty_batch
+
+        host = empty_batch(model_cfg, bucket, rows, run.data.m_cap)
+    else:
+        host = pack_batch([], tuple(bucket), batch_size=rows, m_cap=run.data.m_cap or bucket[0])
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in host.items()}
 
 
@@ -181,13 +187,12 @@ def build_spec(run, devices):
     """``StepSpec`` of ``run`` on a mesh over ``devices``: what ``training.loop.train`` builds."""
     from .mesh import make_mesh
     from .state import resolve_model_config
-    from .step import StepSpec
+    from .step import make_spec
 
     mesh = make_mesh(run.mesh, devices)
-    model_cfg = resolve_model_config(shape_model_section(run.model))
+    model_cfg = resolve_model_config(shape_model_section(run.model), run.audio)
     total = run.steps if run.steps else 1000  # the schedule's length does not change the program's memory
-    return StepSpec(model_cfg, run.objective, run.optim, total, run.data.accum_steps, run.packed, run.seed, mesh,
-                    run.mesh.param_sharding)
+    return make_spec(run, model_cfg, mesh, total)
 
 
 def compile_step(spec, run, bucket):
@@ -199,7 +204,7 @@ def compile_step(spec, run, bucket):
 
     sh, abstract = state_shardings(spec)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
-    batch = abstract_batch(run, bucket, run.data.global_batch_size, batch_sharding(spec.mesh))
+    batch = abstract_batch(run, bucket, run.data.global_batch_size, batch_sharding(spec.mesh), spec.model)
     t0 = time.perf_counter()
     lowered = build_train_step(spec).lower(state, batch)
     try:
@@ -298,14 +303,28 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
     return {"max_global_batch": None, "bytes_per_row": int(slope), "max_batch_tried": tried}
 
 
+def _text_config(cfg):
+    """The decoder's config (a qwen2_audio model's ``text``) for the report's layer / vocab / remat fields."""
+    return getattr(cfg, "text", cfg)
+
+
+def _num_params(cfg) -> int:
+    """Parameters of the whole model (encoder and projector included)."""
+    import jax
+
+    from .checkpoint import abstract_params_of
+
+    return sum(int(a.size) for a in jax.tree.leaves(abstract_params_of(cfg)))
+
+
 def refused_report(run, spec, topo: Topology, bucket, headroom: float, e: DoesNotFit) -> dict:
     """The report when the compiler refuses the program: what it said it needed (temporaries alone)."""
-    cfg = spec.model
+    cfg, n_params = _text_config(spec.model), _num_params(spec.model)
     need = e.temp_bytes or 0
     rep = {"topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
            "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
            "global_batch_size": run.data.global_batch_size, "accum_steps": run.data.accum_steps,
-           "model": {"model_type": cfg.model_type, "params": cfg.num_params(), "layers": cfg.num_hidden_layers,
+           "model": {"model_type": spec.model.model_type, "params": n_params, "layers": cfg.num_hidden_layers,
                      "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat": cfg.remat_policy,
                      "attention": cfg.attention}, "logit_chunk": run.objective.logit_chunk,
            "fits": False, "compiler_refused": e.args[0], "temp_bytes": need, "total_bytes": need,
@@ -331,19 +350,19 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
         return refused_report(run, spec, topo, bucket, headroom, e)
     rep = memory_report(compiled, topo, headroom)
     layout = state_layout(compiled, topo.chips)
-    cfg = spec.model
+    cfg, n_params = _text_config(spec.model), _num_params(spec.model)
     extra = max_global_batch(run, devices, topo, bucket, headroom, rep) if search_batch else {}
     return {
         "topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
         "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
         "global_batch_size": run.data.global_batch_size, "accum_steps": run.data.accum_steps,
-        "model": {"model_type": cfg.model_type, "params": cfg.num_params(), "layers": cfg.num_hidden_layers,
+        "model": {"model_type": spec.model.model_type, "params": n_params, "layers": cfg.num_hidden_layers,
                   "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "remat": cfg.remat_policy,
                   "attention": cfg.attention},
         "logit_chunk": run.objective.logit_chunk, "compile_s": round(secs, 2), **rep, **layout,
         "pallas_kernels": compiled.as_text().count("tpu_custom_call"),  # Mosaic kernels in the program
         # gradients cannot be fully replicated anywhere in the step if the temporaries are smaller than them
-        "fp32_params_bytes": 4 * cfg.num_params(), "grads_fit_replicated": rep["temp_bytes"] >= 4 * cfg.num_params(),
+        "fp32_params_bytes": 4 * n_params, "grads_fit_replicated": rep["temp_bytes"] >= 4 * n_params,
         "advice": [] if rep["fits"] else advice(rep, run, cfg), **extra,
     }
 

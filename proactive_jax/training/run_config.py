@@ -1,6 +1,6 @@
 """YAML run configs as nested frozen dataclasses, with ``key=value`` overrides.
 
-(About 540 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
+(About 600 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
 their config-time validation are one schema; splitting them would separate each field from its check.)
 
 The generic part (:func:`from_dict`, :func:`load_config`, :func:`apply_overrides`, :func:`to_dict`) builds
@@ -315,7 +315,17 @@ MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(model_type="qwen3", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                  qk_norm=True, qkv_bias=False, max_position_embeddings=512, eos_token_id=3, pad_token_id=1),
+    # the speech demo's tiny Qwen2-Audio (a HF-style qwen2_audio dict): a 4 s encoder window of 40 mel bins, ids of
+    # the demo's word vocabulary (demo_speech.SPECIALS + the tone-words; <|AUDIO|> = 2, <|im_end|> = 1)
+    "tiny-audio": {"model_type": "qwen2_audio", "audio_token_index": 2,
+                   "audio_config": dict(num_mel_bins=40, d_model=48, encoder_layers=2, encoder_attention_heads=4,
+                                        encoder_ffn_dim=96, max_source_positions=200),
+                   "text_config": dict(model_type="qwen2", vocab_size=24, hidden_size=64, intermediate_size=128,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                       qkv_bias=True, qk_norm=False, tie_word_embeddings=True,
+                                       max_position_embeddings=512, eos_token_id=1)},
 }
+AUDIO_TASKS = ("librispeech", "spoken-squad", "audio-jsonl", "speech-lookup", "speech-transcribe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,6 +353,8 @@ class ModelSection:
     init_checkpoint: str | None = None
     init_step: int | None = None
     init_seed: int | None = None  # default: the run seed
+    # qwen2_audio only: EncoderConfig field overrides (``model.config`` then overrides the text decoder)
+    audio_config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.preset is not None and self.preset not in MODEL_PRESETS:
@@ -357,6 +369,9 @@ class ModelSection:
         if bad:
             raise ValueError(f"set {bad} as model.{bad[0]}, not inside model.config")
         check_fields(ModelConfig, self.config, "model.config")
+        from ..models.audio_config import EncoderConfig
+
+        check_fields(EncoderConfig, self.audio_config, "model.audio_config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,6 +438,47 @@ class DataSection:
     @property
     def accum_steps(self) -> int:
         return 1 if self.micro_batch_size is None else self.global_batch_size // self.micro_batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioSection:
+    """Speech runs (a ``qwen2_audio`` model and an audio ``data.task``, see ``training.audio_data``).
+
+    ``encoder``: "frozen" (audio tower + projector are constants of the step: no gradients, no optimizer state,
+    bit-identical after training) or "train". ``encoder_mask``: "causal" (the streaming default), "block:K" or
+    "bidirectional" (the released model; streaming then differs from training). ``conv_edge``: "zero" (a chunk
+    never sees frames after it; training == streaming) or "lookahead" (10 ms of right context). ``chunk_ms``:
+    the streaming unit (a whole number of 40 ms encoder tokens dividing the encoder window). ``clamp``: the
+    log-mel floor (``data.audio``). ``max_seconds``: longer audio is skipped (``data.on_unfit=skip``, counted)
+    or an error; default and upper bound: one encoder window (30 s), never truncated. ``system``: the system
+    turn of the chat layout (real tasks; null: none)."""
+
+    encoder: Literal["frozen", "train"] = "frozen"
+    encoder_mask: str = "causal"
+    conv_edge: Literal["zero", "lookahead"] = "zero"
+    chunk_ms: float = 1000.0
+    clamp: Literal["running", "utterance"] = "running"
+    max_seconds: float | None = None
+    system: str | None = "You are a helpful assistant."
+    manifest: str | None = None  # data.task=audio-jsonl: the train JSONL manifest (data.audio.load_manifest)
+    valid_manifest: str | None = None
+    n_train: int = 256  # synthetic speech tasks: items per task
+    n_valid: int = 32
+
+    def __post_init__(self):
+        from ..models.audio_config import parse_encoder_mask
+
+        try:
+            parse_encoder_mask(self.encoder_mask)
+        except ValueError as e:
+            raise ValueError(f"encoder_mask: {e}") from None
+        if self.chunk_ms <= 0 or (self.chunk_ms / 40) != int(self.chunk_ms / 40):
+            raise ValueError(f"chunk_ms={self.chunk_ms}: expected a positive multiple of 40 ms (one encoder token)")
+        if self.max_seconds is not None and not 0 < self.max_seconds <= 30:
+            raise ValueError(f"max_seconds={self.max_seconds}: expected 0 < max_seconds <= 30 (one encoder window; "
+                             "longer audio is never truncated, it is skipped or an error)")
+        if self.n_train < 1 or self.n_valid < 0:
+            raise ValueError(f"n_train={self.n_train}, n_valid={self.n_valid}: expected n_train >= 1, n_valid >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +563,7 @@ class RunConfig:
     mesh: MeshSection = MeshSection()
     checkpoint: CheckpointSection = CheckpointSection()
     distributed: DistributedSection = DistributedSection()
+    audio: AudioSection = AudioSection()
     steps: int | None = None  # optimizer steps; default: epochs * steps per epoch
     epochs: float | None = None
     out_dir: str = "runs/run"
@@ -529,7 +586,12 @@ class RunConfig:
                 raise ValueError(f"{key}={getattr(self, key)}: expected >= 0 (0: off)")
         if self.epochs is not None and self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.model.hf_dir is None and self.data.task != "synthetic" and self.data.tokenizer is None:
+        synthetic = self.data.task in ("synthetic", "speech-lookup", "speech-transcribe")
+        if self.data.task.startswith("speech-") and self.data.dataset is not None:
+            raise ValueError(f"data.task={self.data.task!r} is synthetic: data.dataset must be null")
+        if self.data.task == "audio-jsonl" and self.audio.manifest is None:
+            raise ValueError("data.task='audio-jsonl' needs audio.manifest (a JSONL file of {audio, text})")
+        if self.model.hf_dir is None and not synthetic and self.data.tokenizer is None:
             raise ValueError(f"data.task={self.data.task!r} needs a tokenizer: set data.tokenizer or model.hf_dir")
 
 

@@ -18,26 +18,79 @@ from .run_config import MODEL_PRESETS, ModelSection, RunConfig, RunConfigError, 
 log = logging.getLogger(__name__)
 
 
-def resolve_model_config(sec: ModelSection) -> ModelConfig:
+def _read_config(path: str):
+    """A ModelConfig, or an AudioModelConfig for a ``qwen2_audio`` config.json (file or directory)."""
+    import json
+
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    try:
+        hf = json.loads(p.read_text()) if p.is_file() else None
+    except json.JSONDecodeError:
+        hf = None
+    if isinstance(hf, dict) and hf.get("model_type") == "qwen2_audio":
+        from ..models.audio_config import from_hf_dict_audio
+
+        return from_hf_dict_audio(hf, source=str(p))
+    return load_hf_config(path)
+
+
+def resolve_model_config(sec: ModelSection, audio=None):
+    """The run's model config: a ``ModelConfig``, or an ``AudioModelConfig`` (``qwen2_audio``) whose text decoder
+    takes ``model.config`` and whose encoder takes ``model.audio_config``; ``audio`` (the run's ``AudioSection``)
+    sets the streaming chunk."""
     compute = dict(dtype=sec.dtype, remat=sec.remat, scan_layers=sec.scan_layers, attention=sec.attention)
     if sec.hf_dir is not None:
         if not Path(sec.hf_dir).is_dir():
             raise FileNotFoundError(f"model.hf_dir={sec.hf_dir}: directory does not exist (expected a Hugging "
                                     "Face checkpoint directory with config.json and *.safetensors)")
-        cfg = load_hf_config(sec.hf_dir)
+        cfg = _read_config(sec.hf_dir)
     elif sec.config_json is not None:
         if not Path(sec.config_json).exists():
             raise FileNotFoundError(f"model.config_json={sec.config_json}: file not found")
-        cfg = load_hf_config(sec.config_json)
+        cfg = _read_config(sec.config_json)
     elif sec.preset is not None:
-        cfg = ModelConfig(**MODEL_PRESETS[sec.preset])
+        preset = MODEL_PRESETS[sec.preset]
+        if preset.get("model_type") == "qwen2_audio":
+            from ..models.audio_config import from_hf_dict_audio
+
+            cfg = from_hf_dict_audio(preset, source=f"model.preset={sec.preset}")
+        else:
+            cfg = ModelConfig(**preset)
     else:
         cfg = ModelConfig()
     over = check_fields(ModelConfig, sec.config, "model.config")
+    if getattr(cfg, "model_type", None) == "qwen2_audio":
+        return _audio_model_config(cfg, sec, over, compute, audio)
+    if sec.audio_config:
+        raise RunConfigError(f"model.audio_config is set but the model is {cfg.model_type}, not qwen2_audio")
     try:
         return cfg.replace(**over, **compute)
     except ValueError as e:
         raise RunConfigError(f"model.config: {e}") from None
+
+
+def _audio_model_config(cfg, sec: ModelSection, over: dict, compute: dict, audio):
+    import dataclasses
+
+    from ..models.audio_config import EncoderConfig, chunk_tokens_from_ms
+
+    enc_over = check_fields(EncoderConfig, sec.audio_config, "model.audio_config")
+    try:
+        text = cfg.text.replace(**over, **compute)
+        enc = dataclasses.replace(cfg.encoder, **enc_over, dtype=sec.dtype, scan_layers=sec.scan_layers)
+    except ValueError as e:
+        raise RunConfigError(f"model.config / model.audio_config: {e}") from None
+    chunk = None
+    if audio is not None:
+        try:
+            chunk = chunk_tokens_from_ms(audio.chunk_ms, enc, "the chunk in tokens")
+        except ValueError as e:
+            raise RunConfigError(f"audio.chunk_ms={audio.chunk_ms:g}: {e}") from None
+    try:
+        return cfg.replace(text=text, encoder=enc, chunk_tokens=chunk)
+    except ValueError as e:
+        raise RunConfigError(f"model: {e}") from None
 
 
 def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
@@ -52,8 +105,8 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
     if mode == "hf":
         from ..models.hf import load_pretrained
 
-        saved = load_hf_config(sec.hf_dir)
-        if any(getattr(saved, k) != getattr(model_cfg, k) for k in SHAPE_FIELDS):
+        saved = _read_config(sec.hf_dir)
+        if shape_signature(saved) != shape_signature(model_cfg):
             raise RunConfigError(f"model.config changes the shape of the weights in model.hf_dir={sec.hf_dir} "
                                  f"({ {k: sec.config[k] for k in sec.config if k in SHAPE_FIELDS} }); "
                                  "use model.init=random or drop those overrides")
@@ -68,6 +121,10 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
         check_same_shape(cfg, model_cfg, f"model.init_checkpoint={sec.init_checkpoint}")
         return params, f"checkpoint:{sec.init_checkpoint}@{step}"
     seed = run.seed if sec.init_seed is None else sec.init_seed
+    if getattr(model_cfg, "model_type", None) == "qwen2_audio":  # numpy init on the host, then placed
+        from ..models.audio import init_params as audio_params
+
+        return place(audio_params(model_cfg, seed), p_sh), f"random:{seed}"
     params = jax.jit(lambda: random_params(model_cfg, seed), out_shardings=p_sh)()
     return params, f"random:{seed}"
 
@@ -77,8 +134,21 @@ SHAPE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", 
                  "o_bias", "qk_norm")
 
 
+ENCODER_SHAPE_FIELDS = ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                        "max_source_positions")
+
+
+def shape_signature(cfg) -> dict:
+    """The fields that decide the shapes of a model's weights (text decoder and, for qwen2_audio, the encoder)."""
+    if getattr(cfg, "model_type", None) == "qwen2_audio":
+        return {"model_type": "qwen2_audio", **{f"text.{k}": getattr(cfg.text, k) for k in SHAPE_FIELDS},
+                **{f"encoder.{k}": getattr(cfg.encoder, k) for k in ENCODER_SHAPE_FIELDS}}
+    return {k: getattr(cfg, k) for k in SHAPE_FIELDS}
+
+
 def check_same_shape(saved: ModelConfig, cur: ModelConfig, where: str) -> None:
-    diff = {k: (getattr(saved, k), getattr(cur, k)) for k in SHAPE_FIELDS if getattr(saved, k) != getattr(cur, k)}
+    a, b = shape_signature(saved), shape_signature(cur)
+    diff = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
     if diff:
         raise CheckpointError(f"{where}: the checkpoint's model differs from the configured one "
                               f"(field: saved vs configured): {diff}")

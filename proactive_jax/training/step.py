@@ -23,8 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ..method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, packed_loss_sums, weighted_total
 from ..models.config import ModelConfig
-from .mesh import BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated
-from .run_config import OptimSection
+from .mesh import (BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated, stacked,
+                   text_path)
+from .run_config import OptimSection, RunConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def decay_mask(params):
             return leaf.ndim >= 2
         if names[-1] == "bias" or any("norm" in n for n in names):
             return False
-        per_layer_ndim = leaf.ndim - (1 if names[0] == "layers" else 0)
+        per_layer_ndim = leaf.ndim - (1 if stacked(text_path(names)) else 0)
         return per_layer_ndim >= 2
 
     return jax.tree_util.tree_map_with_path(want, params)
@@ -81,8 +82,13 @@ def seq_tokens(batch) -> jax.Array:
 
 
 def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key, *, accum_steps: int = 1,
-                   packed: bool = True, mesh: Mesh | None = None, grad_shardings=None):
+                   packed: bool = True, mesh: Mesh | None = None, grad_shardings=None, sums_fn: Callable | None = None,
+                   frozen: dict | None = None):
     """``(loss, terms, grads)`` of the global batch, token-averaged over the WHOLE batch.
+
+    ``sums_fn(config, obj, params, batch, key)`` gives the loss sums (default: the packed or naive text loss;
+    audio: :func:`sums_function`). ``frozen``: top-level parameter groups held constant (merged into
+    ``params`` for the loss, not differentiated: ``grads`` covers ``params`` only).
 
     With ``accum_steps = k > 1`` the batch (B rows) is split into k microbatches of B/k rows, row
     ``a*k + j`` going to microbatch j (so every device keeps its own rows), and a ``lax.scan`` accumulates
@@ -90,7 +96,8 @@ def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key
     the global batch always draws its schedule with ``fold_in(key, r)``, so the result equals one large
     batch (to float rounding).
     """
-    sums_fn = packed_loss_sums if packed else naive_loss_sums
+    sums_fn = sums_fn or (packed_loss_sums if packed else naive_loss_sums)
+    frozen = frozen or {}
     count = num_loss_tokens(batch)
     n = jnp.maximum(count, 1).astype(jnp.float32)
     b = batch["target"].shape[0]
@@ -99,7 +106,7 @@ def loss_and_grads(config: ModelConfig, obj: ObjectiveConfig, params, batch, key
         raise ValueError(f"batch of {b} rows does not split into {k} microbatches")
 
     def micro_loss(p, mb):
-        sums = sums_fn(config, obj, p, mb, key)
+        sums = sums_fn(config, obj, {**p, **frozen}, mb, key)
         return weighted_total(sums, obj) / n, sums
 
     vg = jax.value_and_grad(micro_loss, has_aux=True)
@@ -147,8 +154,17 @@ def _under_mesh(mesh: Mesh):
 
 
 @dataclasses.dataclass(frozen=True)
+class AudioOptions:
+    """The audio loss's static options (``RunConfig.audio``): encoder frozen | train, its mask, the conv edge."""
+
+    encoder: str = "frozen"
+    encoder_mask: str = "causal"
+    conv_edge: str = "zero"
+
+
+@dataclasses.dataclass(frozen=True)
 class StepSpec:
-    model: ModelConfig
+    model: ModelConfig  # or an AudioModelConfig (then ``audio`` is set)
     objective: ObjectiveConfig
     optim: OptimSection
     total_steps: int
@@ -157,16 +173,64 @@ class StepSpec:
     seed: int
     mesh: Mesh
     param_sharding: str = "fsdp"
+    audio: AudioOptions | None = None
+
+
+def make_spec(run, model_cfg, mesh: Mesh, total_steps: int) -> StepSpec:
+    """The step of ``run`` (a ``RunConfig``) for ``model_cfg`` on ``mesh``: what ``loop.train`` and ``plan`` build."""
+    audio = None
+    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+        a = run.audio
+        audio = AudioOptions(a.encoder, a.encoder_mask, a.conv_edge)
+        if not run.packed:
+            raise RunConfigError("packed=false (the naive two-pass reference) is text only; audio runs use packed=true")
+    return StepSpec(model_cfg, run.objective, run.optim, total_steps, run.data.accum_steps, run.packed, run.seed,
+                    mesh, run.mesh.param_sharding, audio)
+
+
+def sums_function(spec: StepSpec) -> Callable:
+    """``(config, obj, params, batch, key) -> sums`` of the spec: the text loss, or the audio loss with the
+    encoder inside (``method.audio_objective.audio_loss_sums``)."""
+    if spec.audio is None:
+        return packed_loss_sums if spec.packed else naive_loss_sums
+    from ..method.audio_objective import audio_loss_sums
+
+    a = spec.audio
+    return lambda config, obj, p, b, k: audio_loss_sums(config, obj, p, b, k, a.encoder, a.encoder_mask, a.conv_edge)
+
+
+def frozen_keys(spec: StepSpec) -> tuple[str, ...]:
+    """Top-level parameter groups the step holds constant (no gradient, no optimizer state)."""
+    if spec.audio is not None and spec.audio.encoder == "frozen":
+        from ..method.audio_objective import FROZEN_PARTS
+
+        return FROZEN_PARTS
+    return ()
+
+
+def split_params(spec: StepSpec, params) -> tuple[dict, dict]:
+    """``(trainable, frozen)`` top-level groups of ``params``."""
+    keys = frozen_keys(spec)
+    return {k: v for k, v in params.items() if k not in keys}, {k: v for k, v in params.items() if k in keys}
+
+
+def make_state_optimizer(spec: StepSpec) -> optax.GradientTransformation:
+    """The optimizer of the train state: ``init`` takes the whole params tree and keeps state for the trainable
+    groups only; ``update`` takes the trainable groups' gradients."""
+    tx = make_optimizer(spec.optim, spec.total_steps)
+    if not frozen_keys(spec):
+        return tx
+    return optax.GradientTransformation(lambda p: tx.init(split_params(spec, p)[0]), tx.update)
 
 
 @functools.lru_cache(maxsize=32)
 def state_shardings(spec: StepSpec):
     """``(state shardings, abstract state)`` for ``{"step", "params", "opt_state"}``."""
-    from ..models.qwen import abstract_params
+    from .checkpoint import abstract_params_of
 
-    abstract_p = abstract_params(spec.model)
+    abstract_p = abstract_params_of(spec.model)
     p_sh = param_shardings(abstract_p, spec.mesh, spec.param_sharding)
-    tx = make_optimizer(spec.optim, spec.total_steps)
+    tx = make_state_optimizer(spec)
     abstract_o = jax.eval_shape(tx.init, abstract_p)
     o_sh = opt_state_shardings(abstract_o, abstract_p, p_sh, spec.mesh)
     sh = {"step": replicated(spec.mesh), "params": p_sh, "opt_state": o_sh}
@@ -177,25 +241,28 @@ def state_shardings(spec: StepSpec):
 @functools.lru_cache(maxsize=32)
 def build_train_step(spec: StepSpec) -> Callable:
     """The jitted, sharded, donating step ``(state, batch) -> (state, metrics)``."""
-    tx = make_optimizer(spec.optim, spec.total_steps)
+    tx = make_state_optimizer(spec)
     schedule = make_schedule(spec.optim, spec.total_steps)
     sh, _ = state_shardings(spec)
     mesh = spec.mesh
+    sums_fn = sums_function(spec)
+    grad_sh, _ = split_params(spec, sh["params"])
 
     @_under_mesh(mesh)
     def step_fn(state, batch):
-        params, opt_state, step = state["params"], state["opt_state"], state["step"]
+        opt_state, step = state["opt_state"], state["step"]
+        params, frozen = split_params(spec, state["params"])  # frozen groups pass through untouched
         key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), step)
         loss, terms, grads = loss_and_grads(spec.model, spec.objective, params, batch, key,
                                             accum_steps=spec.accum_steps, packed=spec.packed, mesh=mesh,
-                                            grad_shardings=sh["params"])
+                                            grad_shardings=grad_sh, sums_fn=sums_fn, frozen=frozen)
         gnorm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731 - a non-finite step changes nothing
         new_state = {"step": jnp.where(ok, step + 1, step).astype(jnp.int32),
-                     "params": jax.tree.map(keep, new_params, params),
+                     "params": {**jax.tree.map(keep, new_params, params), **frozen},
                      "opt_state": jax.tree.map(keep, new_opt, opt_state)}
         metrics = {"loss": loss, **terms, "seq_tokens": seq_tokens(batch), "grad_norm": gnorm,
                    "lr": schedule(step), "finite": ok}
@@ -209,7 +276,7 @@ def build_train_step(spec: StepSpec) -> Callable:
 def build_eval_sums(spec: StepSpec) -> Callable:
     """Jitted ``(params, batch, key) -> (sums, count)`` with the train step's shardings (no gradients)."""
     sh, _ = state_shardings(spec)
-    sums_fn = packed_loss_sums if spec.packed else naive_loss_sums
+    sums_fn = sums_function(spec)
 
     @_under_mesh(spec.mesh)
     def f(params, batch, key):
