@@ -280,7 +280,7 @@ HEADS: dict[str, HeadDef] = {
                                           "stat": Param("choice", "entropy", choices=ATTENTION_STATS),
                                           "min_read": Param("int", 2, 2, why=ATTENTION_MIN_READ_WHY)},
                          needs_stats=True, doc="write when attention over the streamed source is focused"),
-    "alignatt": HeadDef(alignatt_head, {"f": Param("int", 2, 1, why="f counts the most recent units read"),
+    "alignatt": HeadDef(alignatt_head, {"f": Param("int", 2, 1, why="f = how many of the latest units count as recent"),
                                         "layers": Param("layers", ":"), "min_read": Param("int", 0, 0)},
                         needs_src_attn=True,
                         doc="read while the most-attended streamed source token is in the last f units",
