@@ -20,12 +20,15 @@ masked with segment -1, so one batch mixes examples that read, write, or are fin
 The pieces are module-level pure functions: :func:`prefill` (step 1) and :func:`decision_step` (one
 decision of step 2, for every row of a batch), and :func:`_decode_impl`, the ``lax.while_loop`` over that
 step; a live session (:mod:`.session`) calls the same two functions. Optional, behind static flags /
-arguments: the final hidden state of the decision row (``StepShapes.with_hidden``, for probe heads) and
-source units fed as input embeddings instead of ids (``unit_embeds``, ``batch["src_embeds"]``; audio).
+arguments: the final hidden state of the decision row (``StepShapes.with_hidden``, for probe heads), its
+head-summed attention over the source slots with each slot's unit number (``StepShapes.with_src_attn``,
+for ``alignatt``) and source units fed as input embeddings instead of ids (``unit_embeds``,
+``batch["src_embeds"]``; audio).
 
 Shapes are bucketed (:func:`bucket`: ``2^k`` or ``3 * 2^(k-1)``) so a new compilation happens per shape
 bucket, not per example; the head's name and parameters are traced values (see :mod:`.heads`), so a tau
-sweep never recompiles. Only "does the head need attention statistics" is static.
+sweep never recompiles. Only "does the head need attention statistics / the hidden state / the source
+attention" is static.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ class StepShapes(NamedTuple):
     unit_cap: int  # U: source tokens fed by one READ (the longest unit or end marker)
     source_cap: int  # S_cap: source slots
     header_cap: int  # Hc: header slots (also the target part of every fed chunk)
+    # keep the decision row's head-summed attention over source slots (``state["src_attn"]``) and each
+    # slot's unit number (``state["src_unit"]``) (alignatt heads)
+    with_src_attn: bool = False
 
     @property
     def capacity(self) -> int:
@@ -118,24 +124,30 @@ class StepShapes(NamedTuple):
 
 
 def _model(sh: StepShapes, params, chunk, cache, row, plen, embeds=None):
-    """Run the model on one fed chunk; return (logits, stats, hidden, cache) of row ``row`` [B] of it.
+    """Run the model on one fed chunk; return (logits, stats, hidden, src_attn, cache) of row ``row`` [B].
 
     ``chunk`` = (ids, positions, segment, index, limit), each [B, T]; ``embeds`` [B, T, D]: input
     embeddings instead of ``ids`` (None: embed ``ids``). ``stats`` [B, layers, H, 2] (zeros unless
-    ``sh.with_stats``), ``hidden`` [B, D] float32 (None unless ``sh.with_hidden``)."""
+    ``sh.with_stats``), ``hidden`` [B, D] float32 (None unless ``sh.with_hidden``), ``src_attn``
+    [B, layers, S_cap] float32 (None unless ``sh.with_src_attn``)."""
     cfg = sh.config
     ids, pos, seg, idx, lim = chunk
     B = ids.shape[0]
     bi = jnp.arange(B)
-    hidden, cache, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache,
-                                        stream_start=plen if sh.with_stats else None, input_embeds=embeds)
+    out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache,
+                       stream_start=plen if sh.with_stats else None, input_embeds=embeds,
+                       source_attention=sh.with_src_attn)
+    hidden, cache, stats = out[:3]
+    src = None
+    if sh.with_src_attn:  # [layers, B, T, C] -> the decision row's source slots [B, layers, S_cap]
+        src = jnp.transpose(out[3][:, bi, row, :sh.source_cap], (1, 0, 2)).astype(jnp.float32)
     h = hidden[bi, row]
     logits = hidden_to_logits(cfg, params, h[:, None])[:, 0]
     if sh.with_stats:
         st = jnp.transpose(stats[:, bi, row], (1, 0, 2, 3)).astype(jnp.float32)  # [B, layers, H, 2]
     else:
         st = jnp.zeros((B, cfg.num_hidden_layers, cfg.num_attention_heads, 2), jnp.float32)
-    return logits, st, (h.astype(jnp.float32) if sh.with_hidden else None), cache
+    return logits, st, (h.astype(jnp.float32) if sh.with_hidden else None), src, cache
 
 
 def _decide(head_vals, rows, state) -> dict:
@@ -146,7 +158,7 @@ def _decide(head_vals, rows, state) -> dict:
     if "probe" in head_vals:
         p = probe_prob(head_vals["probe"], state["hidden"], state["logits"], state["stats"])
     ds = DecisionState(state["logits"], state["stats"], state["n"], rows["M"], state["j"], state["words"],
-                       rows["word_start"][cand], p)
+                       rows["word_start"][cand], p, state.get("src_attn"), state.get("src_unit"))
     write, score, forced = jax.vmap(decide_encoded, in_axes=(None, 0))(head_vals, ds)
     return dict(cand=cand, write=write, score=score, forced=forced)
 
@@ -168,12 +180,14 @@ def prefill(sh: StepShapes, params, head_vals, rows, prompt):
              jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),
              jnp.concatenate([jnp.broadcast_to(p, (B, P)), jnp.broadcast_to(S_cap + h, (B, Hc))], 1),
              jnp.concatenate([jnp.zeros((B, P), i32), jnp.broadcast_to(plen[:, None], (B, Hc))], 1))
-    logits, stats, hidden, cache = _model(sh, params, chunk, cache, P + hlen - 1, plen)
+    logits, stats, hidden, src, cache = _model(sh, params, chunk, cache, P + hlen - 1, plen)
     zeros = jnp.zeros((B,), i32)
     state = dict(cache=cache, logits=logits, stats=stats, n=zeros, v=plen.astype(i32), j=zeros, words=zeros,
                  done=~valid, tokens=jnp.zeros((B, sh.max_new), i32), phi=jnp.zeros((B, sh.max_new), i32))
     if sh.with_hidden:
         state["hidden"] = hidden
+    if sh.with_src_attn:  # nothing streamed yet: every slot is unit 0 (prompt or unread)
+        state["src_attn"], state["src_unit"] = src, jnp.zeros((B, S_cap), i32)
     state.update(_decide(head_vals, rows, state))
     return state
 
@@ -222,8 +236,8 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     if unit_embeds is not None:
         t_emb = embed_ids(sh.config, params, t_tok)
         embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1)
-    logits, stats, hidden, cache = _model(sh, params, chunk, state["cache"],
-                                          jnp.where(refeed_header, U + hlen - 1, U), rows["plen"], embeds)
+    logits, stats, hidden, src, cache = _model(sh, params, chunk, state["cache"],
+                                               jnp.where(refeed_header, U + hlen - 1, U), rows["plen"], embeds)
 
     def keep(new, old):  # rows that did not advance keep everything
         return jnp.where(active.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
@@ -231,6 +245,10 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     out = dict(state, cache=cache, logits=keep(logits, state["logits"]), stats=keep(stats, state["stats"]))
     if sh.with_hidden:
         out["hidden"] = keep(hidden, state["hidden"])
+    if sh.with_src_attn:  # a READ's slots belong to unit n+1 (the end marker: M+1)
+        out["src_attn"] = keep(src, state["src_attn"])
+        out["src_unit"] = state["src_unit"].at[bi[:, None], jnp.where(s_ok, sidx, S_cap)].set(
+            jnp.broadcast_to((n + 1)[:, None], sidx.shape), mode="drop")
     wslot = jnp.where(write, j, max_new)
     out["tokens"] = state["tokens"].at[bi, wslot].set(cand, mode="drop")
     out["phi"] = state["phi"].at[bi, wslot].set(n, mode="drop")
@@ -433,7 +451,8 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
         batch, P_cap, U = _host_batch(chunk, B, int(max_new_tokens), target_offset, ws, eos, key)
         if audio_stream.has_audio(chunk):  # audio units are fed as their embeddings (method.md section 7b)
             batch["src_embeds"] = audio_stream.source_embeds(config, params, chunk, B, key[1], batch["src"])
-        sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3])
+        sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3],
+                        spec.needs_src_attn)
         out = _decode_jit(sh, bool(return_logits), params, head_vals, batch)
         out = jax.device_get(out)
         for b, (i, e) in enumerate(zip(ids, chunk)):

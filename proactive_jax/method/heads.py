@@ -17,7 +17,7 @@ Spec grammar::
 
     spec  := NAME [ ":" param ( "," param )* ]
     param := KEY "=" VALUE
-    NAME  := batch | wait-k | entropy | attention | probe
+    NAME  := batch | wait-k | entropy | attention | alignatt | probe
     ("layers" is a comma list itself: in "attention:tau=0.5,layers=0,2" the "2" continues "layers")
 
 =========== ============================ =====================================================================
@@ -34,6 +34,14 @@ attention   tau (required, in [0, 1])    stat=entropy: mean over heads and ``lay
             min_read (2, must be >= 2)   renormalised attention probability >= tau (focused = high mass).
                                          min_read < 2 is rejected: with < 2 streamed units the statistic is
                                          degenerate ("focused" by construction). score: the statistic
+alignatt    f (2, int >= 1)              lag >= f (AlignAtt, Papi et al. 2023): the current target query's
+            layers (":" = all)           attention, summed over heads and averaged over ``layers``, has its
+            min_read (0)                 argmax over the streamed source tokens read so far (units only, not
+                                         the prompt: see below) in unit u; lag = n - u (0: the newest unit).
+                                         READ iff that unit is one of the last f read (u > n - f). n <= f:
+                                         every read unit is recent, so READ (n = 0: nothing streamed, lag 0).
+                                         Ties go to the earliest token. No tau (``tau=`` is refused): sweep f
+                                         as separate specs. score: the lag
 probe       tau (required, in [0, 1])    p >= tau, p = a learned probe's p(V(n) suffices for the next token)
             min_read (0)                 on the hidden state of the current target query
                                          (:mod:`.probe`); score: p
@@ -50,8 +58,13 @@ resolved against the layer count by :func:`resolve_layers`.
 
 Inside the jitted decode loop the head *name* is a traced switch index and every parameter a traced value
 (:func:`encode_head`), so sweeping tau, k or even the head never recompiles; only whether the attention
-statistics / the probe are computed at all (:attr:`HeadSpec.needs_stats`, :attr:`HeadSpec.needs_probe`)
-is static.
+statistics / the probe / the head-summed source attention (``alignatt``) are computed at all is static
+(:attr:`HeadSpec.needs_stats`, :attr:`HeadSpec.needs_probe`, :attr:`HeadSpec.needs_src_attn`).
+
+Why ``alignatt`` ignores the prompt: the prompt holds the attention sinks (the first token, the chat
+template), which take most of the attention mass of many heads; with the prompt in the argmax the head
+would WRITE almost unconditionally (a prompt token is never among the last f units). Over the streamed
+units only, the argmax is AlignAtt's "where is the target token aligned in the source read so far".
 """
 
 from __future__ import annotations
@@ -78,6 +91,8 @@ class DecisionState(NamedTuple):
     words: Array  # target words started among the written tokens (the first token starts word 1)
     word_start: Array  # bool: the candidate (greedy argmax) token starts a word
     probe: Array | None = None  # float32 p(sufficient) of a learned probe on this state (None: no probe)
+    src_attn: Array | None = None  # [layers, S] the target query's head-summed attention over source slots
+    src_unit: Array | None = None  # [S] int32 unit number (1..n) of each streamed source slot; 0: prompt / unread
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +230,24 @@ def attention_head(v, s: DecisionState):
     return focused, score
 
 
+def alignatt_lag(src_attn: Array, src_unit: Array, layer_weights: Array, n) -> Array:
+    """n - u for the unit u holding the most-attended streamed source token (int32; 0 when n = 0).
+
+    ``src_attn`` [layers, S] (head-summed attention over source slots), ``src_unit`` [S] (unit of each slot,
+    0 for the prompt and unread slots), ``layer_weights`` [layers]. Ties go to the earliest slot."""
+    a = jnp.sum(src_attn.astype(jnp.float32) * jnp.asarray(layer_weights, jnp.float32)[:, None], axis=0)
+    streamed = (src_unit >= 1) & (src_unit <= n)
+    best = jnp.argmax(jnp.where(streamed, a, -jnp.inf))
+    return jnp.where(jnp.any(streamed), n - src_unit[best], 0).astype(jnp.int32)
+
+
+def alignatt_head(v, s: DecisionState):
+    if s.src_attn is None:  # traced only as an unused branch: a decoder running alignatt computes src_attn
+        return False, _f32(-1.0)
+    lag = alignatt_lag(s.src_attn, s.src_unit, v["layers"], s.n)
+    return lag >= v["f"], _f32(lag)
+
+
 def probe_head(v, s: DecisionState):
     p = _f32(0.0) if s.probe is None else _f32(s.probe)
     return p >= v["tau"], p
@@ -226,8 +259,10 @@ class HeadDef:
     params: Mapping[str, Param]
     needs_stats: bool = False
     needs_probe: bool = False
+    needs_src_attn: bool = False
     decide_at: str = "token"  # default of the common decide_at parameter
     doc: str = ""
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)  # parameter -> why it is not one
 
 
 TAU = Param("float", None, 0.0, 1.0)
@@ -245,6 +280,12 @@ HEADS: dict[str, HeadDef] = {
                                           "stat": Param("choice", "entropy", choices=ATTENTION_STATS),
                                           "min_read": Param("int", 2, 2, why=ATTENTION_MIN_READ_WHY)},
                          needs_stats=True, doc="write when attention over the streamed source is focused"),
+    "alignatt": HeadDef(alignatt_head, {"f": Param("int", 2, 1, why="f = how many of the latest units count as recent"),
+                                        "layers": Param("layers", ":"), "min_read": Param("int", 0, 0)},
+                        needs_src_attn=True,
+                        doc="read while the most-attended streamed source token is in the last f units",
+                        refused={"tau": "alignatt has no threshold tau (its rule is discrete); sweep f "
+                                        "instead, as separate specs (alignatt:f=1, alignatt:f=2, ...)"}),
     "probe": HeadDef(probe_head, {"tau": TAU, "min_read": Param("int", 0, 0)}, needs_probe=True,
                      doc="write when a learned probe on the hidden state says V(n) suffices (p >= tau)"),
 }
@@ -296,6 +337,10 @@ class HeadSpec:
         return HEADS[self.name].needs_probe
 
     @property
+    def needs_src_attn(self) -> bool:
+        return HEADS[self.name].needs_src_attn
+
+    @property
     def writes_high(self) -> bool:
         """True if the head WRITEs when its statistic is high (``score >= tau``), False if when low."""
         return write_direction(self) == "high"
@@ -335,6 +380,8 @@ def parse_head(spec: str | HeadSpec) -> HeadSpec:
             raise ValueError(f"head spec {spec!r}: expected key=value, got {item!r}")
         key, _, val = item.partition("=")
         key = key.strip()
+        if key in hd.refused:
+            raise ValueError(f"head spec {spec!r}: {hd.refused[key]}")
         if key not in allowed:
             raise ValueError(f"head {name!r} has no parameter {key!r} (spec {spec!r}); "
                              f"its parameters are {sorted(allowed)}")
@@ -420,7 +467,7 @@ def write_direction(spec: str | HeadSpec) -> str:
     Quantile calibration uses it so that ``tau=qX`` means the same for every statistic (a fraction X of
     the calibration pool would WRITE). Heads without tau: ``"high"`` (their scores grow with the reads).
     """
-    spec = parse_head(spec)
+    spec = parse_head(spec)  # alignatt: "high" (writes when its lag >= f)
     if spec.name == "entropy" or (spec.name == "attention" and spec["stat"] == "entropy"):
         return "low"
     return "high"
@@ -431,6 +478,9 @@ def decide(spec: str | HeadSpec, state: DecisionState, num_layers: int | None = 
     if num_layers is None:
         num_layers = int(np.shape(state.stats)[0]) if np.ndim(state.stats) == 3 else 1
     state = DecisionState(*(None if x is None else jnp.asarray(x) for x in state))
+    spec = parse_head(spec)
+    if spec.needs_src_attn and (state.src_attn is None or state.src_unit is None):
+        raise ValueError(f"head {spec} needs the decision state's src_attn and src_unit (the source attention)")
     return _decide_jit(encode_head(spec, num_layers), state)
 
 

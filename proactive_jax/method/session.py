@@ -141,7 +141,7 @@ class SessionBatch:
         P = bucket(max([len(p) for p in prompts] + [int(prompt_capacity or 0)]))
         Hc = bucket(max([len(h) for h in headers] + [int(header_capacity or 0)]))
         self.shapes = StepShapes(config, self.spec.needs_stats, False, int(max_new_tokens), P,
-                                 U, bucket(src_cap, 8), Hc)
+                                 U, bucket(src_cap, 8), Hc, self.spec.needs_src_attn)
         self.step_shapes = self.shapes._replace(prompt_cap=0)  # the step never reads the prompt cap
         self.max_source_len = src_cap
         prompt = np.zeros((B, P), np.int32)

@@ -90,6 +90,15 @@ def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index:
     return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
 
 
+def source_attention(probs: Array, mask: Array, k_segment: Array) -> Array:
+    """Each query's attention probabilities over the visible source keys, summed over heads.
+
+    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]; returns ``[B, Tq, Tk]`` float32, zero on
+    target and invisible keys (not renormalised: the alignatt head only takes an argmax of it)."""
+    src = mask & (k_segment == 0)[:, None, :]
+    return jnp.where(src, jnp.sum(probs, axis=(1, 2)), 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fused attention paths (model.attention); each takes the mask vectors and must equal dense_attention
 # ---------------------------------------------------------------------------------------------

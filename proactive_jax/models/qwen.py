@@ -18,8 +18,8 @@ import flax.linen as nn
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from .attention import (MaskVectors, attend, causal_vectors, dense_attention, stream_attention_stats,
-                        visibility_mask)
+from .attention import (MaskVectors, attend, causal_vectors, dense_attention, source_attention,
+                        stream_attention_stats, visibility_mask)
 from .config import ModelConfig, rope_frequencies
 
 Array = jax.Array
@@ -63,6 +63,7 @@ def remat_policy(name: str):
 
 class Attention(nn.Module):
     config: ModelConfig
+    source_attention: bool = False  # also return the head-summed attention over source keys (alignatt)
 
     @nn.compact
     def __call__(self, x, positions, mask_vec: MaskVectors, layer_cache=None, cache_segment=None,
@@ -100,17 +101,20 @@ class Attention(nn.Module):
             k_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
             new_cache = (ck, cv)
 
-        stats = None
-        if stream_start is not None or cfg.attention == "dense":  # the heads' statistics need the dense probs
+        stats = src = None
+        if stream_start is not None or self.source_attention or cfg.attention == "dense":
+            # the heads' statistics need the dense probs
             mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
             out, probs = dense_attention(q, keys, values, mask)
             if stream_start is not None:
                 stats = stream_attention_stats(probs, mask, k_segment, k_index, stream_start)
+            if self.source_attention:
+                src = source_attention(probs, mask, k_segment)
         else:
             out = attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index)
         out = checkpoint_name(out.reshape(b, t, h * hd), "attention_out")
         y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
-        return y, new_cache, stats
+        return y, new_cache, (stats, src)
 
 
 class MLP(nn.Module):
@@ -128,15 +132,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer; a scan body: ``(x, layer_cache) -> (x, (new_cache, stats))``."""
+    """One decoder layer; a scan body: ``(x, layer_cache) -> (x, (new_cache, (stats, source_attention)))``."""
 
     config: ModelConfig
+    source_attention: bool = False
 
     @nn.compact
     def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, stream_start):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        hsa, new_cache, stats = Attention(cfg, name="self_attn")(
+        hsa, new_cache, stats = Attention(cfg, self.source_attention, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
             layer_cache, cache_segment, stream_start)
         x = x + hsa
@@ -148,6 +153,7 @@ class Transformer(nn.Module):
     """The decoder. ``__call__`` returns final normed hidden states; :meth:`logits` maps them to logits."""
 
     config: ModelConfig
+    source_attention: bool = False  # static: __call__ also returns the source attention (see there)
 
     def setup(self):
         cfg = self.config
@@ -164,7 +170,7 @@ class Transformer(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_hidden_layers,
             unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
-        )(cfg)
+        )(cfg, self.source_attention)
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
@@ -172,7 +178,8 @@ class Transformer(nn.Module):
 
     def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache=None, stream_start=None,
                  input_embeds=None):
-        """Returns ``(hidden [B,T,D], new_cache, stats)``.
+        """Returns ``(hidden [B,T,D], new_cache, stats)``, and a fourth element ``src_attn`` when the module
+        was built with ``source_attention=True``.
 
         ``input_embeds`` [B, T, D]: input embeddings used instead of embedding ``input_ids`` (which is then
         ignored): e.g. projected audio features; :meth:`embed` gives the table rows of token ids.
@@ -180,15 +187,17 @@ class Transformer(nn.Module):
         ``cache``: None, or a dict ``{"k", "v": [layers, B, C, KV, hd], "segment": [B, C]}`` where
         ``segment`` already holds the segment of every slot after this call's writes. ``stats``:
         ``[layers, B, T, H, 2]`` attention statistics over streamed source keys (see
-        :func:`stream_attention_stats`) when ``stream_start`` ([B] int) is given, else None.
+        :func:`stream_attention_stats`) when ``stream_start`` ([B] int) is given, else None. ``src_attn``:
+        ``[layers, B, T, K]`` each query's attention over the source keys summed over heads (K = the cache
+        capacity, or T without a cache; see :func:`.attention.source_attention`).
         """
         x = self.embed(input_ids) if input_embeds is None else input_embeds.astype(self.embed_tokens.dtype)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         cache_segment = None if cache is None else cache["segment"]
-        x, (new_kv, stats) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
+        x, (new_kv, (stats, src)) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
         x = self.norm(x)
         new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "segment": cache_segment}
-        return x, new_cache, stats
+        return (x, new_cache, stats, src) if self.source_attention else (x, new_cache, stats)
 
     def embed(self, input_ids):
         """Input embeddings of token ids (the embedding-table rows, in the compute dtype)."""
@@ -212,8 +221,8 @@ class Transformer(nn.Module):
 # Functional entry points
 # ---------------------------------------------------------------------------------------------
 
-def make_model(config: ModelConfig) -> Transformer:
-    return Transformer(config)
+def make_model(config: ModelConfig, source_attention: bool = False) -> Transformer:
+    return Transformer(config, source_attention)
 
 
 def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
@@ -237,10 +246,11 @@ def abstract_params(config: ModelConfig) -> dict:
 
 
 def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors, cache=None,
-                 stream_start=None, input_embeds=None):
-    """``(hidden, new_cache, stats)``; ``input_embeds`` [B, T, D] replaces the embedding of ``input_ids``."""
-    return make_model(config).apply({"params": params}, input_ids, positions, mask_vec, cache, stream_start,
-                                    input_embeds)
+                 stream_start=None, input_embeds=None, source_attention: bool = False):
+    """``(hidden, new_cache, stats)``; ``input_embeds`` [B, T, D] replaces the embedding of ``input_ids``.
+    ``source_attention`` (static): also return ``src_attn`` (a fourth element; see :meth:`Transformer.__call__`)."""
+    return make_model(config, source_attention).apply({"params": params}, input_ids, positions, mask_vec, cache,
+                                                      stream_start, input_embeds)
 
 
 def embed_ids(config: ModelConfig, params, input_ids):
