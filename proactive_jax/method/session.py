@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Callable, Sequence
 
 import jax
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
+from ..models.qwen import embed_ids
 from .decode import (DecodeResult, StepShapes, _check_ids, _vocab_table, bucket, decision_step, prefill)
 from .heads import HeadSpec, encode_head, parse_head
 from ..errors import ProactiveError
@@ -54,7 +56,6 @@ def _traced(fn):
     return run
 
 
-_prefill_jit = jax.jit(_traced(prefill), static_argnums=0)
 _step_jit = jax.jit(_traced(decision_step), static_argnums=0, donate_argnums=4)
 _PENDING = ("cand", "write", "score", "forced", "done")
 
@@ -66,12 +67,33 @@ def _check(ids, vocab: int, what: str):
         raise SessionError(str(e)) from None
 
 
+def _check_parts(i: int, prompt, end, header, vocab: int):
+    for part, ids in (("prompt", prompt), ("end", end), ("header", header)):
+        _check(ids, vocab, f"session {i}: {part}")
+    if not header:
+        raise SessionError(f"session {i}: header is empty: decoding needs at least one header token")
+    if not end:
+        raise SessionError(f"session {i}: end is empty: the end-of-source marker needs a token")
+
+
 def _ids(x, what: str) -> list[int]:
+    import operator
+
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "iu":
+        raise SessionError(f"{what}: expected a list of token ids, got a {x.dtype} array{_AUDIO_HINT}")
     try:
-        out = [int(t) for t in x]
+        out = [operator.index(t) for t in x]
     except (TypeError, ValueError):
-        raise SessionError(f"{what}: expected a list of token ids, got {x!r}") from None
+        raise SessionError(f"{what}: expected a list of token ids, got {_short(x)}{_AUDIO_HINT}") from None
     return out
+
+
+_AUDIO_HINT = " (audio goes to a session made with a Qwen2-Audio config)"
+
+
+def _short(x) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 class SessionBatch:
@@ -95,6 +117,16 @@ class SessionBatch:
                  target_offset: int = 0, max_source_len: int | None = None, unit_capacity: int | None = None,
                  prompt_capacity: int | None = None, header_capacity: int | None = None, fused: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
+        self.audio = None
+        if getattr(config, "model_type", None) == "qwen2_audio":  # live audio: see .audio_session
+            from .audio_session import AudioRows
+
+            self.audio = AudioRows(config, params, len(prompts))
+            self.audio_token_id = int(config.audio_token_index)
+            unit_capacity = unit_capacity or bucket(max([config.chunk] + [len(e) for e in ends]))
+            if unit_capacity < config.chunk:
+                raise SessionError(f"unit_capacity={unit_capacity} is smaller than an audio chunk ({config.chunk} tokens)")
+            config, params = config.text, params["language_model"]
         self.config, self.params, self.clock, self.fused = config, params, clock, bool(fused)
         self.spec = parse_head(head)
         self.head_vals = encode_head(self.spec, config.num_hidden_layers)
@@ -107,12 +139,7 @@ class SessionBatch:
             raise SessionError(f"need one prompt, end and header per session; got {len(prompts)} prompts, "
                                f"{len(ends)} ends, {len(headers)} headers")
         for i in range(B):
-            for part, ids in (("prompt", prompts[i]), ("end", ends[i]), ("header", headers[i])):
-                _check(ids, V, f"session {i}: {part}")
-            if not headers[i]:
-                raise SessionError(f"session {i}: header is empty: decoding needs at least one header token")
-            if not ends[i]:
-                raise SessionError(f"session {i}: end is empty: the end-of-source marker needs a token")
+            _check_parts(i, prompts[i], ends[i], headers[i], V)
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise SessionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(target_offset, (int, np.integer)) or target_offset < 0:
@@ -145,29 +172,28 @@ class SessionBatch:
         self.step_shapes = self.shapes._replace(prompt_cap=0)  # the step never reads the prompt cap
         self.max_source_len = src_cap
         prompt = np.zeros((B, P), np.int32)
-        header = np.zeros((B, Hc), np.int32)
+        # host copies of the per-row values (a row that is released / joined changes its own entries)
+        self._host = dict(M=np.full(B, M_UNKNOWN, np.int32), plen=np.zeros(B, np.int32),
+                          header=np.zeros((B, Hc), np.int32), hlen=np.zeros(B, np.int32),
+                          off=np.full(B, int(target_offset), np.int32), valid=np.ones(B, bool))
         for i in range(B):
-            prompt[i, :len(prompts[i])] = prompts[i]
-            header[i, :len(headers[i])] = headers[i]
-        self._M = np.full(B, M_UNKNOWN, np.int32)
-        self.rows = dict(M=jnp.asarray(self._M), plen=jnp.asarray([len(p) for p in prompts], jnp.int32),
-                         header=jnp.asarray(header), hlen=jnp.asarray([len(h) for h in headers], jnp.int32),
-                         off=jnp.full((B,), int(target_offset), jnp.int32), valid=jnp.ones((B,), bool),
-                         word_start=jnp.asarray(ws), eos=jnp.asarray(eos))
+            self._set_row(i, prompts[i], headers[i], prompt)
+        self._M = self._host["M"]
+        self._tables = dict(word_start=jnp.asarray(ws), eos=jnp.asarray(eos))
+        self._sync_rows()
         self.B, self.prompts, self.ends, self.headers = B, prompts, ends, headers
-        self.tokens = [[] for _ in range(B)]
-        self.phi = [[] for _ in range(B)]
-        self.units_pushed = [0] * B
-        self.closed = [False] * B
-        self._visible = [len(p) for p in prompts]
+        self.tokens, self.phi, self.records = [None] * B, [None] * B, [None] * B
+        self.units_pushed, self.closed, self._visible, self._n = [0] * B, [False] * B, [0] * B, [0] * B
         self._queue: list[list[int] | None] = [None] * B
-        self.records = [dict(scores=[], writes=[], reads=[], forced=[], seconds=[]) for _ in range(B)]
+        for i in range(B):
+            self._fresh_row(i)
         self.step_seconds: list[float] = []  # wall-clock of every step (one decision of each advancing row)
         t0 = clock()
-        self.state = _prefill_jit(self.shapes, params, self.head_vals, self.rows, jnp.asarray(prompt))
+        # the prefill is a join of every row (one program for the start and for later joins)
+        self.state = _rejoin_jit(self.shapes, params, self.head_vals, self.rows, _blank_state(self, prompt),
+                                 jnp.asarray(prompt), jnp.ones((B,), bool))
         self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
         self.prefill_seconds = clock() - t0
-        self._n = [0] * B
 
     # -- the public operations ----------------------------------------------------------------
 
@@ -176,13 +202,17 @@ class SessionBatch:
         """Per row: the model stopped writing (an eos id, or max_new_tokens)."""
         return [bool(x) for x in self._pending["done"]]
 
-    def push(self, units: Sequence) -> list[list[int]]:
-        """Give row i the next source unit ``units[i]`` (token ids; None = nothing new for that row).
+    def push(self, units: Sequence, *, sampling_rate: int = 16000) -> list[list[int]]:
+        """Give row i the next source unit ``units[i]`` (None = nothing new for that row): token ids, or in
+        an audio session a waveform piece of any length (16 kHz mono; ``sampling_rate`` must be 16000) or
+        one chunk's embeddings (see :mod:`.audio_session`).
 
         Returns, per row, the token ids written in response (possibly empty). All units are checked
         before anything runs: a bad one raises :class:`SessionError` and no row changes."""
         if len(units) != self.B:
             raise SessionError(f"push: expected one unit (or None) per session ({self.B}), got {len(units)}")
+        if self.audio is not None:
+            return self.audio.push(self, units, sampling_rate)
         clean = [None if u is None else self._check_unit(i, u) for i, u in enumerate(units)]
         for i, u in enumerate(clean):
             if u is not None:
@@ -200,16 +230,50 @@ class SessionBatch:
                 raise SessionError(f"finish: row {i} does not exist (the batch has {self.B} sessions)")
             if self.closed[i]:
                 raise SessionError(f"finish: session {i} is closed (finish() was already called)")
+        out = self.audio.flush(self, rows) if self.audio is not None else [[] for _ in range(self.B)]
         for i in rows:
             self._M[i] = self.units_pushed[i]
             self.closed[i] = True
             if not self.done[i]:
                 self._queue[i] = list(self.ends[i])
         if rows:
-            self.rows = dict(self.rows, M=jnp.asarray(self._M))
-        out = self._run()
+            self._sync_rows()
+        for i, w in enumerate(self._run()):
+            out[i] += w
         assert all(self.done[i] for i in rows), "a finished row must write until eos or max_new_tokens"
         return out
+
+    def release(self, i: int) -> None:
+        """Free row i (e.g. its session finished): it stops at once and decides nothing more until a
+        :meth:`join`; its records (:meth:`result`) stay readable until then. No recompilation."""
+        self._row_index(i, "release")
+        self._host["valid"][i] = False  # the prefill of an invalid row marks it done
+        self._reprefill(i, [0], [0])
+        self.closed[i] = True
+
+    def join(self, i: int, *, prompt, end, header) -> None:
+        """Start a new session in row i (free, or finished), with its own prompt / end / header (token-id
+        lists; within this batch's capacities). The row's caches, decision state, records and audio state
+        are reset; the result equals a fresh session's. Other rows are unchanged; nothing recompiles."""
+        self._row_index(i, "join")
+        if not (self.closed[i] or self.done[i]):
+            raise SessionError(f"join: row {i} holds a live session (finish() or release() it first)")
+        prompt, end, header = (_ids(x, f"join: row {i}: {n}") for x, n in ((prompt, "prompt"), (end, "end"),
+                                                                               (header, "header")))
+        _check_parts(i, prompt, end, header, self.config.vocab_size)
+        caps = [("prompt", len(prompt), self.shapes.prompt_cap), ("header", len(header), self.shapes.header_cap),
+                ("end", len(end), self.shapes.unit_cap)]
+        for what, n, cap in caps:
+            if n > cap:
+                raise SessionError(f"join: row {i}: {what} of {n} tokens is over this batch's capacity of {cap}")
+        if len(prompt) + 1 + len(end) > self.max_source_len:
+            raise SessionError(f"join: row {i}: prompt + one unit + end do not fit max_source_len={self.max_source_len}")
+        self.prompts[i], self.ends[i], self.headers[i] = prompt, end, header
+        self._host["valid"][i] = True
+        self._reprefill(i, prompt, header)
+        self._fresh_row(i)
+        if self.audio is not None:
+            self.audio.reset_row(i)
 
     def result(self, i: int) -> DecodeResult:
         """Row i's decode so far, as a :class:`.decode.DecodeResult` (with ``seconds`` per decision)."""
@@ -223,6 +287,38 @@ class SessionBatch:
                             seconds=np.asarray(r["seconds"], np.float64))
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _row_index(self, i, op: str):
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.B:
+            raise SessionError(f"{op}: row {i!r} does not exist (the batch has {self.B} sessions)")
+
+    def _set_row(self, i: int, prompt, header, prompt_arr):
+        h = self._host
+        h["M"][i], h["plen"][i], h["hlen"][i] = M_UNKNOWN, len(prompt), len(header)
+        h["header"][i] = 0
+        h["header"][i, :len(header)] = header
+        prompt_arr[i, :len(prompt)] = prompt
+
+    def _sync_rows(self):
+        self.rows = dict({k: jnp.asarray(v) for k, v in self._host.items()}, **self._tables)
+
+    def _fresh_row(self, i: int):
+        """Host records of row i as for a new session."""
+        self.tokens[i], self.phi[i] = [], []
+        self.records[i] = dict(scores=[], writes=[], reads=[], forced=[], seconds=[])
+        self.units_pushed[i], self.closed[i], self._n[i], self._queue[i] = 0, False, 0, None
+        self._visible[i] = len(self.prompts[i])
+
+    def _reprefill(self, i: int, prompt, header):
+        """Row i's device state re-made by the prefill (the whole batch's program; only row i is kept)."""
+        arr = np.zeros((self.B, self.shapes.prompt_cap), np.int32)
+        self._set_row(i, prompt, header, arr)
+        self._sync_rows()
+        mask = np.zeros(self.B, bool)
+        mask[i] = True
+        self.state = _rejoin_jit(self.shapes, self.params, self.head_vals, self.rows, self.state, jnp.asarray(arr),
+                                 jnp.asarray(mask))
+        self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
 
     def _check_unit(self, i: int, unit) -> list[int]:
         if self.closed[i]:
@@ -244,18 +340,27 @@ class SessionBatch:
                                "(nothing was fed; call finish() or use a larger max_source_len)")
         return ids
 
-    def _run(self) -> list[list[int]]:
-        """Advance every row that can (pending WRITE, or READ with a queued unit) until none can."""
+    def _run(self, chunk_embeds=None) -> list[list[int]]:
+        """Advance every row that can (pending WRITE, or READ with a queued unit) until none can.
+        Audio sessions: the queued units are fed as ``chunk_embeds`` [B, K, D] (audio chunks) or, when
+        None, as the embeddings of their ids (the end marker)."""
         out = [[] for _ in range(self.B)]
         unit = np.zeros((self.B, self.shapes.unit_cap), np.int32)
         ulen = np.zeros(self.B, np.int32)
         for i, q in enumerate(self._queue):
             if q is not None:
                 unit[i, :len(q)], ulen[i] = q, len(q)
+        embeds = None
+        if self.audio is not None:
+            D = self.config.hidden_size
+            given = chunk_embeds is not None
+            chunk_embeds = chunk_embeds if given else jnp.zeros((self.B, self.audio.K, D), jnp.float32)
+            embeds = _unit_embeds_jit(self.config, self.params, jnp.asarray(unit), chunk_embeds,
+                                      jnp.asarray(not given))
         if self.fused:
-            self._run_fused(unit, ulen, out)
+            self._run_fused(unit, ulen, out, embeds)
         else:
-            self._run_stepwise(unit, ulen, out)
+            self._run_stepwise(unit, ulen, out, embeds)
         return out
 
     def _record(self, i, write, cand, score, forced, seconds, ulen, out):
@@ -274,7 +379,7 @@ class SessionBatch:
             self._n[i] += 1
             self._queue[i] = None
 
-    def _run_stepwise(self, unit, ulen, out):
+    def _run_stepwise(self, unit, ulen, out, embeds=None):
         """One dispatch per step; the host reads every decision back (exact per-decision wall-clock)."""
         unit_d, ulen_d = jnp.asarray(unit), jnp.asarray(ulen)
         while True:
@@ -285,7 +390,7 @@ class SessionBatch:
                 return
             t0 = self.clock()
             self.state = _step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
-                                   unit_d, ulen_d, jnp.asarray(go))
+                                   unit_d, ulen_d, jnp.asarray(go), embeds)
             nxt = jax.device_get({k: self.state[k] for k in _PENDING})
             dt = self.clock() - t0
             self.step_seconds.append(dt)
@@ -293,14 +398,14 @@ class SessionBatch:
                 self._record(i, p["write"][i], p["cand"][i], p["score"][i], p["forced"][i], dt, ulen, out)
             self._pending = nxt
 
-    def _run_fused(self, unit, ulen, out):
+    def _run_fused(self, unit, ulen, out, embeds=None):
         """One dispatch per push: a device ``while_loop`` over the same step; per-decision time = the push's
         wall-clock / its steps (the writes of a push reach the host together, at its end)."""
         has = np.array([q is not None for q in self._queue])
         t0 = self.clock()
         self.state, rec, k, steps, nxt = _advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
                                                       self.state, jnp.asarray(unit), jnp.asarray(ulen),
-                                                      jnp.asarray(has))
+                                                      jnp.asarray(has), embeds)
         rec, k, steps, nxt = jax.device_get((rec, k, steps, nxt))
         dt = self.clock() - t0
         per = dt / max(int(steps), 1)
@@ -312,7 +417,7 @@ class SessionBatch:
         self._pending = nxt
 
 
-def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has_unit):
+def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has_unit, unit_embeds=None):
     """``lax.while_loop`` over :func:`.decode.decision_step`: every row advances while its pending decision
     is WRITE, or READ with its unit (``has_unit``) not yet read; records each decision (at most
     ``max_new + 1`` per row: one READ and the writes). Returns (state, records, decisions per row, steps,
@@ -335,7 +440,7 @@ def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has
         slot = jnp.where(go, k, K)
         r = {name: r[name].at[bi, slot].set(st[name], mode="drop") for name in r}
         has = has & ~(go & ~st["write"])
-        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, go)
+        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, go, unit_embeds)
         return st, has, r, k + go.astype(jnp.int32), it + 1
 
     st, _, rec, k, steps = jax.lax.while_loop(cond, body, (state, has_unit, rec, jnp.zeros((B,), jnp.int32),
@@ -346,6 +451,43 @@ def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has
 _advance_jit = jax.jit(_traced(_advance), static_argnums=0, donate_argnums=4)
 
 
+def _rejoin(sh: StepShapes, params, head_vals, rows, state, prompt, mask):
+    """:func:`.decode.prefill` of the whole batch, kept only for the rows in ``mask`` [B] (a row joining or
+    released); the other rows keep their state. Cache K/V are ``[layers, B, ...]``, the rest ``[B, ...]``."""
+    new = prefill(sh, params, head_vals, rows, prompt)
+
+    def pick(path, a, b):
+        axis = 1 if getattr(path[0], "key", None) == "cache" and getattr(path[-1], "key", None) in ("k", "v") else 0
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        return jnp.where(mask.reshape(shape), a, b)
+
+    return jax.tree_util.tree_map_with_path(pick, new, state)
+
+
+_rejoin_jit = jax.jit(_traced(_rejoin), static_argnums=0, donate_argnums=4)
+_BLANK: dict = {}
+
+
+def _blank_state(sb, prompt):
+    """Zeros shaped like the prefill's state (the state that :func:`_rejoin` fills on creation)."""
+    key = (sb.shapes, sb.B, jax.tree_util.tree_structure(sb.head_vals))
+    if key not in _BLANK:
+        _BLANK[key] = jax.eval_shape(partial(prefill, sb.shapes), sb.params, sb.head_vals, sb.rows, prompt)
+    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), _BLANK[key])
+
+
+def _unit_embeds(config: ModelConfig, params, unit, chunk_embeds, from_ids):
+    """The input embeddings of a READ's units [B, U, D]: audio chunks (padded to U), or the table rows of
+    the unit ids (the end marker) when ``from_ids``, as the batch decoder's ``src_embeds`` holds them."""
+    pad = unit.shape[1] - chunk_embeds.shape[1]
+    chunk = jnp.pad(chunk_embeds.astype(jnp.float32), ((0, 0), (0, pad), (0, 0)))
+    return jnp.where(from_ids, embed_ids(config, params, unit).astype(jnp.float32), chunk)
+
+
+_unit_embeds_jit = jax.jit(_unit_embeds, static_argnums=0)
+
+
 class StreamSession:
     """One live stream (a :class:`SessionBatch` of one row).
 
@@ -353,6 +495,11 @@ class StreamSession:
     token ids written in response; ``finish()`` feeds ``end`` and returns the rest; ``tokens`` and ``phi``
     hold everything written so far and the read count at each write; ``decision_seconds`` the wall-clock
     time of every decision. Keyword options as in :class:`SessionBatch`.
+
+    With a Qwen2-Audio ``config`` (and its whole parameter tree) the session is an audio session: push
+    raw 16 kHz mono waveform pieces of any length (:meth:`push_audio`; buffered into chunks of
+    ``config.chunk`` encoder tokens, each read as one unit once heard) or one chunk's embeddings at a
+    time; see :mod:`.audio_session`.
     """
 
     def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompt, end, header,
@@ -372,18 +519,32 @@ class StreamSession:
         from ..data import TextExample, render_example, template_parts, word_start_table
         from ..models.loading import eos_ids_for
 
-        ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
-                                                   target_text="x"), template_parts(tokenizer, system=system))
-        s = cls(config, params, head, prompt=ex.prompt, end=ex.end, header=ex.header,
+        text_cfg = getattr(config, "text", config)
+        if text_cfg is not config:  # audio: the audio chat layout (prompt ends with <|audio_bos|>)
+            from .audio_decode_cli import audio_parts
+
+            parts = audio_parts(tokenizer, prompt_text, "You are a helpful assistant." if system is None else system)
+        else:
+            ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
+                                                       target_text="x"), template_parts(tokenizer, system=system))
+            parts = dict(prompt=ex.prompt, end=ex.end, header=ex.header)
+        s = cls(config, params, head, prompt=parts["prompt"], end=parts["end"], header=parts["header"],
                 max_new_tokens=max_new_tokens,
-                eos_ids=eos_ids_for(tokenizer, config) if eos_ids is None else eos_ids,
-                word_starts=word_start_table(tokenizer, config.vocab_size) if word_starts is None else word_starts,
+                eos_ids=eos_ids_for(tokenizer, text_cfg) if eos_ids is None else eos_ids,
+                word_starts=word_start_table(tokenizer, text_cfg.vocab_size) if word_starts is None else word_starts,
                 **options)
         s.tokenizer = tokenizer
         return s
 
     def push(self, unit) -> list[int]:
         return self._batch.push([unit])[0]
+
+    def push_audio(self, samples, sampling_rate: int = 16000) -> list[int]:
+        """Push a waveform piece (mono float in [-1, 1], or int16 PCM; any length) of an audio session;
+        returns the tokens written once the chunks it completes were read (often none)."""
+        if self._batch.audio is None:
+            raise SessionError("push_audio: this is a text session (made with a text model config); push token ids")
+        return self._batch.push([samples], sampling_rate=sampling_rate)[0]
 
     def push_text(self, word: str) -> list[int]:
         """Push one word of text (tokenized on its own, with a leading space after the first unit, as
