@@ -8,8 +8,7 @@ from proactive_jax.method import session as sess
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError, session_decode
 from proactive_jax.method.streaming import StreamExample
-from tests.conftest import tiny_qwen2, tiny_qwen3
-from tests.method.test_decode import MAX_NEW, random_examples, random_params, sharpen
+from tests.method.util import MAX_NEW, text_setup
 
 M_DEPENDENT = ("batch", "wait-k")  # heads whose score (not decision) uses M, unknown live before finish()
 # every one-row session in this file shares these capacities: one compiled prefill and step per model
@@ -18,13 +17,7 @@ CAPS = dict(max_source_len=64, unit_capacity=4, prompt_capacity=4, header_capaci
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
 def setup(request):
-    cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[request.param]()
-    params = sharpen(cfg, random_params(cfg, 1))
-    rng = np.random.default_rng(7)
-    exs = random_examples(rng, 6)
-    ws = rng.random(cfg.vocab_size) < 0.7
-    first = stream_decode(cfg, params, exs, "batch", MAX_NEW, eos_ids=[], word_starts=ws)
-    return dict(cfg=cfg, params=params, exs=exs, ws=ws, eos=[int(first[0].tokens[3])])
+    return text_setup(request.param)
 
 
 def _tau(s, base):
