@@ -8,7 +8,7 @@ from proactive_jax.method import session as sess
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError, session_decode
 from proactive_jax.method.streaming import StreamExample
-from tests.method.util import MAX_NEW, text_setup
+from tests.method.util import MAX_NEW, compiles, text_setup
 
 M_DEPENDENT = ("batch", "wait-k")  # heads whose score (not decision) uses M, unknown live before finish()
 # every one-row session in this file shares these capacities: one compiled prefill and step per model
@@ -104,6 +104,39 @@ def test_never_reencodes_what_it_read(setup):
     sb.finish()
     after = np.asarray(jax.device_get(sb.state["cache"]["k"]))[:, :, :V]
     np.testing.assert_array_equal(after, before)
+
+
+def test_join_a_freed_row_equals_a_fresh_session_without_recompiling(setup):
+    """Row 0's session finishes, a new one joins in its slot while row 1 is mid-stream; both equal
+    stream_decode, and nothing is compiled for the release / join / the joined session."""
+    s = setup
+    exs, head = s["exs"], "wait-k:k=1"
+    kw = dict(eos_ids=s["eos"], word_starts=s["ws"])
+    ref = stream_decode(s["cfg"], s["params"], exs, head, MAX_NEW, **kw)
+    a, b, c = exs[0], max(exs[1:], key=lambda e: e.M), exs[5]
+    sb = SessionBatch(s["cfg"], s["params"], head, prompts=[a.prompt, b.prompt], ends=[a.end, b.end],
+                      headers=[a.header, b.header], max_new_tokens=MAX_NEW, **kw, **CAPS)
+    for u in a.units:
+        sb.push([u, None])
+    sb.finish([0])
+    sb.push([None, b.units[0]])
+    assert sb.result(0).tokens.tolist() == ref[0].tokens.tolist()
+
+    def reuse():
+        sb.join(0, prompt=c.prompt, end=c.end, header=c.header)
+        for k in range(max(c.M, b.M - 1)):
+            sb.push([c.units[k] if k < c.M else None, b.units[k + 1] if k + 1 < b.M else None])
+            if k + 1 == c.M:
+                sb.finish([0])
+        sb.finish([1])
+        sb.release(1)
+
+    assert compiles(reuse) == []
+    for row, e in ((0, c), (1, b)):
+        r = ref[exs.index(e)]
+        assert sb.result(row).tokens.tolist() == r.tokens.tolist() and sb.result(row).phi.tolist() == r.phi.tolist()
+        np.testing.assert_array_equal(sb.result(row).writes, r.writes)
+    assert sb.done == [True, True] and sb.closed == [True, True]
 
 
 def test_bad_input_is_refused_and_the_session_stays_usable(setup):

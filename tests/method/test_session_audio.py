@@ -1,8 +1,5 @@
 """Live audio sessions (method/audio_session.py): waveform pieces or chunk embeddings pushed one by one ==
 stream_decode on the whole AudioStreamExample; the incremental features and encoding == the offline ones."""
-import logging
-
-import jax
 import numpy as np
 import pytest
 
@@ -12,7 +9,7 @@ from proactive_jax.method import session as sess
 from proactive_jax.method.audio_session import AudioRows, LiveAudio
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError
-from tests.method.util import audio_setup
+from tests.method.util import audio_setup, compiles
 
 MAX_NEW = 8
 CAPS = dict(max_source_len=64, prompt_capacity=4, header_capacity=2)  # one compiled program per batch size
@@ -148,25 +145,6 @@ def test_audio_session_equals_stream_decode(setup, head):
             assert_same(stepwise.result(i), r, head, scores=False)
 
 
-def _compiles(fn):
-    """Run ``fn`` and count XLA compilations (jax.log_compiles)."""
-    seen = []
-
-    class H(logging.Handler):
-        def emit(self, rec):
-            if "Finished XLA compilation" in rec.getMessage():
-                seen.append(rec.getMessage())
-
-    h, lg = H(), logging.getLogger("jax")
-    lg.addHandler(h)
-    try:
-        with jax.log_compiles():
-            fn()
-    finally:
-        lg.removeHandler(h)
-    return seen
-
-
 def test_release_and_join_reuse_a_row_without_recompiling(setup):
     """A server's slot reuse: row 0's session ends, a new one joins in its slot (caches, decisions, audio
     buffer and encoder state reset) while row 2 keeps streaming; the joined session == a fresh one."""
@@ -193,7 +171,7 @@ def test_release_and_join_reuse_a_row_without_recompiling(setup):
                 sb.finish(ending)
         assert sess.TRACE_COUNT == traces
 
-    assert _compiles(reuse) == []
+    assert compiles(reuse) == []
     for r in range(3):
         assert_same(sb.result(r), ref[order[r]], head, scores=False)
     with pytest.raises(SessionError, match="holds a live session"):

@@ -1,4 +1,6 @@
 """Shared test setup for tests/method: random tiny models and streaming examples (numpy-built, fast)."""
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,3 +93,22 @@ def audio_setup(seconds=(0.5, 1.1, 1.7)) -> dict:
         emb = audio_embeddings(cfg, params, waves[-1])
         exs.append(audio_example([5, 6, AUDIO_BOS], emb, cfg.chunk, [AUDIO_EOS, 7], [8, 9], [3], AUDIO_ID))
     return dict(cfg=cfg, params=params, lm=params["language_model"], waves=waves, exs=exs)
+
+
+def compiles(fn) -> list[str]:
+    """Run ``fn`` and return the XLA compilations it caused (as ``jax.log_compiles`` reports them)."""
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, rec):
+            if "Finished XLA compilation" in rec.getMessage():
+                seen.append(rec.getMessage())
+
+    h, lg = Catch(), logging.getLogger("jax")
+    lg.addHandler(h)
+    try:
+        with jax.log_compiles():
+            fn()
+    finally:
+        lg.removeHandler(h)
+    return seen
