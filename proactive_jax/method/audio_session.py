@@ -100,11 +100,15 @@ class LiveAudio:
             self.heard += take
             self.total += take
             samples = samples[take:]
-            while self.c < self.per_window and self.heard >= min(self.win, (self.c + 1) * self.chunk_samples + LOOKAHEAD):
+            while self.c < self.per_window and self.heard >= self._needs(self.c):
                 out.append(self._chunk(self.K))
             if self.heard == self.win:  # the window is complete: the next samples start a new one
                 self._next_window()
         return out
+
+    def _needs(self, c: int) -> int:
+        """Samples of the window that chunk c's features need: its own and the look-ahead (none at the end)."""
+        return min(self.win, (c + 1) * self.chunk_samples + LOOKAHEAD)
 
     def flush(self) -> list:
         """The last chunk(s) at the end of the utterance (the rest of the window counts as zeros)."""
@@ -117,7 +121,8 @@ class LiveAudio:
 
     def _chunk(self, tokens: int):
         f0 = self.c * self.frames
-        mel, self.run_max = chunk_log_mel(self.buf[:self.heard], self.win, f0, f0 + self.frames, self.bins, self.run_max)
+        mel, self.run_max = chunk_log_mel(self.buf[:self.heard], self.win, f0, f0 + self.frames, self.bins,
+                                          self.run_max)
         self.c += 1
         return mel, tokens, self.c == 1
 
@@ -149,7 +154,8 @@ def encode_rows(config, params, state: EncoderState, mel, go, reset):
     start = EncoderState(*[_rows_where(reset, jnp.zeros_like(s), s, i < 2) for i, s in enumerate(state)])
 
     def one(k, v, left_mel, left_h1, pos, m):  # the one-window chunk encoder on a batch of one
-        st, e = _chunk_fn(config, params, EncoderState(k[:, None], v[:, None], left_mel[None], left_h1[None], pos), m[None])
+        st = EncoderState(k[:, None], v[:, None], left_mel[None], left_h1[None], pos)
+        st, e = _chunk_fn(config, params, st, m[None])
         return st.k[:, 0], st.v[:, 0], st.left_mel[0], st.left_h1[0], st.pos, e[0]
 
     k, v, lm, lh, pos, emb = jax.vmap(one, in_axes=(1, 1, 0, 0, 0, 0), out_axes=(1, 1, 0, 0, 0, 0))(*start, mel)

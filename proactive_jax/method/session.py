@@ -1,12 +1,15 @@
 """Live streaming: an incremental session over the decoder's jitted prefill and decision step.
 
 A :class:`StreamSession` serves one live source: :meth:`~StreamSession.push` takes the next source unit
-(token ids) and returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the
-end marker and returns the rest. A :class:`SessionBatch` advances several sessions together, one row
-each, the way a server would. Both run :func:`.decode.prefill` once and then :func:`.decode.decision_step`
-per decision, on fixed-shape caches (capacity fixed at construction): the same functions the batch
-decoder loops over, so a session's tokens and read schedule equal :func:`.decode.stream_decode`'s on the
-whole example. Nothing read is ever re-encoded: every unit is fed once, into its own cache slots.
+(token ids; in an audio session a waveform piece or chunk embeddings, see :mod:`.audio_session`) and
+returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the end marker and
+returns the rest. A :class:`SessionBatch` advances several sessions together, one row each, the way a
+server would; a row whose session ended can be released (:meth:`~SessionBatch.release`) and a new
+session join its slot (:meth:`~SessionBatch.join`). Both run :func:`.decode.prefill` and then
+:func:`.decode.decision_step` per decision, on fixed-shape caches (capacity fixed at construction; the programs are in
+:mod:`.session_programs`): the same functions the batch decoder loops over, so a session's tokens and read
+schedule equal :func:`.decode.stream_decode`'s on the whole example. Nothing read is ever re-encoded: every
+unit is fed once, into its own cache slots; nothing recompiles per push, per new session or per join.
 
 How a push runs: the device state always holds the pending decision for the current logits (see
 :mod:`.decode`). The host advances every row whose pending decision is WRITE, or READ with a queued unit;
@@ -19,13 +22,15 @@ Before :meth:`finish` the session does not know M, the number of units: the devi
 larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
 the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ
 from the batch decoder's for decisions made before the end was known.
+
+(About 530 lines: the batch's host bookkeeping, the one-row session and ``session_decode`` share their
+row state; the device programs and the audio side live in their own modules.)
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 from typing import Callable, Sequence
 
 import jax
@@ -33,31 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
-from ..models.qwen import embed_ids
-from .decode import (DecodeResult, StepShapes, _check_ids, _vocab_table, bucket, decision_step, prefill)
+from .decode import DecodeResult, StepShapes, _check_ids, _vocab_table, bucket
+from .session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
 from .heads import HeadSpec, encode_head, parse_head
 from ..errors import ProactiveError
 
 log = logging.getLogger(__name__)
 
 M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read count
-TRACE_COUNT = 0  # incremented each time the session step or prefill is traced (compiled for new shapes)
 
 
 class SessionError(ProactiveError, ValueError):
     """Bad use of a session (closed, bad unit); the message says which row and why."""
 
 
-def _traced(fn):
-    def run(*args, **kw):
-        global TRACE_COUNT
-        TRACE_COUNT += 1
-        return fn(*args, **kw)
-    return run
-
-
-_step_jit = jax.jit(_traced(decision_step), static_argnums=0, donate_argnums=4)
-_PENDING = ("cand", "write", "score", "forced", "done")
 
 
 def _check(ids, vocab: int, what: str):
@@ -125,7 +119,8 @@ class SessionBatch:
             self.audio_token_id = int(config.audio_token_index)
             unit_capacity = unit_capacity or bucket(max([config.chunk] + [len(e) for e in ends]))
             if unit_capacity < config.chunk:
-                raise SessionError(f"unit_capacity={unit_capacity} is smaller than an audio chunk ({config.chunk} tokens)")
+                raise SessionError(f"unit_capacity={unit_capacity} is smaller than an audio chunk "
+                                   f"({config.chunk} tokens)")
             config, params = config.text, params["language_model"]
         self.config, self.params, self.clock, self.fused = config, params, clock, bool(fused)
         self.spec = parse_head(head)
@@ -190,7 +185,8 @@ class SessionBatch:
         self.step_seconds: list[float] = []  # wall-clock of every step (one decision of each advancing row)
         t0 = clock()
         # the prefill is a join of every row (one program for the start and for later joins)
-        self.state = _rejoin_jit(self.shapes, params, self.head_vals, self.rows, _blank_state(self, prompt),
+        blank = blank_state(self.shapes, B, params, self.head_vals, self.rows, prompt)
+        self.state = rejoin_jit(self.shapes, params, self.head_vals, self.rows, blank,
                                  jnp.asarray(prompt), jnp.ones((B,), bool))
         self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
         self.prefill_seconds = clock() - t0
@@ -267,7 +263,12 @@ class SessionBatch:
             if n > cap:
                 raise SessionError(f"join: row {i}: {what} of {n} tokens is over this batch's capacity of {cap}")
         if len(prompt) + 1 + len(end) > self.max_source_len:
-            raise SessionError(f"join: row {i}: prompt + one unit + end do not fit max_source_len={self.max_source_len}")
+            raise SessionError(f"join: row {i}: prompt + one unit + end do not fit "
+                               f"max_source_len={self.max_source_len}")
+        last = int(self._host["off"][i]) + len(header) + self.shapes.max_new - 1
+        if last >= self.config.max_position_embeddings:
+            raise SessionError(f"join: row {i}: header + max_new_tokens reach position {last}, over "
+                               f"max_position_embeddings={self.config.max_position_embeddings}")
         self.prompts[i], self.ends[i], self.headers[i] = prompt, end, header
         self._host["valid"][i] = True
         self._reprefill(i, prompt, header)
@@ -316,7 +317,7 @@ class SessionBatch:
         self._sync_rows()
         mask = np.zeros(self.B, bool)
         mask[i] = True
-        self.state = _rejoin_jit(self.shapes, self.params, self.head_vals, self.rows, self.state, jnp.asarray(arr),
+        self.state = rejoin_jit(self.shapes, self.params, self.head_vals, self.rows, self.state, jnp.asarray(arr),
                                  jnp.asarray(mask))
         self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
 
@@ -355,7 +356,7 @@ class SessionBatch:
             D = self.config.hidden_size
             given = chunk_embeds is not None
             chunk_embeds = chunk_embeds if given else jnp.zeros((self.B, self.audio.K, D), jnp.float32)
-            embeds = _unit_embeds_jit(self.config, self.params, jnp.asarray(unit), chunk_embeds,
+            embeds = unit_embeds_jit(self.config, self.params, jnp.asarray(unit), chunk_embeds,
                                       jnp.asarray(not given))
         if self.fused:
             self._run_fused(unit, ulen, out, embeds)
@@ -389,7 +390,7 @@ class SessionBatch:
             if not go.any():
                 return
             t0 = self.clock()
-            self.state = _step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
+            self.state = step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
                                    unit_d, ulen_d, jnp.asarray(go), embeds)
             nxt = jax.device_get({k: self.state[k] for k in _PENDING})
             dt = self.clock() - t0
@@ -403,7 +404,7 @@ class SessionBatch:
         wall-clock / its steps (the writes of a push reach the host together, at its end)."""
         has = np.array([q is not None for q in self._queue])
         t0 = self.clock()
-        self.state, rec, k, steps, nxt = _advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
+        self.state, rec, k, steps, nxt = advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
                                                       self.state, jnp.asarray(unit), jnp.asarray(ulen),
                                                       jnp.asarray(has), embeds)
         rec, k, steps, nxt = jax.device_get((rec, k, steps, nxt))
@@ -416,76 +417,6 @@ class SessionBatch:
                              per, ulen, out)
         self._pending = nxt
 
-
-def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has_unit, unit_embeds=None):
-    """``lax.while_loop`` over :func:`.decode.decision_step`: every row advances while its pending decision
-    is WRITE, or READ with its unit (``has_unit``) not yet read; records each decision (at most
-    ``max_new + 1`` per row: one READ and the writes). Returns (state, records, decisions per row, steps,
-    the pending decisions)."""
-    B, K = unit.shape[0], sh.max_new + 1
-    bi = jnp.arange(B)
-    rec = dict(cand=jnp.zeros((B, K), jnp.int32), write=jnp.zeros((B, K), bool),
-               score=jnp.zeros((B, K), jnp.float32), forced=jnp.zeros((B, K), bool))
-
-    def can_go(st, has):
-        return ~st["done"] & (st["write"] | has)
-
-    def cond(c):
-        st, has, _, _, it = c
-        return jnp.any(can_go(st, has)) & (it < K)
-
-    def body(c):
-        st, has, r, k, it = c
-        go = can_go(st, has)
-        slot = jnp.where(go, k, K)
-        r = {name: r[name].at[bi, slot].set(st[name], mode="drop") for name in r}
-        has = has & ~(go & ~st["write"])
-        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, go, unit_embeds)
-        return st, has, r, k + go.astype(jnp.int32), it + 1
-
-    st, _, rec, k, steps = jax.lax.while_loop(cond, body, (state, has_unit, rec, jnp.zeros((B,), jnp.int32),
-                                                           jnp.zeros((), jnp.int32)))
-    return st, rec, k, steps, {name: st[name] for name in _PENDING}
-
-
-_advance_jit = jax.jit(_traced(_advance), static_argnums=0, donate_argnums=4)
-
-
-def _rejoin(sh: StepShapes, params, head_vals, rows, state, prompt, mask):
-    """:func:`.decode.prefill` of the whole batch, kept only for the rows in ``mask`` [B] (a row joining or
-    released); the other rows keep their state. Cache K/V are ``[layers, B, ...]``, the rest ``[B, ...]``."""
-    new = prefill(sh, params, head_vals, rows, prompt)
-
-    def pick(path, a, b):
-        axis = 1 if getattr(path[0], "key", None) == "cache" and getattr(path[-1], "key", None) in ("k", "v") else 0
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        return jnp.where(mask.reshape(shape), a, b)
-
-    return jax.tree_util.tree_map_with_path(pick, new, state)
-
-
-_rejoin_jit = jax.jit(_traced(_rejoin), static_argnums=0, donate_argnums=4)
-_BLANK: dict = {}
-
-
-def _blank_state(sb, prompt):
-    """Zeros shaped like the prefill's state (the state that :func:`_rejoin` fills on creation)."""
-    key = (sb.shapes, sb.B, jax.tree_util.tree_structure(sb.head_vals))
-    if key not in _BLANK:
-        _BLANK[key] = jax.eval_shape(partial(prefill, sb.shapes), sb.params, sb.head_vals, sb.rows, prompt)
-    return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), _BLANK[key])
-
-
-def _unit_embeds(config: ModelConfig, params, unit, chunk_embeds, from_ids):
-    """The input embeddings of a READ's units [B, U, D]: audio chunks (padded to U), or the table rows of
-    the unit ids (the end marker) when ``from_ids``, as the batch decoder's ``src_embeds`` holds them."""
-    pad = unit.shape[1] - chunk_embeds.shape[1]
-    chunk = jnp.pad(chunk_embeds.astype(jnp.float32), ((0, 0), (0, pad), (0, 0)))
-    return jnp.where(from_ids, embed_ids(config, params, unit).astype(jnp.float32), chunk)
-
-
-_unit_embeds_jit = jax.jit(_unit_embeds, static_argnums=0)
 
 
 class StreamSession:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from proactive_jax import SessionBatch, StreamSession
-from proactive_jax.method import session as sess
+from proactive_jax.method import session_programs as progs
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError, session_decode
 from proactive_jax.method.streaming import StreamExample
@@ -69,7 +69,7 @@ def test_push_returns_writes_and_never_recompiles(setup):
     ref = stream_decode(cfg, params, s["exs"], "wait-k:k=1", MAX_NEW, eos_ids=s["eos"], word_starts=s["ws"])[2]
     session = make("wait-k:k=1")
     session.push(ex.units[0])
-    traces = sess.TRACE_COUNT
+    traces = progs.TRACE_COUNT
     written = [session.tokens[:]]
     for u in ex.units[1:]:
         got = session.push(u)
@@ -86,7 +86,7 @@ def test_push_returns_writes_and_never_recompiles(setup):
         for u in ex.units:
             other.push(u)
         other.finish()
-    assert sess.TRACE_COUNT == traces
+    assert progs.TRACE_COUNT == traces
     assert len(session.decision_seconds) == len(ref.writes)
 
 

@@ -5,10 +5,11 @@ import pytest
 
 from proactive_jax import SessionBatch, StreamSession
 from proactive_jax.data.audio import log_mel_windows
-from proactive_jax.method import session as sess
+from proactive_jax.method import session_programs as progs
 from proactive_jax.method.audio_session import AudioRows, LiveAudio
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError
+from tests.method.test_audio_decode_cli import FIX, checkpoint  # noqa: F401 (the tiny audio checkpoint fixture)
 from tests.method.util import audio_setup, compiles
 
 MAX_NEW = 8
@@ -156,7 +157,7 @@ def test_release_and_join_reuse_a_row_without_recompiling(setup):
     order = [2, 0, 1]  # row r now streams example order[r]; rows 0 and 1 leave and rejoin, row 2 first restarts
 
     def reuse():
-        traces = sess.TRACE_COUNT
+        traces = progs.TRACE_COUNT
         sb.release(1)
         assert sb.done[1] and sb.closed[1]
         for r in (0, 1, 2):
@@ -169,7 +170,7 @@ def test_release_and_join_reuse_a_row_without_recompiling(setup):
             ending = [r for r, p in enumerate(pieces) if len(p) == k + 1]
             if ending:
                 sb.finish(ending)
-        assert sess.TRACE_COUNT == traces
+        assert progs.TRACE_COUNT == traces
 
     assert compiles(reuse) == []
     for r in range(3):
@@ -246,3 +247,76 @@ def test_bad_audio_input_is_refused_and_the_session_stays_usable(setup):
             txt.push(bad)
     with pytest.raises(SessionError, match="push_audio: this is a text session"):
         txt.push_audio(wave[:10])
+
+
+# ---------------------------------------------------------------------------------------------
+# `proactive-jax decode --live --audio`
+# ---------------------------------------------------------------------------------------------
+
+def _cli_args(ckpt, *extra):
+    import argparse
+
+    from proactive_jax.method.decode_cli import add_decode_args
+
+    p = argparse.ArgumentParser()
+    add_decode_args(p)
+    return p.parse_args(["--checkpoint", str(ckpt), "--head", "wait-k:k=2", "--chunk-ms", "200",
+                         "--max-new-tokens", "6", *extra])
+
+
+class PcmFeed:
+    """A binary stdin handing out at most ``size`` bytes per read; logs how much had been printed by then."""
+
+    def __init__(self, data: bytes, size: int, out):
+        self.data, self.size, self.out, self.printed_at_read = data, size, out, []
+
+    def read(self, n):
+        self.printed_at_read.append(len(self.out.getvalue()))
+        got, self.data = self.data[:min(n, self.size)], self.data[min(n, self.size):]
+        return got
+
+
+def test_decode_live_audio_equals_offline_decode(checkpoint, capsys):
+    """A WAV file fed in real time (pace 0 here) and the same audio as raw s16le PCM on stdin print, as
+    they arrive, the tokens `decode --audio` finds offline; M and phi agree."""
+    import io
+    import re
+
+    from proactive_jax.cli import main
+    from proactive_jax.data.audio import read_audio
+    from proactive_jax.method.audio_decode_cli import run_live_audio
+
+    wav = FIX / "tone_b.wav"
+    common = ["--head", "wait-k:k=2", "--chunk-ms", "200", "--max-new-tokens", "6"]
+    assert main(["decode", "--checkpoint", str(checkpoint), "--audio", str(wav), *common]) == 0
+    off = capsys.readouterr().out
+    output = re.search(r"output: (.*)\n", off).group(1)
+    phi = re.search(r"phi: (\[[^\]]*\])", off).group(1)
+    assert main(["decode", "--checkpoint", str(checkpoint), "--live", "--audio", str(wav), "--pace", "0",
+                 "--piece-ms", "130", *common]) == 0
+    got = capsys.readouterr()
+    assert repr(got.out.strip()) == output and f"phi: {phi} (M = 6 chunks of 200 ms" in got.err
+    wave, _ = read_audio(wav)
+    pcm = np.round(wave * 32768).astype("<i2").tobytes()
+    out = io.StringIO()
+    stdin = PcmFeed(pcm, 3000, out)  # pieces as a pipe delivers them (not whole samples, not whole chunks)
+    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "-", "--piece-ms", "80"), stdin=stdin,
+                          stdout=out) == 0
+    assert repr(out.getvalue().strip()) == output and f"phi: {phi}" in capsys.readouterr().err
+    # wait-k:k=2 writes once 2 chunks (400 ms = 12800 bytes) are in: before the input ended
+    assert 0 < stdin.printed_at_read[len(pcm) // 3000 - 1]
+
+
+def test_decode_live_audio_bad_input(checkpoint, capsys):
+    import io
+
+    from proactive_jax.cli import main
+    from proactive_jax.method.audio_decode_cli import run_live_audio
+
+    assert main(["decode", "--checkpoint", str(checkpoint), "--audio", "-"]) == 2
+    assert "SRC '-' = raw PCM on standard input" in capsys.readouterr().err
+    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "-", "--max-source-len", "40"),
+                          stdin=io.BytesIO(b"\x01\x02" * 32000), stdout=io.StringIO()) == 2
+    assert "max_source_len=40" in capsys.readouterr().err
+    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "nope.wav"), stdout=io.StringIO()) == 2
+    assert "nope.wav: audio file does not exist" in capsys.readouterr().err
