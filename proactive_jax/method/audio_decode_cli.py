@@ -3,12 +3,22 @@ checkpoint with a decision head and print the READ/WRITE trace (chunks and secon
 
 The utterance is encoded once under the causal mask with ``conv_edge`` zero and the running log-mel clamp,
 so chunk i's embeddings depend only on audio up to chunk i (method.md 7b); each READ feeds the next chunk.
+
+`proactive-jax decode --live --audio SRC`: a live audio session (:mod:`.audio_session`) fed as the audio
+arrives, writes printed as they happen. ``SRC`` ``-`` reads raw mono 16 kHz PCM from standard input
+(``--pcm s16le``, the default: what ``arecord -f S16_LE -r 16000 -c 1 -t raw`` or ``ffmpeg ... -f s16le
+-ar 16000 -ac 1 -`` write; or ``f32le``); a file (WAV, or what soundfile reads) is fed in pieces of
+``--piece-ms`` at real-time pace (``--pace 0``: as fast as possible). The tokens equal ``decode --audio``'s
+on the same audio.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +76,105 @@ def run_audio_decode(args) -> int:
     print(f"\noutput: {tok.decode(list(res.tokens), skip_special_tokens=True).strip()!r}")
     print(f"phi: {res.phi.tolist()} (M = {res.M} chunks of {K * 40} ms; M+1 = the end marker was read)")
     return 0
+
+
+PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
+
+
+def pcm_pieces(stream, fmt: str, piece_samples: int):
+    """Float32 pieces of raw mono PCM read from a binary stream as it arrives (``fmt``: s16le | f32le)."""
+    dtype, scale = PCM_FORMATS[fmt]
+    width = np.dtype(dtype).itemsize
+    rest = b""
+    while True:
+        data = stream.read(piece_samples * width)
+        if not data:
+            break
+        data = rest + data
+        n = len(data) // width * width
+        rest = data[n:]
+        if n:
+            yield np.frombuffer(data[:n], dtype).astype(np.float32) / scale
+    if rest:
+        logger.warning("raw PCM input ended in the middle of a sample (%d trailing bytes dropped)", len(rest))
+
+
+def file_pieces(path, piece_samples: int, pace: float, sleep=time.sleep, clock=time.perf_counter):
+    """Pieces of an audio file, each yielded when it would have been heard (``pace`` 1 = real time; 0 =
+    at once)."""
+    from ..data.audio import read_audio
+
+    wave, sr = read_audio(path)
+    if sr != 16000:
+        raise ValueError(f"{path}: sampling rate {sr} Hz; live audio needs 16000 Hz (resample the file)")
+    t0 = clock()
+    for start in range(0, wave.size, piece_samples):
+        piece = wave[start:start + piece_samples]
+        if pace > 0:
+            sleep(max(0.0, t0 + (start + piece.size) / 16000 / pace - clock()))
+        yield piece
+
+
+def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
+    """``decode --live --audio SRC``: audio pieces from ``SRC`` (``-``: raw PCM on stdin) into a live session."""
+    from transformers import AutoTokenizer
+
+    from ..data.audio import AudioError
+    from ..models.audio_config import chunk_tokens_from_ms
+    from ..models.hf import load_pretrained
+    from ..models.loading import eos_ids_for
+    from .heads import parse_head
+    from .session import SessionError, StreamSession
+
+    stdout = stdout or sys.stdout
+    piece = int(round(args.piece_ms * 16))
+    try:
+        parse_head(args.head)
+        if piece < 1:
+            raise ValueError(f"--piece-ms={args.piece_ms}: expected at least 1/16 ms (one sample)")
+        cfg, params = load_pretrained(args.checkpoint)
+        if getattr(cfg, "model_type", None) != "qwen2_audio":
+            raise ValueError(f"{args.checkpoint}: --audio needs a qwen2_audio checkpoint, got {cfg.model_type}")
+        cfg = cfg.replace(chunk_tokens=chunk_tokens_from_ms(args.chunk_ms, cfg.encoder, "--chunk-ms"))
+        tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.checkpoint))
+        parts = audio_parts(tok, args.prompt, args.system)
+        session = StreamSession(cfg, params, args.head, prompt=parts["prompt"], end=parts["end"],
+                                header=parts["header"], max_new_tokens=args.max_new_tokens,
+                                eos_ids=eos_ids_for(tok, cfg.text), max_source_len=args.max_source_len)
+        if args.audio == "-":
+            pieces = pcm_pieces(stdin or sys.stdin.buffer, args.pcm, piece)
+        else:
+            pieces = file_pieces(args.audio, piece, args.pace, sleep=sleep)
+        shown = _Shown(tok, stdout)
+        pushes = []
+        for x in pieces:
+            if session.done:
+                break
+            t0 = time.perf_counter()
+            session.push_audio(x)
+            pushes.append(time.perf_counter() - t0)
+            shown.update(session.tokens)
+        session.finish()
+        shown.update(session.tokens)
+    except (ValueError, FileNotFoundError, AudioError, SessionError) as e:
+        print(f"\nproactive-jax decode: {e}", file=sys.stderr)
+        return 2
+    stdout.write("\n")
+    K = cfg.chunk
+    print(f"phi: {session.phi} (M = {session.units_pushed} chunks of {K * 40} ms; M+1 = the end marker was read); "
+          f"{len(pushes)} pushes of {args.piece_ms:g} ms, median {1e3 * float(np.median(pushes)) if pushes else 0:.1f} "
+          f"ms each", file=sys.stderr)
+    return 0
+
+
+class _Shown:
+    """Prints the detokenized writes as they grow (only what is new)."""
+
+    def __init__(self, tok, out):
+        self.tok, self.out, self.text = tok, out, ""
+
+    def update(self, tokens):
+        text = self.tok.decode(list(tokens), skip_special_tokens=True)
+        self.out.write(text[len(self.text):] if text.startswith(self.text) else "\n" + text)
+        self.out.flush()
+        self.text = text

@@ -19,8 +19,17 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="read the source from standard input as it arrives (a word per unit, or a line per unit "
                         "with --unit sentence) and print the writes as they happen; end of input = end of source")
     p.add_argument("--audio", default=None, help="a WAV (or, with soundfile, FLAC...) file to stream chunk by chunk "
-                   "through a Qwen2-Audio checkpoint (instead of --text)")
+                   "through a Qwen2-Audio checkpoint (instead of --text); with --live also '-': raw mono 16 kHz "
+                   "PCM (--pcm) read from standard input as it arrives")
     p.add_argument("--chunk-ms", type=float, default=1000.0, help="audio chunk (unit) length in ms, a multiple of 40")
+    p.add_argument("--pcm", default="s16le", choices=("s16le", "f32le"),
+                   help="--live --audio -: the raw PCM sample format on standard input (16 kHz mono)")
+    p.add_argument("--piece-ms", type=float, default=100.0,
+                   help="--live --audio: the audio read per push in ms (any length; chunks are buffered)")
+    p.add_argument("--pace", type=float, default=1.0,
+                   help="--live --audio FILE: feed the file at this multiple of real time (0: as fast as possible)")
+    p.add_argument("--max-source-len", type=int, default=None,
+                   help="--live: source capacity in tokens (prompt + units + end; default 1024)")
     p.add_argument("--prompt", default="", help="task text shown up front (instruction, question)")
     p.add_argument("--unit", default="word", choices=("word", "token", "sentence"))
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -43,9 +52,14 @@ def _model_and_tokenizer(args: argparse.Namespace):
 
 
 def run_decode_cli(args: argparse.Namespace) -> int:
-    if sum([args.text is not None, args.live, args.audio is not None]) > 1:
-        print("proactive-jax decode: give exactly one of --text and --audio, or --live", file=sys.stderr)
+    if args.text is not None and (args.live or args.audio is not None) or (args.audio == "-" and not args.live):
+        print("proactive-jax decode: give exactly one of --text and --audio, or --live (with --audio SRC for "
+              "live audio; SRC '-' = raw PCM on standard input)", file=sys.stderr)
         return 2
+    if args.live and args.audio is not None:
+        from .audio_decode_cli import run_live_audio
+
+        return run_live_audio(args)
     if args.audio is not None:
         from .audio_decode_cli import run_audio_decode
 
@@ -100,7 +114,8 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             raise ValueError("--live streams words (--unit word) or lines (--unit sentence), not tokens")
         cfg, params, tok = _model_and_tokenizer(args)
         session = StreamSession.from_tokenizer(cfg, params, args.head, tok, prompt_text=args.prompt,
-                                               system=args.system, max_new_tokens=args.max_new_tokens)
+                                               system=args.system, max_new_tokens=args.max_new_tokens,
+                                               max_source_len=args.max_source_len)
     except (ValueError, FileNotFoundError) as e:
         print(f"proactive-jax decode: {e}", file=sys.stderr)
         return 2

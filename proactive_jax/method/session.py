@@ -1,12 +1,15 @@
 """Live streaming: an incremental session over the decoder's jitted prefill and decision step.
 
 A :class:`StreamSession` serves one live source: :meth:`~StreamSession.push` takes the next source unit
-(token ids) and returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the
-end marker and returns the rest. A :class:`SessionBatch` advances several sessions together, one row
-each, the way a server would. Both run :func:`.decode.prefill` once and then :func:`.decode.decision_step`
-per decision, on fixed-shape caches (capacity fixed at construction): the same functions the batch
-decoder loops over, so a session's tokens and read schedule equal :func:`.decode.stream_decode`'s on the
-whole example. Nothing read is ever re-encoded: every unit is fed once, into its own cache slots.
+(token ids; in an audio session a waveform piece or chunk embeddings, see :mod:`.audio_session`) and
+returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the end marker and
+returns the rest. A :class:`SessionBatch` advances several sessions together, one row each, the way a
+server would; a row whose session ended can be released (:meth:`~SessionBatch.release`) and a new
+session join its slot (:meth:`~SessionBatch.join`). Both run :func:`.decode.prefill` and then
+:func:`.decode.decision_step` per decision, on fixed-shape caches (capacity fixed at construction; the programs are in
+:mod:`.session_programs`): the same functions the batch decoder loops over, so a session's tokens and read
+schedule equal :func:`.decode.stream_decode`'s on the whole example. Nothing read is ever re-encoded: every
+unit is fed once, into its own cache slots; nothing recompiles per push, per new session or per join.
 
 How a push runs: the device state always holds the pending decision for the current logits (see
 :mod:`.decode`). The host advances every row whose pending decision is WRITE, or READ with a queued unit;
@@ -19,6 +22,9 @@ Before :meth:`finish` the session does not know M, the number of units: the devi
 larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
 the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ
 from the batch decoder's for decisions made before the end was known.
+
+(About 530 lines: the batch's host bookkeeping, the one-row session and ``session_decode`` share their
+row state; the device programs and the audio side live in their own modules.)
 """
 
 from __future__ import annotations
@@ -32,31 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
-from .decode import (DecodeResult, StepShapes, _check_ids, _vocab_table, bucket, decision_step, prefill)
+from .decode import DecodeResult, StepShapes, _check_ids, _vocab_table, bucket
+from .session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
 from .heads import HeadSpec, encode_head, parse_head
 from ..errors import ProactiveError
 
 log = logging.getLogger(__name__)
 
 M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read count
-TRACE_COUNT = 0  # incremented each time the session step or prefill is traced (compiled for new shapes)
 
 
 class SessionError(ProactiveError, ValueError):
     """Bad use of a session (closed, bad unit); the message says which row and why."""
 
 
-def _traced(fn):
-    def run(*args, **kw):
-        global TRACE_COUNT
-        TRACE_COUNT += 1
-        return fn(*args, **kw)
-    return run
-
-
-_prefill_jit = jax.jit(_traced(prefill), static_argnums=0)
-_step_jit = jax.jit(_traced(decision_step), static_argnums=0, donate_argnums=4)
-_PENDING = ("cand", "write", "score", "forced", "done")
 
 
 def _check(ids, vocab: int, what: str):
@@ -66,12 +61,33 @@ def _check(ids, vocab: int, what: str):
         raise SessionError(str(e)) from None
 
 
+def _check_parts(i: int, prompt, end, header, vocab: int):
+    for part, ids in (("prompt", prompt), ("end", end), ("header", header)):
+        _check(ids, vocab, f"session {i}: {part}")
+    if not header:
+        raise SessionError(f"session {i}: header is empty: decoding needs at least one header token")
+    if not end:
+        raise SessionError(f"session {i}: end is empty: the end-of-source marker needs a token")
+
+
 def _ids(x, what: str) -> list[int]:
+    import operator
+
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "iu":
+        raise SessionError(f"{what}: expected a list of token ids, got a {x.dtype} array{_AUDIO_HINT}")
     try:
-        out = [int(t) for t in x]
+        out = [operator.index(t) for t in x]
     except (TypeError, ValueError):
-        raise SessionError(f"{what}: expected a list of token ids, got {x!r}") from None
+        raise SessionError(f"{what}: expected a list of token ids, got {_short(x)}{_AUDIO_HINT}") from None
     return out
+
+
+_AUDIO_HINT = " (audio goes to a session made with a Qwen2-Audio config)"
+
+
+def _short(x) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 class SessionBatch:
@@ -95,6 +111,17 @@ class SessionBatch:
                  target_offset: int = 0, max_source_len: int | None = None, unit_capacity: int | None = None,
                  prompt_capacity: int | None = None, header_capacity: int | None = None, fused: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
+        self.audio = None
+        if getattr(config, "model_type", None) == "qwen2_audio":  # live audio: see .audio_session
+            from .audio_session import AudioRows
+
+            self.audio = AudioRows(config, params, len(prompts))
+            self.audio_token_id = int(config.audio_token_index)
+            unit_capacity = unit_capacity or bucket(max([config.chunk] + [len(e) for e in ends]))
+            if unit_capacity < config.chunk:
+                raise SessionError(f"unit_capacity={unit_capacity} is smaller than an audio chunk "
+                                   f"({config.chunk} tokens)")
+            config, params = config.text, params["language_model"]
         self.config, self.params, self.clock, self.fused = config, params, clock, bool(fused)
         self.spec = parse_head(head)
         self.head_vals = encode_head(self.spec, config.num_hidden_layers)
@@ -107,12 +134,7 @@ class SessionBatch:
             raise SessionError(f"need one prompt, end and header per session; got {len(prompts)} prompts, "
                                f"{len(ends)} ends, {len(headers)} headers")
         for i in range(B):
-            for part, ids in (("prompt", prompts[i]), ("end", ends[i]), ("header", headers[i])):
-                _check(ids, V, f"session {i}: {part}")
-            if not headers[i]:
-                raise SessionError(f"session {i}: header is empty: decoding needs at least one header token")
-            if not ends[i]:
-                raise SessionError(f"session {i}: end is empty: the end-of-source marker needs a token")
+            _check_parts(i, prompts[i], ends[i], headers[i], V)
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise SessionError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if not isinstance(target_offset, (int, np.integer)) or target_offset < 0:
@@ -145,29 +167,29 @@ class SessionBatch:
         self.step_shapes = self.shapes._replace(prompt_cap=0)  # the step never reads the prompt cap
         self.max_source_len = src_cap
         prompt = np.zeros((B, P), np.int32)
-        header = np.zeros((B, Hc), np.int32)
+        # host copies of the per-row values (a row that is released / joined changes its own entries)
+        self._host = dict(M=np.full(B, M_UNKNOWN, np.int32), plen=np.zeros(B, np.int32),
+                          header=np.zeros((B, Hc), np.int32), hlen=np.zeros(B, np.int32),
+                          off=np.full(B, int(target_offset), np.int32), valid=np.ones(B, bool))
         for i in range(B):
-            prompt[i, :len(prompts[i])] = prompts[i]
-            header[i, :len(headers[i])] = headers[i]
-        self._M = np.full(B, M_UNKNOWN, np.int32)
-        self.rows = dict(M=jnp.asarray(self._M), plen=jnp.asarray([len(p) for p in prompts], jnp.int32),
-                         header=jnp.asarray(header), hlen=jnp.asarray([len(h) for h in headers], jnp.int32),
-                         off=jnp.full((B,), int(target_offset), jnp.int32), valid=jnp.ones((B,), bool),
-                         word_start=jnp.asarray(ws), eos=jnp.asarray(eos))
+            self._set_row(i, prompts[i], headers[i], prompt)
+        self._M = self._host["M"]
+        self._tables = dict(word_start=jnp.asarray(ws), eos=jnp.asarray(eos))
+        self._sync_rows()
         self.B, self.prompts, self.ends, self.headers = B, prompts, ends, headers
-        self.tokens = [[] for _ in range(B)]
-        self.phi = [[] for _ in range(B)]
-        self.units_pushed = [0] * B
-        self.closed = [False] * B
-        self._visible = [len(p) for p in prompts]
+        self.tokens, self.phi, self.records = [None] * B, [None] * B, [None] * B
+        self.units_pushed, self.closed, self._visible, self._n = [0] * B, [False] * B, [0] * B, [0] * B
         self._queue: list[list[int] | None] = [None] * B
-        self.records = [dict(scores=[], writes=[], reads=[], forced=[], seconds=[]) for _ in range(B)]
+        for i in range(B):
+            self._fresh_row(i)
         self.step_seconds: list[float] = []  # wall-clock of every step (one decision of each advancing row)
         t0 = clock()
-        self.state = _prefill_jit(self.shapes, params, self.head_vals, self.rows, jnp.asarray(prompt))
+        # the prefill is a join of every row (one program for the start and for later joins)
+        blank = blank_state(self.shapes, B, params, self.head_vals, self.rows, prompt)
+        self.state = rejoin_jit(self.shapes, params, self.head_vals, self.rows, blank,
+                                 jnp.asarray(prompt), jnp.ones((B,), bool))
         self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
         self.prefill_seconds = clock() - t0
-        self._n = [0] * B
 
     # -- the public operations ----------------------------------------------------------------
 
@@ -176,13 +198,17 @@ class SessionBatch:
         """Per row: the model stopped writing (an eos id, or max_new_tokens)."""
         return [bool(x) for x in self._pending["done"]]
 
-    def push(self, units: Sequence) -> list[list[int]]:
-        """Give row i the next source unit ``units[i]`` (token ids; None = nothing new for that row).
+    def push(self, units: Sequence, *, sampling_rate: int = 16000) -> list[list[int]]:
+        """Give row i the next source unit ``units[i]`` (None = nothing new for that row): token ids, or in
+        an audio session a waveform piece of any length (16 kHz mono; ``sampling_rate`` must be 16000) or
+        one chunk's embeddings (see :mod:`.audio_session`).
 
         Returns, per row, the token ids written in response (possibly empty). All units are checked
         before anything runs: a bad one raises :class:`SessionError` and no row changes."""
         if len(units) != self.B:
             raise SessionError(f"push: expected one unit (or None) per session ({self.B}), got {len(units)}")
+        if self.audio is not None:
+            return self.audio.push(self, units, sampling_rate)
         clean = [None if u is None else self._check_unit(i, u) for i, u in enumerate(units)]
         for i, u in enumerate(clean):
             if u is not None:
@@ -200,16 +226,55 @@ class SessionBatch:
                 raise SessionError(f"finish: row {i} does not exist (the batch has {self.B} sessions)")
             if self.closed[i]:
                 raise SessionError(f"finish: session {i} is closed (finish() was already called)")
+        out = self.audio.flush(self, rows) if self.audio is not None else [[] for _ in range(self.B)]
         for i in rows:
             self._M[i] = self.units_pushed[i]
             self.closed[i] = True
             if not self.done[i]:
                 self._queue[i] = list(self.ends[i])
         if rows:
-            self.rows = dict(self.rows, M=jnp.asarray(self._M))
-        out = self._run()
+            self._sync_rows()
+        for i, w in enumerate(self._run()):
+            out[i] += w
         assert all(self.done[i] for i in rows), "a finished row must write until eos or max_new_tokens"
         return out
+
+    def release(self, i: int) -> None:
+        """Free row i (e.g. its session finished): it stops at once and decides nothing more until a
+        :meth:`join`; its records (:meth:`result`) stay readable until then. No recompilation."""
+        self._row_index(i, "release")
+        self._host["valid"][i] = False  # the prefill of an invalid row marks it done
+        self._reprefill(i, [0], [0])
+        self.closed[i] = True
+
+    def join(self, i: int, *, prompt, end, header) -> None:
+        """Start a new session in row i (free, or finished), with its own prompt / end / header (token-id
+        lists; within this batch's capacities). The row's caches, decision state, records and audio state
+        are reset; the result equals a fresh session's. Other rows are unchanged; nothing recompiles."""
+        self._row_index(i, "join")
+        if not (self.closed[i] or self.done[i]):
+            raise SessionError(f"join: row {i} holds a live session (finish() or release() it first)")
+        prompt, end, header = (_ids(x, f"join: row {i}: {n}") for x, n in ((prompt, "prompt"), (end, "end"),
+                                                                               (header, "header")))
+        _check_parts(i, prompt, end, header, self.config.vocab_size)
+        caps = [("prompt", len(prompt), self.shapes.prompt_cap), ("header", len(header), self.shapes.header_cap),
+                ("end", len(end), self.shapes.unit_cap)]
+        for what, n, cap in caps:
+            if n > cap:
+                raise SessionError(f"join: row {i}: {what} of {n} tokens is over this batch's capacity of {cap}")
+        if len(prompt) + 1 + len(end) > self.max_source_len:
+            raise SessionError(f"join: row {i}: prompt + one unit + end do not fit "
+                               f"max_source_len={self.max_source_len}")
+        last = int(self._host["off"][i]) + len(header) + self.shapes.max_new - 1
+        if last >= self.config.max_position_embeddings:
+            raise SessionError(f"join: row {i}: header + max_new_tokens reach position {last}, over "
+                               f"max_position_embeddings={self.config.max_position_embeddings}")
+        self.prompts[i], self.ends[i], self.headers[i] = prompt, end, header
+        self._host["valid"][i] = True
+        self._reprefill(i, prompt, header)
+        self._fresh_row(i)
+        if self.audio is not None:
+            self.audio.reset_row(i)
 
     def result(self, i: int) -> DecodeResult:
         """Row i's decode so far, as a :class:`.decode.DecodeResult` (with ``seconds`` per decision)."""
@@ -223,6 +288,38 @@ class SessionBatch:
                             seconds=np.asarray(r["seconds"], np.float64))
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _row_index(self, i, op: str):
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < self.B:
+            raise SessionError(f"{op}: row {i!r} does not exist (the batch has {self.B} sessions)")
+
+    def _set_row(self, i: int, prompt, header, prompt_arr):
+        h = self._host
+        h["M"][i], h["plen"][i], h["hlen"][i] = M_UNKNOWN, len(prompt), len(header)
+        h["header"][i] = 0
+        h["header"][i, :len(header)] = header
+        prompt_arr[i, :len(prompt)] = prompt
+
+    def _sync_rows(self):
+        self.rows = dict({k: jnp.asarray(v) for k, v in self._host.items()}, **self._tables)
+
+    def _fresh_row(self, i: int):
+        """Host records of row i as for a new session."""
+        self.tokens[i], self.phi[i] = [], []
+        self.records[i] = dict(scores=[], writes=[], reads=[], forced=[], seconds=[])
+        self.units_pushed[i], self.closed[i], self._n[i], self._queue[i] = 0, False, 0, None
+        self._visible[i] = len(self.prompts[i])
+
+    def _reprefill(self, i: int, prompt, header):
+        """Row i's device state re-made by the prefill (the whole batch's program; only row i is kept)."""
+        arr = np.zeros((self.B, self.shapes.prompt_cap), np.int32)
+        self._set_row(i, prompt, header, arr)
+        self._sync_rows()
+        mask = np.zeros(self.B, bool)
+        mask[i] = True
+        self.state = rejoin_jit(self.shapes, self.params, self.head_vals, self.rows, self.state, jnp.asarray(arr),
+                                 jnp.asarray(mask))
+        self._pending = jax.device_get({k: self.state[k] for k in _PENDING})
 
     def _check_unit(self, i: int, unit) -> list[int]:
         if self.closed[i]:
@@ -244,18 +341,27 @@ class SessionBatch:
                                "(nothing was fed; call finish() or use a larger max_source_len)")
         return ids
 
-    def _run(self) -> list[list[int]]:
-        """Advance every row that can (pending WRITE, or READ with a queued unit) until none can."""
+    def _run(self, chunk_embeds=None) -> list[list[int]]:
+        """Advance every row that can (pending WRITE, or READ with a queued unit) until none can.
+        Audio sessions: the queued units are fed as ``chunk_embeds`` [B, K, D] (audio chunks) or, when
+        None, as the embeddings of their ids (the end marker)."""
         out = [[] for _ in range(self.B)]
         unit = np.zeros((self.B, self.shapes.unit_cap), np.int32)
         ulen = np.zeros(self.B, np.int32)
         for i, q in enumerate(self._queue):
             if q is not None:
                 unit[i, :len(q)], ulen[i] = q, len(q)
+        embeds = None
+        if self.audio is not None:
+            D = self.config.hidden_size
+            given = chunk_embeds is not None
+            chunk_embeds = chunk_embeds if given else jnp.zeros((self.B, self.audio.K, D), jnp.float32)
+            embeds = unit_embeds_jit(self.config, self.params, jnp.asarray(unit), chunk_embeds,
+                                      jnp.asarray(not given))
         if self.fused:
-            self._run_fused(unit, ulen, out)
+            self._run_fused(unit, ulen, out, embeds)
         else:
-            self._run_stepwise(unit, ulen, out)
+            self._run_stepwise(unit, ulen, out, embeds)
         return out
 
     def _record(self, i, write, cand, score, forced, seconds, ulen, out):
@@ -274,7 +380,7 @@ class SessionBatch:
             self._n[i] += 1
             self._queue[i] = None
 
-    def _run_stepwise(self, unit, ulen, out):
+    def _run_stepwise(self, unit, ulen, out, embeds=None):
         """One dispatch per step; the host reads every decision back (exact per-decision wall-clock)."""
         unit_d, ulen_d = jnp.asarray(unit), jnp.asarray(ulen)
         while True:
@@ -284,8 +390,8 @@ class SessionBatch:
             if not go.any():
                 return
             t0 = self.clock()
-            self.state = _step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
-                                   unit_d, ulen_d, jnp.asarray(go))
+            self.state = step_jit(self.step_shapes, self.params, self.head_vals, self.rows, self.state,
+                                   unit_d, ulen_d, jnp.asarray(go), embeds)
             nxt = jax.device_get({k: self.state[k] for k in _PENDING})
             dt = self.clock() - t0
             self.step_seconds.append(dt)
@@ -293,14 +399,14 @@ class SessionBatch:
                 self._record(i, p["write"][i], p["cand"][i], p["score"][i], p["forced"][i], dt, ulen, out)
             self._pending = nxt
 
-    def _run_fused(self, unit, ulen, out):
+    def _run_fused(self, unit, ulen, out, embeds=None):
         """One dispatch per push: a device ``while_loop`` over the same step; per-decision time = the push's
         wall-clock / its steps (the writes of a push reach the host together, at its end)."""
         has = np.array([q is not None for q in self._queue])
         t0 = self.clock()
-        self.state, rec, k, steps, nxt = _advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
+        self.state, rec, k, steps, nxt = advance_jit(self.step_shapes, self.params, self.head_vals, self.rows,
                                                       self.state, jnp.asarray(unit), jnp.asarray(ulen),
-                                                      jnp.asarray(has))
+                                                      jnp.asarray(has), embeds)
         rec, k, steps, nxt = jax.device_get((rec, k, steps, nxt))
         dt = self.clock() - t0
         per = dt / max(int(steps), 1)
@@ -312,39 +418,6 @@ class SessionBatch:
         self._pending = nxt
 
 
-def _advance(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, has_unit):
-    """``lax.while_loop`` over :func:`.decode.decision_step`: every row advances while its pending decision
-    is WRITE, or READ with its unit (``has_unit``) not yet read; records each decision (at most
-    ``max_new + 1`` per row: one READ and the writes). Returns (state, records, decisions per row, steps,
-    the pending decisions)."""
-    B, K = unit.shape[0], sh.max_new + 1
-    bi = jnp.arange(B)
-    rec = dict(cand=jnp.zeros((B, K), jnp.int32), write=jnp.zeros((B, K), bool),
-               score=jnp.zeros((B, K), jnp.float32), forced=jnp.zeros((B, K), bool))
-
-    def can_go(st, has):
-        return ~st["done"] & (st["write"] | has)
-
-    def cond(c):
-        st, has, _, _, it = c
-        return jnp.any(can_go(st, has)) & (it < K)
-
-    def body(c):
-        st, has, r, k, it = c
-        go = can_go(st, has)
-        slot = jnp.where(go, k, K)
-        r = {name: r[name].at[bi, slot].set(st[name], mode="drop") for name in r}
-        has = has & ~(go & ~st["write"])
-        st = decision_step(sh, params, head_vals, rows, st, unit, unit_len, go)
-        return st, has, r, k + go.astype(jnp.int32), it + 1
-
-    st, _, rec, k, steps = jax.lax.while_loop(cond, body, (state, has_unit, rec, jnp.zeros((B,), jnp.int32),
-                                                           jnp.zeros((), jnp.int32)))
-    return st, rec, k, steps, {name: st[name] for name in _PENDING}
-
-
-_advance_jit = jax.jit(_traced(_advance), static_argnums=0, donate_argnums=4)
-
 
 class StreamSession:
     """One live stream (a :class:`SessionBatch` of one row).
@@ -353,6 +426,11 @@ class StreamSession:
     token ids written in response; ``finish()`` feeds ``end`` and returns the rest; ``tokens`` and ``phi``
     hold everything written so far and the read count at each write; ``decision_seconds`` the wall-clock
     time of every decision. Keyword options as in :class:`SessionBatch`.
+
+    With a Qwen2-Audio ``config`` (and its whole parameter tree) the session is an audio session: push
+    raw 16 kHz mono waveform pieces of any length (:meth:`push_audio`; buffered into chunks of
+    ``config.chunk`` encoder tokens, each read as one unit once heard) or one chunk's embeddings at a
+    time; see :mod:`.audio_session`.
     """
 
     def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompt, end, header,
@@ -372,18 +450,32 @@ class StreamSession:
         from ..data import TextExample, render_example, template_parts, word_start_table
         from ..models.loading import eos_ids_for
 
-        ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
-                                                   target_text="x"), template_parts(tokenizer, system=system))
-        s = cls(config, params, head, prompt=ex.prompt, end=ex.end, header=ex.header,
+        text_cfg = getattr(config, "text", config)
+        if text_cfg is not config:  # audio: the audio chat layout (prompt ends with <|audio_bos|>)
+            from .audio_decode_cli import audio_parts
+
+            parts = audio_parts(tokenizer, prompt_text, "You are a helpful assistant." if system is None else system)
+        else:
+            ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
+                                                       target_text="x"), template_parts(tokenizer, system=system))
+            parts = dict(prompt=ex.prompt, end=ex.end, header=ex.header)
+        s = cls(config, params, head, prompt=parts["prompt"], end=parts["end"], header=parts["header"],
                 max_new_tokens=max_new_tokens,
-                eos_ids=eos_ids_for(tokenizer, config) if eos_ids is None else eos_ids,
-                word_starts=word_start_table(tokenizer, config.vocab_size) if word_starts is None else word_starts,
+                eos_ids=eos_ids_for(tokenizer, text_cfg) if eos_ids is None else eos_ids,
+                word_starts=word_start_table(tokenizer, text_cfg.vocab_size) if word_starts is None else word_starts,
                 **options)
         s.tokenizer = tokenizer
         return s
 
     def push(self, unit) -> list[int]:
         return self._batch.push([unit])[0]
+
+    def push_audio(self, samples, sampling_rate: int = 16000) -> list[int]:
+        """Push a waveform piece (mono float in [-1, 1], or int16 PCM; any length) of an audio session;
+        returns the tokens written once the chunks it completes were read (often none)."""
+        if self._batch.audio is None:
+            raise SessionError("push_audio: this is a text session (made with a text model config); push token ids")
+        return self._batch.push([samples], sampling_rate=sampling_rate)[0]
 
     def push_text(self, word: str) -> list[int]:
         """Push one word of text (tokenized on its own, with a leading space after the first unit, as

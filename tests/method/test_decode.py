@@ -10,54 +10,13 @@ from proactive_jax.method import decode as dec
 from proactive_jax.method.decode import calibrate_tau, format_events, interleave, stream_decode
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import abstract_params, apply_hidden, forward, hidden_to_logits
+from proactive_jax.models.qwen import apply_hidden, forward, hidden_to_logits
 from proactive_jax.method.streaming import StreamExample
 
-from tests.conftest import tiny_qwen2, tiny_qwen3
+from tests.conftest import tiny_qwen3
+from tests.method.util import MAX_NEW, random_examples, random_params, sharpen, text_setup  # noqa: F401 (re-exported)
 
-MAX_NEW = 10
 T_PAD = 48  # the brute force pads every sequence to this length (one compilation)
-
-
-def random_params(cfg, seed):
-    """Random weights (normal(0.02), norms at one) built with numpy: much faster than flax init on CPU."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):
-        if getattr(path[-1], "key", None) == "weight":
-            return jnp.ones(x.shape, x.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.02, x.shape), x.dtype)
-
-    return jax.tree_util.tree_map_with_path(leaf, abstract_params(cfg))
-
-
-def sharpen(cfg, params):
-    """Random weights give near-uniform logits and attention: scale them so decisions are well separated."""
-    p = jax.tree_util.tree_map(lambda x: x, params)
-    p["norm"]["weight"] = p["norm"]["weight"] * 30.0
-    att = p["layers"]["self_attn"]
-    if cfg.qk_norm:
-        att["q_norm"]["weight"] = att["q_norm"]["weight"] * 2.0
-        att["k_norm"]["weight"] = att["k_norm"]["weight"] * 2.0
-    else:
-        att["q_proj"]["kernel"] = att["q_proj"]["kernel"] * 8.0
-        att["k_proj"]["kernel"] = att["k_proj"]["kernel"] * 8.0
-    for k in ("v_proj", "o_proj"):
-        att[k]["kernel"] = att[k]["kernel"] * 3.0
-    for k in p["layers"]["mlp"]:
-        p["layers"]["mlp"][k]["kernel"] = p["layers"]["mlp"][k]["kernel"] * 3.0
-    return p
-
-
-def random_examples(rng, count, vocab=97):
-    """Mixed lengths: M 1..6, units of 1-3 tokens, prompt 1-4, end 1-2, header 1-3."""
-    t = lambda n: tuple(int(x) for x in rng.integers(4, vocab, int(n)))
-    out = []
-    for _ in range(count):
-        M = int(rng.integers(1, 7))
-        out.append(StreamExample(prompt=t(rng.integers(1, 5)), units=tuple(t(rng.integers(1, 4)) for _ in range(M)),
-                                 end=t(rng.integers(1, 3)), header=t(rng.integers(1, 4)), target=(3,)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,15 +85,7 @@ def reference_decode(cfg, params, ex, head, max_new, eos_ids, ws, target_offset=
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
 def setup(request):
-    cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[request.param]()
-    params = sharpen(cfg, random_params(cfg, 1))
-    rng = np.random.default_rng(7)
-    exs = random_examples(rng, 6)
-    ws = rng.random(cfg.vocab_size) < 0.7  # some tokens continue a word
-    # an eos id that the batch head emits (so stopping at eos is exercised)
-    first = stream_decode(cfg, params, exs, "batch", MAX_NEW, eos_ids=[], word_starts=ws, return_logits=True)
-    eos = [int(first[0].tokens[3])]
-    return dict(cfg=cfg, params=params, exs=exs, ws=ws, eos=eos)
+    return text_setup(request.param)
 
 
 def run(s, head, **kw):

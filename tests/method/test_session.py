@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 
 from proactive_jax import SessionBatch, StreamSession
-from proactive_jax.method import session as sess
+from proactive_jax.method import session_programs as progs
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.session import SessionError, session_decode
 from proactive_jax.method.streaming import StreamExample
-from tests.conftest import tiny_qwen2, tiny_qwen3
-from tests.method.test_decode import MAX_NEW, random_examples, random_params, sharpen
+from tests.method.util import MAX_NEW, compiles, text_setup
 
 M_DEPENDENT = ("batch", "wait-k")  # heads whose score (not decision) uses M, unknown live before finish()
 # every one-row session in this file shares these capacities: one compiled prefill and step per model
@@ -18,13 +17,7 @@ CAPS = dict(max_source_len=64, unit_capacity=4, prompt_capacity=4, header_capaci
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
 def setup(request):
-    cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[request.param]()
-    params = sharpen(cfg, random_params(cfg, 1))
-    rng = np.random.default_rng(7)
-    exs = random_examples(rng, 6)
-    ws = rng.random(cfg.vocab_size) < 0.7
-    first = stream_decode(cfg, params, exs, "batch", MAX_NEW, eos_ids=[], word_starts=ws)
-    return dict(cfg=cfg, params=params, exs=exs, ws=ws, eos=[int(first[0].tokens[3])])
+    return text_setup(request.param)
 
 
 def _tau(s, base):
@@ -76,7 +69,7 @@ def test_push_returns_writes_and_never_recompiles(setup):
     ref = stream_decode(cfg, params, s["exs"], "wait-k:k=1", MAX_NEW, eos_ids=s["eos"], word_starts=s["ws"])[2]
     session = make("wait-k:k=1")
     session.push(ex.units[0])
-    traces = sess.TRACE_COUNT
+    traces = progs.TRACE_COUNT
     written = [session.tokens[:]]
     for u in ex.units[1:]:
         got = session.push(u)
@@ -93,7 +86,7 @@ def test_push_returns_writes_and_never_recompiles(setup):
         for u in ex.units:
             other.push(u)
         other.finish()
-    assert sess.TRACE_COUNT == traces
+    assert progs.TRACE_COUNT == traces
     assert len(session.decision_seconds) == len(ref.writes)
 
 
@@ -111,6 +104,39 @@ def test_never_reencodes_what_it_read(setup):
     sb.finish()
     after = np.asarray(jax.device_get(sb.state["cache"]["k"]))[:, :, :V]
     np.testing.assert_array_equal(after, before)
+
+
+def test_join_a_freed_row_equals_a_fresh_session_without_recompiling(setup):
+    """Row 0's session finishes, a new one joins in its slot while row 1 is mid-stream; both equal
+    stream_decode, and nothing is compiled for the release / join / the joined session."""
+    s = setup
+    exs, head = s["exs"], "wait-k:k=1"
+    kw = dict(eos_ids=s["eos"], word_starts=s["ws"])
+    ref = stream_decode(s["cfg"], s["params"], exs, head, MAX_NEW, **kw)
+    a, b, c = exs[0], max(exs[1:], key=lambda e: e.M), exs[5]
+    sb = SessionBatch(s["cfg"], s["params"], head, prompts=[a.prompt, b.prompt], ends=[a.end, b.end],
+                      headers=[a.header, b.header], max_new_tokens=MAX_NEW, **kw, **CAPS)
+    for u in a.units:
+        sb.push([u, None])
+    sb.finish([0])
+    sb.push([None, b.units[0]])
+    assert sb.result(0).tokens.tolist() == ref[0].tokens.tolist()
+
+    def reuse():
+        sb.join(0, prompt=c.prompt, end=c.end, header=c.header)
+        for k in range(max(c.M, b.M - 1)):
+            sb.push([c.units[k] if k < c.M else None, b.units[k + 1] if k + 1 < b.M else None])
+            if k + 1 == c.M:
+                sb.finish([0])
+        sb.finish([1])
+        sb.release(1)
+
+    assert compiles(reuse) == []
+    for row, e in ((0, c), (1, b)):
+        r = ref[exs.index(e)]
+        assert sb.result(row).tokens.tolist() == r.tokens.tolist() and sb.result(row).phi.tolist() == r.phi.tolist()
+        np.testing.assert_array_equal(sb.result(row).writes, r.writes)
+    assert sb.done == [True, True] and sb.closed == [True, True]
 
 
 def test_bad_input_is_refused_and_the_session_stays_usable(setup):
