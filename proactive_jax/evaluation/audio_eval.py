@@ -62,4 +62,5 @@ def run_audio_eval(cfg, model_cfg, params, tok) -> dict:
                           task=cfg.task, detokenize=lambda t: tok.decode(list(t), skip_special_tokens=True).strip(),
                           eos_ids=eos_ids_for(tok, model_cfg.text), word_starts=None,
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
-                          metric=metric, progress=cfg.progress)
+                          metric=metric, progress=cfg.progress, calibration_pool=cfg.calibration_pool,
+                          calibration_eps=cfg.calibration_eps)

@@ -11,7 +11,8 @@ Layout of an eval directory::
 Sweep strings extend head specs (:mod:`proactive_jax.method.heads`) with value lists and quantiles: ``"wait-k:k=1|3|5"``,
 ``"entropy:tau=0.2|0.3"``, ``"attention:tau=q0.9,layers=-1:"``. ``qX`` means: tau such that a fraction X
 of the calibration pool would WRITE, the pool being the head's statistic at the states where it decides
-along the batch head's trajectories on a calibration split (:mod:`proactive_jax.method.calibration`).
+along the batch head's trajectories on a calibration split, by default only those where V(n) is
+sufficient by the self-label (``calibration_pool``; :mod:`proactive_jax.method.calibration`).
 Rows are labelled with what the user wrote and what a quantile resolved to: ``entropy tau=q0.9 (0.985)``.
 """
 
@@ -173,7 +174,8 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
                    word_starts: np.ndarray | None = None, max_new_tokens: int = 32, batch_size: int = 32,
                    calibration: Sequence[EvalItem] | None = None, metric: str | None = None,
                    progress: bool = True, decode_fn: Callable | None = None, probe=None,
-                   seconds_per_unit: float = 1.0, fresh: bool = False, info: dict | None = None) -> dict:
+                   seconds_per_unit: float = 1.0, fresh: bool = False, info: dict | None = None,
+                   calibration_pool: str = "sufficient", calibration_eps: float = 0.1) -> dict:
     """Decode ``items`` under every sweep setting, score, and write the eval directory. Returns results.
 
     ``probe``: the learned probe's parameters, for ``probe`` heads (:mod:`proactive_jax.method.probe`).
@@ -181,8 +183,12 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
     adds the computation-aware latencies (``*_ca``, compute time in units of ``seconds_per_unit``).
     Resumes the records already in ``out_dir`` only if its fingerprint (weights, model config, the tokens
     of the examples, max_new_tokens, the probe, ...: :func:`~.results.prepare_eval_dir`) matches; otherwise an
-    ``EvalError``, or with ``fresh`` a clean start. ``info`` is stored next to the fingerprint (not compared)."""
+    ``EvalError``, or with ``fresh`` a clean start. ``info`` is stored next to the fingerprint (not compared).
+    ``calibration_pool`` / ``calibration_eps``: which calibration states ``tau=qX`` is a quantile over
+    (:func:`..method.calibration.calibrate`)."""
+    from ..method.calibration import check_pool
     from ..method.decode import stream_decode
+    check_pool(calibration_pool, calibration_eps)
     if batch_size < 1 or max_new_tokens < 1:
         raise EvalError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: expected both >= 1")
     fp_decode = "stream_decode" if decode_fn is None else getattr(decode_fn, "__qualname__", str(decode_fn))
@@ -217,7 +223,7 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
 
     t0 = time.perf_counter()
     resolved = _resolve_quantiles(settings, store, calibration, run_decode, config, params, word_starts, probe,
-                                  batch_size)
+                                  batch_size, calibration_pool, calibration_eps)
     t_decode += time.perf_counter() - t0
 
     for s, spec, _ in resolved:
@@ -257,10 +263,11 @@ def evaluate_heads(config, params, items: Sequence[EvalItem], sweeps: Sequence[s
 
 
 def _resolve_quantiles(settings, store, calibration, run_decode, config, params, word_starts, probe,
-                       batch_size) -> list[tuple]:
+                       batch_size, pool="sufficient", eps=0.1) -> list[tuple]:
     """``(setting, concrete spec, calibration record or None)`` per setting. A ``tau=qX`` setting is
     calibrated on the pool along the batch head's trajectories over the calibration examples (decoded
-    once, shared by every quantile setting); the record is stored, so a resumed run reuses it."""
+    once, shared by every quantile setting); the record is stored (keyed by the pool too), so a resumed
+    run reuses it."""
     from ..method.calibration import calibrate
 
     prefixes = None
@@ -269,7 +276,7 @@ def _resolve_quantiles(settings, store, calibration, run_decode, config, params,
         if s.quantile is None:
             out.append((s, s.spec, None))
             continue
-        cal_key = f"{s.spec}@q{s.quantile}/pool"
+        cal_key = f"{s.spec}@q{s.quantile}/pool=" + (pool if pool == "decided" else f"{pool}@eps={eps:g}")
         rec = store.find("calibration", cal_key)
         if rec is None:
             if not calibration:
@@ -278,10 +285,10 @@ def _resolve_quantiles(settings, store, calibration, run_decode, config, params,
             if prefixes is None:
                 prefixes = [r.tokens for r in run_decode("batch", list(calibration))]
             cal = calibrate(config, params, [c.example for c in calibration], prefixes, s.spec, s.quantile,
-                            word_starts, probe=probe, batch_size=batch_size)
+                            word_starts, probe=probe, batch_size=batch_size, pool=pool, eps=eps)
             rec = {"kind": "calibration", "setting": cal_key, "id": "-", **cal}
             store.append([rec])
-        cal = {k: rec[k] for k in ("tau", "pool_size", "write_fraction", "reads_histogram") if k in rec}
+        cal = {k: rec[k] for k in ("tau", "pool", "pool_size", "write_fraction", "reads_histogram") if k in rec}
         out.append((s, with_tau(s.spec, rec["tau"]), cal))
     return out
 
@@ -338,6 +345,8 @@ class EvalConfig:
     calibration_split: str | None = "valid"
     num_examples: int = 200
     calibration_examples: int = 50
+    calibration_pool: str = "sufficient"  # tau=qX over: "sufficient" (V(n) suffices, self-label) | "decided" (all)
+    calibration_eps: float = 0.1  # the self-label KL bound of the "sufficient" pool
     heads: tuple[str, ...] = ("batch", "wait-k:k=1|3|5", "entropy:tau=q0.9", "attention:tau=q0.9")
     metric: str | None = None
     render: RenderConfig = RenderConfig()
@@ -429,6 +438,7 @@ def run_eval(cfg) -> dict:
                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, calibration=calib,
                           metric=cfg.metric, progress=cfg.progress, probe=probe, seconds_per_unit=cfg.seconds_per_unit,
                           decode_fn=_session_decode() if cfg.computation_aware else None, fresh=cfg.fresh,
+                          calibration_pool=cfg.calibration_pool, calibration_eps=cfg.calibration_eps,
                           info={"checkpoint": str(Path(cfg.checkpoint).absolute()), "step": cfg.step,
                                 "split": cfg.split, "dataset": to_dict(cfg.dataset), "render": to_dict(cfg.render),
                                 "dtype": cfg.dtype})

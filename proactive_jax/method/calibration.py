@@ -9,10 +9,23 @@ the model's forward, not by decoding: one packed forward per read count over all
 target row seeing V(n) (the state of a decoder that wrote the prefix at read count n), attention
 statistics and the probe's p from the same pass.
 
+Which decided states are pooled (``pool``):
+
+- ``"sufficient"`` (default): only the decided states where V(n) is *sufficient* for the next token by the
+  method's own self-label (:func:`.probe.self_labels`: the stream view at V(n) and the full view agree on
+  the argmax and ``KL(P_full || P_stream(n)) <= eps``), the states where writing is safe. Both views come
+  out of the same packed forward, so this costs nothing extra.
+- ``"decided"``: every decided state (the previous meaning; kept as an option).
+
 ``qX`` means: **tau such that a fraction X of the pool would WRITE**, whichever direction the head writes
 in (:func:`.heads.write_direction`): for entropy (write if <= tau) tau is the X-quantile of the pool, for
-``stat=max`` or the probe (write if >= tau) the (1-X)-quantile. So q0.9 always means "write at 90% of the
-calibration states" (a permissive head), q0.1 "write at 10%".
+``stat=max`` or the probe (write if >= tau) the (1-X)-quantile. With the default pool, q0.9 means "the
+head writes at 90% of the calibration states where writing is safe" (its recall of sufficient states is
+0.9; it still reads at the insufficient states it can tell apart), q0.1 "at 10% of them". Why not the
+whole decided pool: its share of sufficient states depends on the task (on lookup ~56%: the answer needs
+one evidence unit anywhere in the stream), so "write at 90% of all decided states" forces writes at
+insufficient states whenever fewer than 90% are sufficient -- it measures the pool's composition, not the
+head. See README "Decisions" (quantile calibration) for the measured comparison.
 """
 
 from __future__ import annotations
@@ -30,11 +43,15 @@ import numpy as np
 from ..models.config import ModelConfig
 from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head, write_direction
 from .objective import ObjectiveConfig, pack_batch
-from .probe import _bucket, dual_view_states, probe_logit, sweep_schedules
+from .probe import _bucket, dual_view_states, probe_logit, self_labels, sweep_schedules
 from .streaming import StreamExample
 from ..errors import EvalError
 
 log = logging.getLogger(__name__)
+
+POOLS = ("sufficient", "decided")
+DEFAULT_POOL = "sufficient"
+DEFAULT_EPS = 0.1  # the self-label KL bound (the probe's default, method.md section 5)
 
 
 class CalibrationError(EvalError):
@@ -50,14 +67,16 @@ class CalibrationPool:
     example: np.ndarray  # int32 [P]: calibration example index
     position: np.ndarray  # int32 [P]: j, the target token being decided (1-based)
     reads: np.ndarray  # int32 [P]: the read count n
+    sufficient: np.ndarray  # bool [P]: V(n) suffices for the next token (self-label at the pool's eps)
 
     def __len__(self):
         return int(self.scores.shape[0])
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _row_decisions(config: ModelConfig, obj: ObjectiveConfig, params, head_vals, batch, phi, ws_tab, probe):
-    """Every target row's decision at the sweep schedule ``phi``: ``(write, score, forced, valid)`` [B, T]."""
+def _row_decisions(config: ModelConfig, obj: ObjectiveConfig, params, head_vals, batch, phi, ws_tab, probe, eps):
+    """Every target row's decision at the sweep schedule ``phi``: ``(write, score, forced, valid,
+    sufficient)`` [B, T]."""
     out = dual_view_states(config, obj, params, batch, phi)
     b, t = batch["target"].shape
     tgt = batch["target"]
@@ -74,15 +93,26 @@ def _row_decisions(config: ModelConfig, obj: ObjectiveConfig, params, head_vals,
                           ws_tab[cand], p)
     dec = jax.vmap(jax.vmap(decide_encoded, in_axes=(None, 0)), in_axes=(None, 0))
     write, score, forced = dec(head_vals, state)
-    return write, score, forced, out["valid"]
+    sufficient, _ = self_labels(out["full_logits"], logits, eps)
+    return write, score, forced, out["valid"], sufficient
+
+
+def check_pool(pool: str, eps: float) -> None:
+    if pool not in POOLS:
+        raise CalibrationError(f"calibration pool {pool!r}; expected one of {POOLS}")
+    if not eps >= 0:
+        raise CalibrationError(f"calibration eps={eps}: expected a non-negative KL bound")
 
 
 def calibration_pool(config: ModelConfig, params, examples: Sequence[StreamExample], prefixes: Sequence,
                      spec: str | HeadSpec, word_starts=None, *, probe: Mapping | None = None, target_offset=0,
-                     batch_size: int = 64, return_writes: bool = False):
+                     batch_size: int = 64, return_writes: bool = False, pool: str = DEFAULT_POOL,
+                     eps: float = DEFAULT_EPS):
     """The pool of ``spec``'s statistic along the reference ``prefixes`` (one token list per example,
     normally the batch head's output). ``word_starts``: bool per vocabulary id (None: every token starts a
-    word). With ``return_writes``, also the head's WRITE flag at each pooled state (for tests)."""
+    word). ``pool``/``eps``: which decided states (module docstring). With ``return_writes``, also the
+    head's WRITE flag at each pooled state (for tests)."""
+    check_pool(pool, eps)
     spec = parse_head(spec)
     if spec.needs_probe and probe is None:
         raise CalibrationError(f"head {spec} needs a probe (train one with `proactive-jax probe train`)")
@@ -100,25 +130,28 @@ def calibration_pool(config: ModelConfig, params, examples: Sequence[StreamExamp
     s_cap, t_cap, m_cap = _bucket(exs)
     obj = ObjectiveConfig(schedule="given", target_offset=target_offset)
     vals = encode_head(spec, config.num_hidden_layers)
-    got = {k: [] for k in ("score", "example", "position", "reads", "write")}
+    got = {k: [] for k in ("score", "example", "position", "reads", "write", "sufficient")}
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         batch = pack_batch([e for _, e in chunk], (s_cap, t_cap), batch_size=batch_size, m_cap=m_cap)
         jb = jax.tree_util.tree_map(jnp.asarray, batch)
         for n in range(m_cap + 1):
-            write, score, forced, valid = jax.device_get(_row_decisions(
-                config, obj, params, vals, jb, jnp.asarray(sweep_schedules(batch, n)), jnp.asarray(ws[:V]), probe))
-            keep = valid & ~forced
+            write, score, forced, valid, suff = jax.device_get(_row_decisions(
+                config, obj, params, vals, jb, jnp.asarray(sweep_schedules(batch, n)), jnp.asarray(ws[:V]), probe,
+                jnp.float32(eps)))
+            keep = valid & ~forced & (suff if pool == "sufficient" else True)
             bi, ri = np.nonzero(keep)
             got["score"].append(score[bi, ri])
             got["example"].append(np.asarray([chunk[k][0] for k in bi], np.int32))
             got["position"].append((ri - batch["header_len"][bi] + 2).astype(np.int32))
             got["reads"].append(np.full(len(bi), n, np.int32))
             got["write"].append(write[bi, ri])
+            got["sufficient"].append(suff[bi, ri])
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in got.items()}
-    pool = CalibrationPool(str(spec), cat["score"].astype(np.float32), cat["example"].astype(np.int32),
-                           cat["position"].astype(np.int32), cat["reads"].astype(np.int32))
-    return (pool, cat["write"].astype(bool)) if return_writes else pool
+    out = CalibrationPool(str(spec), cat["score"].astype(np.float32), cat["example"].astype(np.int32),
+                          cat["position"].astype(np.int32), cat["reads"].astype(np.int32),
+                          cat["sufficient"].astype(bool))
+    return (out, cat["write"].astype(bool)) if return_writes else out
 
 
 def quantile_tau(scores, quantile: float, direction: str) -> float:
@@ -145,14 +178,23 @@ def quantile_tau(scores, quantile: float, direction: str) -> float:
 
 
 def calibrate(config: ModelConfig, params, examples, prefixes, spec, quantile: float, word_starts=None, *,
-              probe=None, target_offset=0, batch_size: int = 64) -> dict:
-    """``{"tau", "pool_size", "write_fraction", "reads_histogram"}`` for ``spec`` at ``tau=q<quantile>``."""
+              probe=None, target_offset=0, batch_size: int = 64, pool: str = DEFAULT_POOL,
+              eps: float = DEFAULT_EPS) -> dict:
+    """``{"tau", "pool", "pool_size", "write_fraction", "reads_histogram"}`` for ``spec`` at
+    ``tau=q<quantile>`` (``pool``: which states, see the module docstring)."""
+    kind = pool
     pool = calibration_pool(config, params, examples, prefixes, spec, word_starts, probe=probe,
-                            target_offset=target_offset, batch_size=batch_size)
+                            target_offset=target_offset, batch_size=batch_size, pool=kind, eps=eps)
+    if len(pool) == 0:
+        raise CalibrationError(f"empty calibration pool ({kind}): {spec} has no "
+                               + ("sufficient " if kind == "sufficient" else "") + "decided state on the "
+                               f"{len(examples)} calibration examples" + (f" at eps={eps:g}" if kind == "sufficient"
+                                                                           else ""))
     direction = write_direction(spec)
     tau = quantile_tau(pool.scores, quantile, direction)
     writes = pool.scores <= np.float32(tau) if direction == "low" else pool.scores >= np.float32(tau)
     hist = np.bincount(pool.reads).tolist() if len(pool) else []
-    log.info("calibrated %s at q%s: tau=%.4g on %d states (write fraction %.3f)", spec, quantile, tau, len(pool),
-             float(writes.mean()))
-    return {"tau": tau, "pool_size": len(pool), "write_fraction": float(writes.mean()), "reads_histogram": hist}
+    log.info("calibrated %s at q%s: tau=%.4g on %d %s states (write fraction %.3f)", spec, quantile, tau,
+             len(pool), kind, float(writes.mean()))
+    return {"tau": tau, "pool": kind if kind == "decided" else f"{kind}@eps={eps:g}", "pool_size": len(pool),
+            "write_fraction": float(writes.mean()), "reads_histogram": hist}
