@@ -235,7 +235,11 @@ def sums_from_logits(batch_logits, stream_logits, batch, obj: ObjectiveConfig):
 def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch, obj: ObjectiveConfig):
     """:func:`sums_from_logits` of ``hidden_to_logits`` of both views, ``obj.logit_chunk`` target positions at a
     time: a ``lax.scan`` over chunks whose body is rematerialised, so only one chunk's ``[B, chunk, V]``
-    logits (and their cotangents) are ever live. Equal to the unchunked sums (padded positions are masked)."""
+    logits (and their cotangents) are ever live. Equal to the unchunked sums (padded positions are masked).
+    Under an abstract mesh with an ``fsdp`` axis the loop runs with the head split over the vocabulary
+    (:mod:`.vocab_sharded`), so no chip holds the whole head or its gradient."""
+    from .vocab_sharded import sharded_chunked_sums, vocab_mesh
+
     labels, mask = loss_rows(batch)
     b, t, d = batch_hidden.shape
     c = min(obj.logit_chunk, t)
@@ -255,8 +259,12 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
                                renorm_student=obj.kl_student_renorm)}
         return jax.tree.map(jnp.add, acc, s), None
 
+    xs = (split(batch_hidden), split(stream_hidden), split(labels), split(mask))
+    mesh = vocab_mesh(config.vocab_size, b)
+    if mesh is not None:  # under a mesh: the head split over the vocabulary on the fsdp axis (vocab_sharded.py)
+        return sharded_chunked_sums(mesh, config, params, xs, obj, top_k)
     zero = {name: jnp.zeros((), jnp.float32) for name in ("batch", "mslm", "kl")}
-    sums, _ = jax.lax.scan(body, zero, (split(batch_hidden), split(stream_hidden), split(labels), split(mask)))
+    sums, _ = jax.lax.scan(body, zero, xs)
     return sums
 
 
