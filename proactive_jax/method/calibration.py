@@ -114,6 +114,8 @@ def calibration_pool(config: ModelConfig, params, examples: Sequence[StreamExamp
     head's WRITE flag at each pooled state (for tests)."""
     check_pool(pool, eps)
     spec = parse_head(spec)
+    if spec.needs_src_attn:  # alignatt's statistic is a lag in units, not a score a quantile can set
+        raise CalibrationError(f"head {spec} has no tau to calibrate; sweep f as separate head specs")
     if spec.needs_probe and probe is None:
         raise CalibrationError(f"head {spec} needs a probe (train one with `proactive-jax probe train`)")
     pairs = [(i, dataclasses.replace(ex, target=tuple(int(x) for x in p)))

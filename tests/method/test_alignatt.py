@@ -349,3 +349,9 @@ def test_eval_runs_an_f_sweep(tmp_path):
     direct = stream_decode(cfg, params, [it.example for it in items], "alignatt:f=3", 4, eos, word_starts=ws)
     assert [e["phi"] for e in rows[1]["examples"]] == [r.phi.tolist() for r in direct]
     assert (tmp_path / "table.md").read_text().count("alignatt f=") == 2
+
+
+def test_calibrating_alignatt_is_refused():
+    from proactive_jax.method.calibration import CalibrationError, calibration_pool
+    with pytest.raises(CalibrationError, match="no tau to calibrate"):
+        calibration_pool(None, None, [], [], "alignatt:f=2")
