@@ -53,6 +53,10 @@ class ObjectiveConfig:
     # target positions per chunk of the loss: the LM head, log-softmax and top-k run one chunk of
     # [rows, logit_chunk, vocab] logits at a time (recomputed in the backward); 0 = all at once
     logit_chunk: int = 0
+    # ours, EXPERIMENTAL (off): run the chunk loop with the LM head split over the vocabulary on the fsdp
+    # axis (method/vocab_sharded.py). Exact, but measured worse on Qwen2.5-3B v5e-16 (temporaries 4.20 vs
+    # 3.94 GiB: XLA gathers the whole batch's hidden states around the shard_map); see coord/readme-plan.md
+    vocab_sharded_head: bool = False
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -260,7 +264,7 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
         return jax.tree.map(jnp.add, acc, s), None
 
     xs = (split(batch_hidden), split(stream_hidden), split(labels), split(mask))
-    mesh = vocab_mesh(config.vocab_size, b)
+    mesh = vocab_mesh(config.vocab_size, b) if obj.vocab_sharded_head else None
     if mesh is not None:  # under a mesh: the head split over the vocabulary on the fsdp axis (vocab_sharded.py)
         return sharded_chunked_sums(mesh, config, params, xs, obj, top_k)
     zero = {name: jnp.zeros((), jnp.float32) for name in ("batch", "mslm", "kl")}

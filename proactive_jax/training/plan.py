@@ -382,6 +382,9 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket", default=None, help="S,T bucket to plan (default: the run's largest)")
     p.add_argument("--max-batch", action="store_true",
                    help="also find the largest global batch that fits (a few more compiles)")
+    p.add_argument("--decode", default=None, metavar="batch=16,src=288,tgt=64",
+                   help="plan the streaming decode loop (what `eval` runs) instead of the train step; keys "
+                        "batch, src, tgt, prompt, unit, header, units, head (training/plan_decode.py)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
@@ -441,12 +444,19 @@ def run_plan(args: argparse.Namespace) -> int:
     try:
         run = load_run_config(args.config, args.overrides)
         topo = parse_topology(args.topology)
-        bucket = None if args.bucket is None else tuple(int(x) for x in args.bucket.split(","))
-        report = plan(run, topo, headroom=args.headroom, bucket=bucket, search_batch=args.max_batch)
+        if getattr(args, "decode", None) is not None:
+            from .plan_decode import format_decode_report, parse_decode, plan_decode
+
+            report = plan_decode(run, topo, parse_decode(args.decode, run), headroom=args.headroom)
+            text = format_decode_report
+        else:
+            bucket = None if args.bucket is None else tuple(int(x) for x in args.bucket.split(","))
+            report = plan(run, topo, headroom=args.headroom, bucket=bucket, search_batch=args.max_batch)
+            text = format_report
     except (PlanError, RunConfigError, FileNotFoundError, ValueError) as e:
         print(f"proactive-jax plan: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if args.json else format_report(report))
+    print(json.dumps(report) if args.json else text(report))
     return 0 if report["fits"] else 1
 
 

@@ -108,3 +108,36 @@ def test_compiler_refusal_is_a_does_not_fit_verdict():
     rep = plan.refused_report(run, spec, plan.parse_topology("v5e:2x2"), (24, 24), 0.0, e)
     assert not rep["fits"] and rep["margin_bytes"] < 0 and rep["advice"]
     assert "DOES NOT FIT" in plan.format_report(rep) and "22.86 GiB" in plan.format_report(rep)
+
+
+def test_decode_shape_keys_and_errors():
+    run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
+    from proactive_jax.training.plan_decode import parse_decode
+
+    d = parse_decode("batch=8,tgt=32,head=wait-k:k=3", run)
+    assert (d.batch, d.tgt, d.head) == (8, 32, "wait-k:k=3")
+    assert d.src == max(b[0] for b in run.data.buckets) and d.units == d.src  # defaults from the run's buckets
+    for bad, needle in (("rows=8", "KEY=VALUE"), ("batch=eight", "not an integer"), ("tgt=0", ">= 1"),
+                        ("src=8,prompt=16", "exceeds src")):
+        with pytest.raises(plan.PlanError, match=needle):
+            parse_decode(bad, run)
+
+
+@pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu]'); CI installs it")
+def test_plan_compiles_the_decode_loop_for_a_tpu_slice():
+    """`plan --decode`: the eval decode loop (prefill + while_loop, KV caches) for v5e 2x2, rows over the chips."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    env.pop("XLA_FLAGS", None)
+    cmd = [sys.executable, "-m", "proactive_jax.cli", "plan", "configs/tiny-synthetic.yaml", "--topology", "v5e:2x2",
+           "--decode", "batch=64,src=256,tgt=64,header=8,prompt=8,unit=4,units=32", "--json"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (r["mode"], r["chips"], r["cache_slots"], r["params_layout"]) == ("decode", 4, 328, "replicated")
+    assert r["fits"] is True and r["capacity_bytes"] == 16 * plan.GIB
+    assert r["argument_bytes"] >= r["fp32_params_bytes"]  # the parameters are whole on every chip
+    # the KV caches (2 x layers x rows x slots x kv heads x head dim) are split with the rows: a chip's
+    # temporaries hold its quarter, not the whole 5.4 MB
+    assert r["kv_cache_bytes_per_chip"] <= r["temp_bytes"] < 4 * r["kv_cache_bytes_per_chip"]
+    assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"] + r["code_bytes"]
