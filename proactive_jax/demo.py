@@ -340,7 +340,8 @@ def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int)
 def run_demo(cfg: DemoConfig) -> dict:
     from .data import load_tokenizer, template_parts, word_start_table
     from .data.synthetic import ASSET_DIR
-    from .method.decode import format_events, interleave, stream_decode
+    from .method.decode import stream_decode
+    from .method.trace import format_events, interleave
     from .models.loading import eos_ids_for
     from .training.loop import train
 

@@ -46,7 +46,8 @@ def run_audio_decode(args) -> int:
     from ..models.hf import load_pretrained
     from ..models.loading import eos_ids_for
     from .audio_stream import audio_embeddings, audio_example
-    from .decode import format_events, interleave, stream_decode
+    from .decode import stream_decode
+    from .trace import format_events, interleave
     from .heads import parse_head
 
     try:

@@ -72,7 +72,8 @@ def run_decode_cli(args: argparse.Namespace) -> int:
         return 2
 
     from ..data import TextExample, render_example, split_words, template_parts, word_start_table
-    from .decode import format_events, interleave, stream_decode
+    from .decode import stream_decode
+    from .trace import format_events, interleave
     from ..models.loading import eos_ids_for
 
     try:

@@ -23,7 +23,7 @@ larger than any read count. Decisions (and so tokens and phi) do not depend on M
 the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ
 from the batch decoder's for decisions made before the end was known.
 
-(About 530 lines: the batch's host bookkeeping, the one-row session and ``session_decode`` share their
+(About 540 lines: the batch's host bookkeeping, the one-row session and ``session_decode`` share their
 row state; the device programs and the audio side live in their own modules.)
 """
 

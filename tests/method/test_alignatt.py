@@ -22,6 +22,7 @@ from proactive_jax.models.hf import save_pretrained
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits, init_params
 from tests.conftest import tiny_qwen2, tiny_qwen3
 from tests.method.test_decode import MAX_NEW, T_PAD, random_examples, random_params, sharpen
+from tests.method.util import brute_rows
 
 # ---------------------------------------------------------------------------------------------
 # The rule on hand-made rows
@@ -194,18 +195,15 @@ def reference_alignatt(cfg, params, ex, head, max_new, eos_ids, ws):
     w = encode_head(spec, cfg.num_hidden_layers)["layers"].astype(np.float64)
     f, min_read, word_level = spec["f"], spec["min_read"], spec.decide_at == "word"
     V = ex.visible_counts()
-    src, hdr, H = list(ex.source), list(ex.header), len(ex.header)
     n, ys, phi, words = 0, [], [], 0
     rec = dict(scores=[], writes=[], reads=[], forced=[], margins=[])
     while True:
-        sv, tl = int(V[n]), H + len(ys)
-        lim_rows = [V[phi[0]] if ys else V[n]] * H + [V[phi[i]] if i < len(ys) else V[n] for i in range(1, len(ys) + 1)]
-        ids = src[:sv] + hdr + ys
+        r = brute_rows(ex, V, n, ys, phi)
+        ids = r["ids"]
         pad = T_PAD - len(ids)
         arr = lambda xs, fill: np.asarray([xs + [fill] * pad], np.int32)  # noqa: E731
-        logits, attn = _brute(cfg, params, arr(ids, 0), arr(list(range(sv)) + list(range(tl)), 0),
-                              arr([0] * sv + [1] * tl, -1), arr(list(range(sv)) + list(range(tl)), 0),
-                              arr([0] * sv + [int(x) for x in lim_rows], 0), len(ids) - 1)
+        logits, attn = _brute(cfg, params, arr(ids, 0), arr(r["pos"], 0), arr(r["seg"], -1), arr(r["idx"], 0),
+                              arr(r["lim"], 0), len(ids) - 1)
         logits = np.asarray(logits)
         cand = int(np.argmax(logits))
         lag, margin = brute_lag(np.asarray(attn), V, n, w)

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from proactive_jax.method import decode as dec
-from proactive_jax.method.decode import calibrate_tau, format_events, interleave, stream_decode
+from proactive_jax.method.decode import stream_decode
+from proactive_jax.method.trace import calibrate_tau, format_events, interleave
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.qwen import apply_hidden, forward, hidden_to_logits
 from proactive_jax.method.streaming import StreamExample
 
 from tests.conftest import tiny_qwen3
-from tests.method.util import MAX_NEW, random_examples, random_params, sharpen, text_setup  # noqa: F401 (re-exported)
+from tests.method.util import MAX_NEW, brute_rows, random_examples, random_params, sharpen, text_setup  # noqa: F401 (re-exported)
 
 T_PAD = 48  # the brute force pads every sequence to this length (one compilation)
 
@@ -39,24 +40,18 @@ def reference_decode(cfg, params, ex, head, max_new, eos_ids, ws, target_offset=
     the last row (the one predicting now) sees the current V(n)."""
     vals = encode_head(head, cfg.num_hidden_layers)
     V = ex.visible_counts()
-    src, hdr = list(ex.source), list(ex.header)
-    P, H = len(ex.prompt), len(ex.header)
+    P = len(ex.prompt)
     off = ex.S if target_offset == "contiguous" else target_offset
     n, ys, phi, words = 0, [], [], 0
     rec = dict(logits=[], scores=[], writes=[], reads=[], gaps=[])
     while True:
-        sv, tl = int(V[n]), H + len(ys)
-        lim_rows = [V[phi[0]] if ys else V[n]] * H + [V[phi[i]] if i < len(ys) else V[n] for i in range(1, len(ys) + 1)]
-        ids = src[:sv] + hdr + ys
-        seg = [0] * sv + [1] * tl
-        idx = list(range(sv)) + list(range(tl))
-        pos = list(range(sv)) + [off + i for i in range(tl)]
-        lim = [0] * sv + [int(x) for x in lim_rows]
+        r = brute_rows(ex, V, n, ys, phi, off)
+        ids = r["ids"]
         pad = T_PAD - len(ids)
         assert pad >= 0
         arr = lambda xs, fill: jnp.asarray([xs + [fill] * pad], jnp.int32)
-        logits, stats = _brute(cfg, params, arr(ids, 0), arr(pos, 0), arr(seg, -1), arr(idx, 0), arr(lim, 0),
-                               jnp.asarray([P], jnp.int32), len(ids) - 1)
+        logits, stats = _brute(cfg, params, arr(ids, 0), arr(r["pos"], 0), arr(r["seg"], -1), arr(r["idx"], 0),
+                               arr(r["lim"], 0), jnp.asarray([P], jnp.int32), len(ids) - 1)
         logits = np.asarray(logits)
         cand = int(np.argmax(logits))
         top2 = np.sort(logits)[-2:]

@@ -112,3 +112,16 @@ def compiles(fn) -> list[str]:
     finally:
         lg.removeHandler(h)
     return seen
+
+
+def brute_rows(ex, V, n: int, ys: list, phi: list, off: int = 0) -> dict:
+    """The whole sequence a brute-force decoder recomputes at read count ``n`` with ``ys`` written at
+    ``phi`` (method.md section 3): ids, positions, segment, index and the per-row visible-source limit.
+    Header rows see V(phi(1)) (V(n) while nothing is written), the row holding y_i sees V(phi(i+1)), the
+    last row (the one predicting now) V(n)."""
+    sv, H = int(V[n]), len(ex.header)
+    tl = H + len(ys)
+    lim_rows = [V[phi[0]] if ys else V[n]] * H + [V[phi[i]] if i < len(ys) else V[n] for i in range(1, len(ys) + 1)]
+    return dict(ids=list(ex.source)[:sv] + list(ex.header) + list(ys), pos=list(range(sv)) + [off + i for i in range(tl)],
+                seg=[0] * sv + [1] * tl, idx=list(range(sv)) + list(range(tl)),
+                lim=[0] * sv + [int(x) for x in lim_rows])
