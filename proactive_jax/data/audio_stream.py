@@ -38,7 +38,6 @@ them by reason in ``stream.skipped`` (and in the state) and goes on.
 **Memory.** Bounded by (prefetch buffer + workers x per-worker buffer) x one example, independent of the
 dataset's length (tested: peak RSS after 200 and after 2,000 utterances).
 
-(Over 500 lines: records, sources and the stream are one loader, each part small; the module doc is long.)
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 
 from .tasks import DataError  # errors.DataError with a `reason` (the skip counts use it)
-from .audio import (HOP, N_FFT, SAMPLING_RATE, AudioError, _power_spectrogram, check_waveform, log_mel_windows,
-                    mel_filters, read_audio)
+from ..models.audio import output_lengths
+from .audio import HOP, SAMPLING_RATE, AudioError, check_waveform, log_mel_windows, read_audio, window_features
 
 logger = logging.getLogger(__name__)
 
@@ -83,55 +82,10 @@ class AudioFeatures:
         return cls(num_mel_bins=enc.num_mel_bins, window_frames=enc.num_frames, **kw)
 
 
-_SPARSE: dict = {}
-
-
-def mel_project(power: np.ndarray, num_mel_bins: int) -> np.ndarray:
-    """``power @ mel_filters(num_mel_bins)`` over the filters' nonzeros only (~2 per FFT bin): no BLAS call,
-    so a loader worker stays on one core (a multi-threaded BLAS matmul of this size was 30x slower on the
-    loaded 2-core machine) and does ~100x fewer multiply-adds."""
-    if num_mel_bins not in _SPARSE:
-        fb_t = mel_filters(num_mel_bins).T  # [bins, fft bins]
-        m, j = np.nonzero(fb_t)  # row-major: sorted by mel bin
-        present, starts = np.unique(m, return_index=True)
-        _SPARSE[num_mel_bins] = (j, fb_t[m, j], present, starts)
-    j, w, present, starts = _SPARSE[num_mel_bins]
-    out = np.zeros((power.shape[0], num_mel_bins))
-    if power.shape[0]:
-        out[:, present] = np.add.reduceat(power[:, j] * w, starts, axis=1)
-    return out
-
-
-def window_features(x: np.ndarray, num_mel_bins: int, window_frames: int, clamp: str) -> np.ndarray:
-    """``log_mel_windows(x, ...)[0][0]`` for audio of at most one window, computing the STFT only over
-    frames whose 400-sample window touches ``x``. Every later frame sees only zero padding, so its power is
-    exactly 0 and its log-mel exactly -10 before the clamp; filling them so gives the reference's values."""
-    win = window_frames * HOP
-    if x.size > win:
-        raise AudioError(f"{x.size} samples, longer than one window of {win}")
-    span = min(win, -(-(x.size + N_FFT) // HOP) * HOP + N_FFT)  # covers every frame that sees x, + margin
-    k = win // HOP if span == win else (span - N_FFT // 2) // HOP + 1
-    logm = np.full((window_frames, num_mel_bins), -10.0)
-    mel = mel_project(_power_spectrogram(np.pad(x, (0, span - x.size)))[:k], num_mel_bins)
-    logm[:k] = np.log10(np.maximum(mel, 1e-10))
-    if clamp == "utterance":
-        floor = logm.max() - 8.0
-    elif clamp == "running":
-        floor = (np.maximum.accumulate(logm.max(axis=1)) - 8.0)[:, None]
-    else:
-        raise AudioError(f"clamp={clamp!r}: expected 'utterance' or 'running'")
-    return ((np.maximum(logm, floor) + 4.0) / 4.0).T.astype(np.float32)
-
-
 def reference_features(x: np.ndarray, num_mel_bins: int, window_frames: int, clamp: str) -> np.ndarray:
     """The slow reference of :func:`window_features` (the whole padded window through the STFT)."""
     f, _ = log_mel_windows(x, SAMPLING_RATE, num_mel_bins, clamp=clamp, window_frames=window_frames)
     return f[0]
-
-
-def encoder_tokens(valid_frames: int) -> int:
-    """Audio tokens (``<|AUDIO|>`` slots) of ``valid_frames`` mel frames (conv stride 2, then pool 2)."""
-    return (((int(valid_frames) - 1) // 2 + 1) - 2) // 2 + 1
 
 
 # --------------------------------------------------------------------------------------------- records
@@ -384,7 +338,7 @@ class MakeExample:
     """Source row index -> example dict, run in the loader's workers (picklable: source, tokenizer, config).
 
     Example keys: ``features`` float32 [bins, window_frames] (one encoder window, padded), ``valid_frames``
-    and ``audio_tokens`` (int, the ``<|AUDIO|>`` slots: :func:`encoder_tokens`), ``target`` int32 [n]
+    and ``audio_tokens`` (int, the ``<|AUDIO|>`` slots: ``models.audio.output_lengths``), ``target`` int32 [n]
     (the tokenized transcript, + ``eos_id`` if given), ``text``, ``question`` (``""`` for ASR), ``id``,
     ``index`` (the source row), ``seconds``; ``waveform`` (float32, 16 kHz) with ``keep_waveform``. A bad
     row becomes ``{"bad": message, "reason": ...}``, acted on by the consumer (so errors read the same with
@@ -421,7 +375,7 @@ class MakeExample:
         f = self.features
         valid = max(1, -(-x.size // HOP))
         out = {"features": window_features(x, f.num_mel_bins, f.window_frames, f.clamp),
-               "valid_frames": np.int32(valid), "audio_tokens": np.int32(encoder_tokens(valid)),
+               "valid_frames": np.int32(valid), "audio_tokens": np.int32(output_lengths(int(valid))[1]),
                "target": np.asarray(target, np.int32), "text": text.strip(),
                "question": str(row.get("question") or ""), "id": str(rid if rid is not None else where),
                "index": np.int64(index), "seconds": np.float32(x.size / SAMPLING_RATE)}

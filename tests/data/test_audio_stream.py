@@ -11,10 +11,11 @@ import pytest
 pytest.importorskip("grain")
 pytest.importorskip("array_record")
 
-from proactive_jax.data.audio import write_wav  # noqa: E402
+from proactive_jax.data.audio import mel_project, window_features, write_wav  # noqa: E402
 from proactive_jax.data.audio_stream import (AudioFeatures, ManifestSource, SyntheticAudioSource,  # noqa: E402
-                                             audio_example_stream, decode_record, encode_record, encoder_tokens,
-                                             mel_project, prepare_audio, reference_features, window_features)
+                                             audio_example_stream, decode_record, encode_record, prepare_audio,
+                                             reference_features)
+from proactive_jax.models.audio import output_lengths  # noqa: E402
 from proactive_jax.data.synthetic import load_tokenizer  # noqa: E402
 from proactive_jax.errors import DataError  # noqa: E402
 
@@ -72,13 +73,6 @@ def test_sparse_mel_projection_equals_the_matmul(bins):
     np.testing.assert_allclose(mel_project(p, bins), p @ mel_filters(bins), rtol=1e-12, atol=1e-300)
 
 
-def test_encoder_tokens_match_the_model():
-    from proactive_jax.models.audio import output_lengths
-
-    v = np.arange(1, 3001)
-    np.testing.assert_array_equal([encoder_tokens(i) for i in v], np.asarray(output_lengths(v)[1]))
-
-
 # ------------------------------------------------------------------------------------------- records, sources
 
 def test_record_round_trip_keeps_bytes_and_samples():
@@ -118,7 +112,7 @@ def test_tfds_and_datasets_flac_rows_through_array_record(tmp_path, tok):
     # lossless FLAC; data.audio scales int16 arrays by 1/32767, soundfile by 1/32768: 2.6e-5 apart in log power
     np.testing.assert_allclose(ex["flac"]["features"], ex["84-121123-0000"]["features"], atol=2e-5)
     np.testing.assert_array_equal(ex["flac"]["target"], tok.encode("ONE TWO", add_special_tokens=False))
-    assert ex["flac"]["valid_frames"] == 75 and ex["flac"]["audio_tokens"] == encoder_tokens(75)
+    assert ex["flac"]["valid_frames"] == 75 and ex["flac"]["audio_tokens"] == output_lengths(75)[1]
 
 
 def test_manifest_directory_source(tmp_path, tok):
