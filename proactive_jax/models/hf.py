@@ -185,9 +185,11 @@ def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -
     return params
 
 
-def _load_config(root: Path, **kw):
-    """The model config of ``root/config.json``: a ModelConfig, or an AudioModelConfig for qwen2_audio."""
-    p = root / "config.json"
+def load_model_config(path: str | Path, **kw):
+    """The model config of a config.json (the file, or the directory holding it): a ModelConfig, or an
+    AudioModelConfig for ``model_type: qwen2_audio``."""
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
     if p.is_file():
         try:
             hf = json.loads(p.read_text())
@@ -197,7 +199,7 @@ def _load_config(root: Path, **kw):
             from .audio_config import from_hf_dict_audio
 
             return from_hf_dict_audio(hf, source=str(p), **kw)
-    return load_hf_config(root, **kw)
+    return load_hf_config(path, **kw)
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32", *,
@@ -226,7 +228,7 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
         raise FileNotFoundError(f"{root}: checkpoint directory does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: expected a Hugging Face checkpoint directory, got a file")
-    config = _load_config(root, dtype=dtype, **compute)
+    config = load_model_config(root, dtype=dtype, **compute)
     layout = tensor_layout(config)
     files, weight_map, index_path = _weight_files(root)
     place = place or _default_place

@@ -10,29 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig, load_hf_config
+from ..models.config import ModelConfig
+from ..models.hf import load_model_config
 from .checkpoint import CheckpointError, model_config_from_dict, restore_params
 from .mesh import path_keys, place
 from .run_config import MODEL_PRESETS, ModelSection, RunConfig, RunConfigError, check_fields
 
 log = logging.getLogger(__name__)
-
-
-def _read_config(path: str):
-    """A ModelConfig, or an AudioModelConfig for a ``qwen2_audio`` config.json (file or directory)."""
-    import json
-
-    p = Path(path)
-    p = p / "config.json" if p.is_dir() else p
-    try:
-        hf = json.loads(p.read_text()) if p.is_file() else None
-    except json.JSONDecodeError:
-        hf = None
-    if isinstance(hf, dict) and hf.get("model_type") == "qwen2_audio":
-        from ..models.audio_config import from_hf_dict_audio
-
-        return from_hf_dict_audio(hf, source=str(p))
-    return load_hf_config(path)
 
 
 def resolve_model_config(sec: ModelSection, audio=None):
@@ -44,11 +28,11 @@ def resolve_model_config(sec: ModelSection, audio=None):
         if not Path(sec.hf_dir).is_dir():
             raise FileNotFoundError(f"model.hf_dir={sec.hf_dir}: directory does not exist (expected a Hugging "
                                     "Face checkpoint directory with config.json and *.safetensors)")
-        cfg = _read_config(sec.hf_dir)
+        cfg = load_model_config(sec.hf_dir)
     elif sec.config_json is not None:
         if not Path(sec.config_json).exists():
             raise FileNotFoundError(f"model.config_json={sec.config_json}: file not found")
-        cfg = _read_config(sec.config_json)
+        cfg = load_model_config(sec.config_json)
     elif sec.preset is not None:
         preset = MODEL_PRESETS[sec.preset]
         if preset.get("model_type") == "qwen2_audio":
@@ -105,7 +89,7 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
     if mode == "hf":
         from ..models.hf import load_pretrained
 
-        saved = _read_config(sec.hf_dir)
+        saved = load_model_config(sec.hf_dir)
         if shape_signature(saved) != shape_signature(model_cfg):
             raise RunConfigError(f"model.config changes the shape of the weights in model.hf_dir={sec.hf_dir} "
                                  f"({ {k: sec.config[k] for k in sec.config if k in SHAPE_FIELDS} }); "
