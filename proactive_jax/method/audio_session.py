@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.audio import HOP, N_FFT, SAMPLING_RATE, AudioError, check_waveform, mel_filters
-from ..models.audio import EncoderState, _chunk_fn, output_lengths
+from ..models.audio import EncoderState, chunk_step, output_lengths
 from .session import SessionError
 
 log = logging.getLogger(__name__)
@@ -150,18 +150,18 @@ def as_samples(x, sampling_rate: int, what: str) -> np.ndarray:
 def encode_rows(config, params, state: EncoderState, mel, go, reset):
     """The next chunk of every row with ``go``: ``mel`` [B, 4K, bins] (time-major). ``state`` holds one
     encoder state per row (``pos`` [B]); rows with ``reset`` start a new window first. Returns the new
-    state and the chunk embeddings [B, K, hidden] float32 (rows without ``go`` keep their state)."""
-    start = EncoderState(*[_rows_where(reset, jnp.zeros_like(s), s, i < 2) for i, s in enumerate(state)])
+    state and the chunk embeddings [B, K, hidden] float32 (rows without ``go`` keep their state).
 
-    def one(k, v, left_mel, left_h1, pos, m):  # the one-window chunk encoder on a batch of one
-        st = EncoderState(k[:, None], v[:, None], left_mel[None], left_h1[None], pos)
-        st, e = _chunk_fn(config, params, st, m[None])
-        return st.k[:, 0], st.v[:, 0], st.left_mel[0], st.left_h1[0], st.pos, e[0]
-
-    k, v, lm, lh, pos, emb = jax.vmap(one, in_axes=(1, 1, 0, 0, 0, 0), out_axes=(1, 1, 0, 0, 0, 0))(*start, mel)
-    new = EncoderState(k, v, lm, lh, pos)
-    kept = EncoderState(*[_rows_where(go, a, b, i < 2) for i, (a, b) in enumerate(zip(new, start))])
-    return kept, emb
+    Only ``pos`` and the conv edge are selected per row: K/V slots at or after a row's ``pos`` are never
+    attended (masked by position) and are rewritten by that row's next chunk, so a reset does not clear
+    them and a row without ``go`` may leave its (unread) keys there. No pass over the whole caches beyond
+    the per-layer write (the caches are most of the bytes: 30 s windows)."""
+    pos = jnp.where(reset, 0, state.pos)
+    lm = _rows_where(reset, jnp.zeros_like(state.left_mel), state.left_mel, False)
+    lh = _rows_where(reset, jnp.zeros_like(state.left_h1), state.left_h1, False)
+    new, emb = chunk_step(config, params, EncoderState(state.k, state.v, lm, lh, pos), mel)  # per-row positions
+    return EncoderState(new.k, new.v, _rows_where(go, new.left_mel, lm, False), _rows_where(go, new.left_h1, lh, False),
+                        jnp.where(go, new.pos, pos)), emb
 
 
 def _rows_where(mask, a, b, batch_axis_1: bool):

@@ -168,14 +168,28 @@ def _encoder_layer(enc: EncoderConfig, x, p, k_cache, v_cache, start, q_block, k
     q = _dense(y, a["q_proj"], dtype).reshape(b, t, h, hd)
     k = _dense(y, a["k_proj"], dtype).reshape(b, t, h, hd)
     v = _dense(y, a["v_proj"], dtype).reshape(b, t, h, hd)
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), start, axis=1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), start, axis=1)
+    k_cache = _write_cache(k_cache, k, start)
+    v_cache = _write_cache(v_cache, v, start)
     mask = k_valid[:, None, :] & (k_block[:, None, :] <= q_block[:, :, None])
     out, _ = dense_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask)
     x = x + _dense(out.reshape(b, t, d), a["out_proj"], dtype)
     y = layer_norm(x, p["final_layer_norm"], enc.layer_norm_eps, dtype)
     x = x + _dense(_gelu(_dense(y, p["fc1"], dtype)), p["fc2"], dtype)
     return x, k_cache, v_cache
+
+
+def _write_cache(cache, new, start):
+    """``cache`` [B, P, ...] with ``new`` [B, T, ...] written at slots ``start..start+T``: one scalar start
+    for every row, or one per row (``start`` [B]: a select over the slots, no scatter; each row's other
+    slots keep their values)."""
+    new = new.astype(cache.dtype)
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1)
+    t, slots = new.shape[1], cache.shape[1]
+    rel = jnp.arange(slots, dtype=jnp.int32)[None, :] - start[:, None]  # [B, P]: slot - row start
+    picked = jnp.take_along_axis(new, jnp.clip(rel, 0, t - 1).reshape(rel.shape + (1,) * (new.ndim - 2)), axis=1)
+    inside = ((rel >= 0) & (rel < t)).reshape(rel.shape + (1,) * (new.ndim - 2))
+    return jnp.where(inside, picked, cache)
 
 
 def _layers(enc: EncoderConfig, x, layers, k_cache, v_cache, start, q_block, k_block, k_valid):
@@ -293,7 +307,10 @@ def init_encoder_state(config: AudioModelConfig, batch: int) -> EncoderState:
                         jnp.zeros((batch, enc.d_model), dtype), jnp.zeros((), jnp.int32))
 
 
-def _chunk_fn(config: AudioModelConfig, params, state: EncoderState, mel_chunk):
+def chunk_step(config: AudioModelConfig, params, state: EncoderState, mel_chunk):
+    """The chunk encoder's pure step: ``mel_chunk`` [B, 4K, bins] (time-major) -> (new state, [B, K, hidden]).
+    ``state.pos`` is a scalar (one window position for the batch) or [B] (per row; K/V caches
+    [layers, B, positions, ...]). :func:`encode_chunk` is the checked public entry."""
     enc = config.encoder
     dtype = jnp.dtype(enc.dtype)
     tower = params["audio_tower"]
@@ -302,16 +319,21 @@ def _chunk_fn(config: AudioModelConfig, params, state: EncoderState, mel_chunk):
     zero_next[-1] = True  # the chunk's edge: the next frame is not heard yet
     h2, left_mel, left_h1 = conv_front(tower, mel_chunk, state.left_mel, state.left_h1, jnp.asarray(zero_next), dtype)
     t = h2.shape[1]
-    pos = state.pos + jnp.arange(t, dtype=jnp.int32)
-    x = h2 + jax.lax.dynamic_slice_in_dim(tower["embed_positions"]["embedding"], state.pos, t).astype(dtype)
-    q_block = jnp.broadcast_to(pos, (b, t))
+    table = tower["embed_positions"]["embedding"]
+    if jnp.ndim(state.pos) == 0:  # one window position for the batch
+        x = h2 + jax.lax.dynamic_slice_in_dim(table, state.pos, t).astype(dtype)
+        q_block = jnp.broadcast_to(state.pos + jnp.arange(t, dtype=jnp.int32), (b, t))
+        end = state.pos + t
+    else:  # one per row (live sessions: rows at different points of their windows)
+        q_block = state.pos[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+        x = h2 + jnp.take(jnp.asarray(table), q_block, axis=0).astype(dtype)
+        end = (state.pos + t)[:, None]
     k_index = jnp.broadcast_to(jnp.arange(enc.max_source_positions, dtype=jnp.int32), (b, enc.max_source_positions))
-    x, k, v = _layers(enc, x, tower["layers"], state.k, state.v, state.pos, q_block, k_index,
-                      k_index < state.pos + t)
+    x, k, v = _layers(enc, x, tower["layers"], state.k, state.v, state.pos, q_block, k_index, k_index < end)
     return EncoderState(k, v, left_mel.astype(dtype), left_h1.astype(dtype), state.pos + t), _pool_project(params, enc, x)
 
 
-_chunk_jit = jax.jit(_chunk_fn, static_argnums=0)
+_chunk_jit = jax.jit(chunk_step, static_argnums=0)
 
 
 def encode_chunk(config: AudioModelConfig, params, state: EncoderState, mel_chunk) -> tuple[EncoderState, Array]:
