@@ -16,10 +16,12 @@ demo's word vocabulary, no tokenizer), ``librispeech`` / ``spoken-squad`` (``dat
 manifest, ``audio.manifest``); real tasks use the Qwen2-Audio chat layout (``method.audio_decode_cli.audio_parts``)
 and end the target with ``<|im_end|>``.
 
-**Streaming loaders plug in at** :class:`StreamedBatches`: any ``open_stream(position) -> iterator of
-AudioTrainExample`` (bounded memory, e.g. ``data.audio_stream``) becomes ``DataBundle.train``; the position is
-the number of examples consumed (``step * global_batch_size``), so resume stays exact when the stream can
-start at a position.
+**Bounded memory** (``audio.stream``): :class:`StreamedAudioBatches` draws the train batches from this host's
+``data.audio_stream.audio_example_stream`` over a ``prepare-audio`` directory (features computed in the loader
+workers, per-host shards); each step's bucket is the smallest of ``data.buckets`` holding every host's rows, and
+the stream state of every host goes into the checkpoint meta (``STREAM_META_KEY``) so resume is exact even
+when rows were skipped. :class:`StreamedBatches` stays as the generic plug point for any
+``open_stream(position) -> iterator of AudioTrainExample`` (one bucket, position = examples consumed).
 """
 
 from __future__ import annotations
@@ -361,7 +363,7 @@ class StreamedAudioBatches:
     step's bucket is the smallest of ``buckets`` that holds every host's rows (their max S and T, agreed by one
     tiny all-gather on multi-host runs), so every host feeds the same shape and a run sees at most
     ``len(buckets)`` shapes. No buffering across steps: the state after step s is the stream's state
-    (:meth:`checkpoint_state`, saved in the checkpoint meta) and :meth:`batches_from` with it resumes exactly.
+    (:meth:`stream_state`, saved in the checkpoint meta) and :meth:`batches_from` with it resumes exactly.
     ``steps_per_epoch`` = rows / global batch (the stream itself repeats epochs forever)."""
 
     def __init__(self, open_stream: Callable, layout: Callable, buckets, *, global_batch_size: int, host_count: int,
@@ -385,7 +387,7 @@ class StreamedAudioBatches:
         self._state: dict | None = None
 
     # -- state ---------------------------------------------------------------------------------------
-    def restore(self, meta_entry: dict | None, step: int) -> None:
+    def restore_stream(self, meta_entry: dict | None, step: int) -> None:
         """Take this host's state out of a checkpoint's ``meta[STREAM_META_KEY]`` (``{"hosts": [...]}``)."""
         if meta_entry is None:
             log.warning("the checkpoint of step %d holds no audio stream state; the stream restarts at position "
@@ -401,7 +403,7 @@ class StreamedAudioBatches:
             raise ExampleError(f"the checkpoint's audio stream state is of step {st.get('step')}, not {step}")
         self._resume = st
 
-    def checkpoint_state(self) -> dict:
+    def stream_state(self) -> dict:
         """``{"hosts": [state of each host]}`` after the batches consumed so far (every process must call it)."""
         return {"hosts": self.gather(self._state)}
 

@@ -206,11 +206,11 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
         state, source = restore_or_init(run, model_cfg, store, sh, abstract, make_state_optimizer(spec),
                                         init_params)
         start = int(host_value(state["step"]))
-        if start > 0 and source.startswith("resumed") and hasattr(data.train, "restore"):
+        if start > 0 and source.startswith("resumed") and hasattr(data.train, "restore_stream"):
             # a streamed train set (audio.stream): its state at `start` is in that checkpoint's meta
             from .audio_data import STREAM_META_KEY
 
-            data.train.restore(store.restore_meta(start).get(STREAM_META_KEY), start)
+            data.train.restore_stream(store.restore_meta(start).get(STREAM_META_KEY), start)
     except BaseException:
         store.close()
         raise
@@ -232,10 +232,10 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
 
     def save(step: int, st) -> None:
         meta = {**meta_base, "step": step, "epoch": step / steps_per_epoch}
-        if hasattr(data.train, "checkpoint_state"):  # audio.stream: every host's stream state (exact resume)
+        if hasattr(data.train, "stream_state"):  # audio.stream: every host's stream state (exact resume)
             from .audio_data import STREAM_META_KEY
 
-            meta[STREAM_META_KEY] = data.train.checkpoint_state()
+            meta[STREAM_META_KEY] = data.train.stream_state()
         store.save(step, st["params"], st["opt_state"], meta, state_step=st["step"])
 
     def run_evals(step: int, params) -> None:

@@ -182,19 +182,19 @@ def test_skipped_rows_are_in_the_saved_state_and_resume_follows_it(fx, tmp_path)
     it = b.batches_from(0)
     for _ in range(2):
         next(it)
-    state = b.checkpoint_state()
+    state = b.stream_state()
     host = state["hosts"][0]
     assert host["step"] == 2 and host["stream"]["skipped"].get("silent", 0) + host["unfit"] > 0
     assert host["stream"]["position"] > 2 * 2  # more rows read than examples batched
     c = _data(fx, *extra)
-    c.restore(json.loads(json.dumps(state)), 2)  # through JSON, as in the checkpoint meta
+    c.restore_stream(json.loads(json.dumps(state)), 2)  # through JSON, as in the checkpoint meta
     it = c.batches_from(2)
     for want in straight[2:]:
         got = next(it)
         for k in want:
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    final = c.checkpoint_state()["hosts"][0]
-    assert final == a.checkpoint_state()["hosts"][0] and final["step"] == 5 and final["unfit"] > 0
+    final = c.stream_state()["hosts"][0]
+    assert final == a.stream_state()["hosts"][0] and final["step"] == 5 and final["unfit"] > 0
     with pytest.raises(Exception, match="fits no bucket"):
         it = _data(fx, *extra, "data.on_unfit=error").batches_from(0)
         [next(it) for _ in range(5)]
@@ -202,7 +202,7 @@ def test_skipped_rows_are_in_the_saved_state_and_resume_follows_it(fx, tmp_path)
         it = _data(fx, *extra[1:], f"audio.stream={{dir: {tmp_path / 'bad'}, on_bad_audio: error}}").batches_from(0)
         [next(it) for _ in range(5)]
     with pytest.raises(Exception, match="of step 2, not 3"):
-        c.restore(state, 3)
+        c.restore_stream(state, 3)
 
 
 @pytest.mark.parametrize("override,named", [
