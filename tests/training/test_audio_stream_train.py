@@ -217,3 +217,56 @@ def test_bad_stream_config_is_one_line(fx, override, named, capsys, tmp_path):
     assert main(["train", str(CONFIG), *overrides(fx, out_dir=tmp_path), override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+def test_two_hosts_agree_on_each_steps_bucket_and_save_both_states(fx):
+    """Two hosts in lockstep (threads; the all-gathers faked with a barrier): disjoint shards, one shape per step =
+    the smallest bucket holding both hosts' rows, and the gathered meta holds both states."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    run = load_run_config(CONFIG, overrides(fx, out_dir="unused") + ["data.global_batch_size=2"])
+    acfg = TSt.resolve_model_config(run.model, run.audio)
+    tok = AutoTokenizer.from_pretrained(str(fx["tok"]))
+    barrier, box = threading.Barrier(2), [None, None]
+
+    def collective(h, reduce):
+        def f(v):
+            box[h] = v
+            barrier.wait()
+            out = reduce(list(box))
+            barrier.wait()
+            return out
+        return f
+
+    hosts = [AD.build_audio_stream(run, acfg, tok, host_index=h, host_count=2) for h in (0, 1)]
+    for h, b in enumerate(hosts):
+        b.agree = collective(h, lambda vs: np.max(vs, axis=0))
+        b.gather = collective(h, list)
+    shapes, metas = [[], []], [None, None]
+
+    def work(h):
+        it = hosts[h].batches_from(0)
+        shapes[h] = [next(it)["source"].shape for _ in range(6)]
+        metas[h] = hosts[h].stream_state()
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in (0, 1)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert shapes[0] == shapes[1] and len(shapes[0]) == 6
+    # the reference: each host's own rows (shards of one shuffle: disjoint), the bucket of the pair's max S, T
+    exs = []
+    for h in (0, 1):
+        s = hosts[h].open_stream(None, 0)
+        exs.append([(e["id"], hosts[h].layout(e)) for e in (next(s) for _ in range(6))])
+        s.close()
+    assert not {i for i, _ in exs[0]} & {i for i, _ in exs[1]}
+    for k in range(6):
+        S, T = max(exs[0][k][1].S, exs[1][k][1].S), max(exs[0][k][1].T, exs[1][k][1].T)
+        want = (56, 12) if S <= 56 and T <= 12 else (88, 24)
+        assert shapes[0][k] == (1, want[0])
+    small = [[e.S <= 56 and e.T <= 12 for _, e in exs[h]] for h in (0, 1)]
+    assert any(a != b for a, b in zip(*small)), small  # some step needed the agreement
+    assert metas[0] == metas[1] and [m["stream"]["host_index"] for m in metas[0]["hosts"]] == [0, 1]
+    assert all(m["step"] == 6 and m["stream"]["position"] == 6 for m in metas[0]["hosts"])
