@@ -2,8 +2,11 @@
 ``prepare-audio`` from numpy-tone WAV rows, the tiny-audio preset's shape with a Qwen-style tokenizer.
 
 Checks: the streamed batches equal the in-memory pipeline's collate of the same rows (librispeech and spoken-squad,
-an independent path: waveform -> log_mel_windows in the collate); N straight steps == k steps + resume + N-k steps
-(losses and params bitwise), the stream state in the checkpoint meta; config errors are one line.
+an independent path: waveform -> log_mel_windows in the collate); each step's bucket is the smallest holding its
+rows (two hosts in lockstep agree on it); N straight steps == k steps + resume + N-k steps through the CLI (losses
+and params bitwise) on a stream with a skipped row, so only the stream state in the checkpoint meta resumes it
+exactly; skips and unfit rows are in the state; config errors are one line. One train-step compile (the
+``straight`` fixture); everything else reuses it or compiles nothing.
 """
 import copy
 import json
@@ -63,16 +66,21 @@ def fx(tmp_path_factory):
                                      **({"question": q} if q else {})}))
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
         assert main(["prepare-audio", str(root / f"{name}.jsonl"), str(root / name), "--rows-per-shard", "4"]) == 0
+    # the ASR rows + one silent row (bad audio: skipped under on_bad_audio=skip, so position != step x batch)
+    write_wav(root / "silent.wav", np.zeros(8000, np.float32), 16000)
+    (root / "lsbad.jsonl").write_text((root / "ls.jsonl").read_text()
+                                      + json.dumps({"audio": "silent.wav", "text": "YES", "id": "silent"}) + "\n")
+    assert main(["prepare-audio", str(root / "lsbad.jsonl"), str(root / "lsbad")]) == 0
     return out
 
 
-def overrides(fx, task="librispeech", stream="ls", **extra):
+def overrides(fx, task="librispeech", stream="ls", on_bad="error", **extra):
     o = [f"model.config_json={fx['config']}", "model.preset=null", f"data.tokenizer={fx['tok']}",
          "model.config={num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, "
          "num_key_value_heads: 1, head_dim: 16}",
          "model.audio_config={encoder_layers: 1, d_model: 32, encoder_attention_heads: 2, encoder_ffn_dim: 48, "
          "max_source_positions: 100, num_mel_bins: 16}",  # 2 s windows, 50 tokens, chunks of 5
-         f"data.task={task}", f"audio.stream={{dir: {fx['root'] / stream}}}", "audio.system=null",
+         f"data.task={task}", f"audio.stream={{dir: {fx['root'] / stream}, on_bad_audio: {on_bad}}}", "audio.system=null",
          "audio.max_seconds=2.0", "data.buckets=[[56, 12], [88, 24]]", "data.global_batch_size=8",
          "objective.kl_topk=8", "optim.lr=3e-3", "optim.warmup_steps=1", f"steps={N}", f"checkpoint.every={K}",
          "eval_every=0", "progress=false", "tensorboard=false", "mesh.data=4", "mesh.fsdp=2"]
@@ -125,7 +133,7 @@ def test_streamed_batches_equal_the_in_memory_collate_of_the_same_rows(fx, task,
 @pytest.fixture(scope="module")
 def straight(fx, tmp_path_factory):
     out = tmp_path_factory.mktemp("stream-straight")
-    assert main(["train", str(CONFIG), *overrides(fx, out_dir=out)]) == 0
+    assert main(["train", str(CONFIG), *overrides(fx, stream="lsbad", on_bad="skip", out_dir=out)]) == 0
     return out
 
 
@@ -134,10 +142,15 @@ def test_resume_from_the_saved_stream_state_is_exact(fx, straight, tmp_path):
     assert len(losses) == N and all(np.isfinite(losses))
     meta = CheckpointStore(straight / "checkpoints").restore_meta(K)
     host = meta[AD.STREAM_META_KEY]["hosts"][0]
-    assert host["step"] == K and host["stream"]["position"] == K * 8 and host["stream"]["rows"] == 10
+    # 11 rows, one silent (read at least once in the first epoch): the first K x 8 examples took more rows, so
+    # resuming at position step x batch would be off
+    skipped = host["stream"]["skipped"].get("silent", 0)
+    assert host["step"] == K and host["stream"]["rows"] == 11 and set(host["stream"]["skipped"]) == {"silent"}
+    assert skipped >= 1 and host["stream"]["position"] == K * 8 + skipped and host["stream"]["examples"] == K * 8
     resumed = tmp_path / "resumed"
     shutil.copytree(straight / "checkpoints", resumed / "checkpoints")
-    assert main(["train", str(CONFIG), *overrides(fx, out_dir=resumed), f"checkpoint.restore_step={K}"]) == 0
+    assert main(["train", str(CONFIG), *overrides(fx, stream="lsbad", on_bad="skip", out_dir=resumed),
+                 f"checkpoint.restore_step={K}"]) == 0
     assert _losses(resumed) == losses[K:]
     _, ref, _, _ = restore_params(straight)
     _, got, _, step = restore_params(resumed)
