@@ -96,6 +96,24 @@ def _nonfinite_tensors(params) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare-audio (the run is data.audio_stream.run_prepare_audio)
+# ---------------------------------------------------------------------------------------------
+
+def _prepare_audio_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC",
+                   help="the rows: a WAV + JSONL manifest (FILE.jsonl), a datasets Hub id or local dataset directory "
+                        "([hub:]openslr/librispeech_asr), disk:DIR (save_to_disk) or tfds:NAME")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where to write the ArrayRecord shards + index.json")
+    p.add_argument("--config", default=None, help="dataset config / builder config (e.g. clean, other, all)")
+    p.add_argument("--split", default="train", help="split (default train; e.g. train.clean.360)")
+    p.add_argument("--max-rows", type=int, default=None, help="copy only the first N rows")
+    p.add_argument("--rows-per-shard", type=int, default=2048, help="rows per ArrayRecord shard (default 2048)")
+    p.add_argument("--cache-dir", default=None, help="datasets cache directory")
+    p.add_argument("--data-dir", default=None, help="tfds data directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared set in OUT_DIR")
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and entry point
 # ---------------------------------------------------------------------------------------------
 
@@ -122,6 +140,10 @@ COMMANDS: dict[str, Command] = {
     "plan": Command("compile a run's train step for a TPU slice (no TPU, weights or data needed) and report its "
                     "per-chip memory", _lazy_args("proactive_jax.training.plan", "add_plan_args"),
                     "proactive_jax.training.plan:run_plan"),
+    "prepare-audio": Command("copy audio rows (a datasets / tfds split or a WAV + JSONL manifest) once into ArrayRecord "
+                             "shards for the bounded-memory training stream (audio.stream.dir)",
+                             _prepare_audio_args,
+                             "proactive_jax.data.audio_stream:run_prepare_audio"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _hf_check_args, _run_hf_check),
 }

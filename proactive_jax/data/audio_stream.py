@@ -131,11 +131,29 @@ def decode_record(data: bytes, where: str = "record") -> dict:
     return header
 
 
+def _first_answer(answer):
+    """Spoken-SQuAD's ``answer`` (text or a list of text) -> the first non-empty one (the training target)."""
+    answers = [answer] if isinstance(answer, (str, bytes)) else list(answer) if isinstance(answer, (list, tuple)) else []
+    answers = [a.decode() if isinstance(a, bytes) else a for a in answers]
+    return next((a.strip() for a in answers if isinstance(a, str) and a.strip()), None)
+
+
 def _librispeech_row(row: Mapping) -> dict:
-    """datasets / tfds LibriSpeech rows -> the stored schema ``{"audio", "text", "id", ...}``."""
+    """datasets / tfds rows -> the stored schema ``{"audio", "text", "id", "question"?, ...}``.
+
+    LibriSpeech (datasets ``audio`` / tfds ``speech``) keeps its fields; Spoken-SQuAD in the AudioLLMs layout
+    (``{"context": audio, "instruction": question, "answer": text or list}``, as ``data.audio_tasks.spoken_squad``
+    reads it) becomes ``audio`` = the context, ``question`` = the instruction, ``text`` = the first answer."""
     out = dict(row)
     if "audio" not in out and "speech" in out:  # tfds: int16 samples at 16 kHz
         out["audio"] = {"array": np.asarray(out.pop("speech")), "sampling_rate": SAMPLING_RATE}
+    if "audio" not in out and "context" in out:  # AudioLLMs Spoken-SQuAD: the context is the audio
+        out["audio"] = out.pop("context")
+        if "instruction" in out and "question" not in out:
+            q = out.pop("instruction")
+            out["question"] = q.decode() if isinstance(q, bytes) else q
+        if "answer" in out and "text" not in out:
+            out["text"] = _first_answer(out.pop("answer"))
     audio = out.get("audio")
     if isinstance(audio, Mapping) and not audio.get("bytes") and audio.get("array") is None and audio.get("path"):
         out["audio"] = {"bytes": Path(audio["path"]).read_bytes()}
@@ -328,7 +346,7 @@ def row_waveform(row: Mapping, where: str, features: AudioFeatures) -> np.ndarra
 
 def _reason(msg: str) -> str:
     for key in ("sampling rate", "stereo", "empty audio", "silent", "NaN", "longer than", "transcript",
-                "expected bytes"):
+                "question", "expected bytes"):
         if key in msg:
             return key
     return "undecodable"
@@ -342,12 +360,12 @@ class MakeExample:
     (the tokenized transcript, + ``eos_id`` if given), ``text``, ``question`` (``""`` for ASR), ``id``,
     ``index`` (the source row), ``seconds``; ``waveform`` (float32, 16 kHz) with ``keep_waveform``. A bad
     row becomes ``{"bad": message, "reason": ...}``, acted on by the consumer (so errors read the same with
-    and without worker processes)."""
+    and without worker processes). ``require_question`` (spoken QA): a row without a question is bad."""
 
     def __init__(self, source, tokenizer, features: AudioFeatures, eos_id: int | None = None,
-                 keep_waveform: bool = False):
+                 keep_waveform: bool = False, require_question: bool = False):
         self.source, self.tokenizer, self.features, self.eos_id = source, tokenizer, features, eos_id
-        self.keep_waveform = bool(keep_waveform)
+        self.keep_waveform, self.require_question = bool(keep_waveform), bool(require_question)
 
     def _tokens(self, text: str) -> list:
         enc = getattr(self.tokenizer, "encode", None)
@@ -369,6 +387,11 @@ class MakeExample:
             target = self._tokens(text.strip())
             if not target:
                 raise DataError(f"{where}: transcript tokenizes to no tokens", reason="transcript")
+            question = row.get("question")
+            question = (question.decode() if isinstance(question, bytes) else str(question or "")).strip()
+            if self.require_question and not question:
+                raise DataError(f"{where}: field 'question' is missing or empty (spoken QA puts it in the "
+                                "prompt)", reason="question")
         except _DECODE_ERRORS as e:
             msg = str(e) if where in str(e) else f"{where}: {e}"
             return {"bad": msg.splitlines()[0] if msg else where, "reason": _reason(msg), "index": index}
@@ -377,7 +400,7 @@ class MakeExample:
         out = {"features": window_features(x, f.num_mel_bins, f.window_frames, f.clamp),
                "valid_frames": np.int32(valid), "audio_tokens": np.int32(output_lengths(int(valid))[1]),
                "target": np.asarray(target, np.int32), "text": text.strip(),
-               "question": str(row.get("question") or ""), "id": str(rid if rid is not None else where),
+               "question": question, "id": str(rid if rid is not None else where),
                "index": np.int64(index), "seconds": np.float32(x.size / SAMPLING_RATE)}
         if self.keep_waveform:
             out["waveform"] = x
@@ -401,7 +424,7 @@ class AudioExampleStream:
     def __init__(self, source, *, tokenizer, features: AudioFeatures = AudioFeatures(), host_index: int = 0,
                  host_count: int = 1, seed: int = 0, num_epochs: int | None = None, num_workers: int = 0,
                  on_bad_audio: str = "error", eos_id: int | None = None, keep_waveform: bool = False,
-                 read_threads: int = 1, prefetch: int = 4):
+                 read_threads: int = 1, prefetch: int = 4, require_question: bool = False):
         if host_count < 1 or not 0 <= host_index < host_count:
             raise ValueError(f"host_index={host_index} must be in [0, host_count={host_count})")
         if on_bad_audio not in BAD_AUDIO_POLICIES:
@@ -412,7 +435,7 @@ class AudioExampleStream:
         self.rows = len(self.source)
         if self.rows == 0:
             raise DataError(f"{getattr(self.source, 'name', 'source')}: no rows", reason="empty source")
-        self.make = MakeExample(self.source, tokenizer, features, eos_id, keep_waveform)
+        self.make = MakeExample(self.source, tokenizer, features, eos_id, keep_waveform, require_question)
         self.host_index, self.host_count, self.seed = int(host_index), int(host_count), int(seed)
         self.num_epochs, self.num_workers, self.on_bad_audio = num_epochs, int(num_workers), on_bad_audio
         self.read_threads, self.prefetch = int(read_threads), int(prefetch)
@@ -489,7 +512,8 @@ def audio_example_stream(source, *, tokenizer, features: AudioFeatures = AudioFe
     ``position`` instead starts after that many of this host's rows (== examples consumed when nothing is
     skipped, e.g. ``step * global_batch / host_count`` under ``on_bad_audio="error"``; with skips, save the
     state). ``kw``: ``num_epochs`` (None = forever), ``num_workers`` (processes; 0 = in process),
-    ``on_bad_audio`` (``error`` | ``skip``), ``eos_id``, ``keep_waveform``, ``read_threads``, ``prefetch``."""
+    ``on_bad_audio`` (``error`` | ``skip``), ``eos_id``, ``keep_waveform``, ``read_threads``, ``prefetch``,
+    ``require_question`` (spoken QA: a row without ``question`` is bad)."""
     stream = AudioExampleStream(source, tokenizer=tokenizer, features=features, host_index=host_index,
                                 host_count=host_count, seed=seed, **kw)
     if state is not None:
@@ -497,3 +521,57 @@ def audio_example_stream(source, *, tokenizer, features: AudioFeatures = AudioFe
     elif position:
         stream.position = stream.examples = int(position)
     return stream
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max_rows: int | None = None,
+              cache_dir: str | None = None, data_dir: str | None = None):
+    """``(rows iterable, label)`` of a ``proactive-jax prepare-audio`` SPEC: a ``.jsonl`` manifest, ``tfds:NAME``,
+    ``disk:DIR`` or ``[hub:]ID`` (a Hub id or a local dataset directory), with ``config`` / ``split``."""
+    from .audio_tasks import load_audio_rows
+    from .loaders import DatasetSpec
+
+    if spec.endswith(".jsonl"):
+        src = ManifestSource(spec)  # FileNotFoundError / DataError: one line naming the file
+        n = len(src) if max_rows is None else min(len(src), max_rows)
+
+        def manifest_rows():
+            for i in range(n):
+                row = src[i]
+                path = Path(row["audio"]["path"])
+                if not path.is_file():
+                    raise DataError(f"{spec}:{int(src.lines[i])}: audio file {path} does not exist", reason="bad audio")
+                yield row
+
+        return manifest_rows(), spec
+    source, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("hub", "tfds", "disk") else ("hub", "", spec)
+    if not path:
+        raise DataError(f"prepare-audio SPEC {spec!r}: empty dataset name", reason="bad spec")
+    ds = DatasetSpec(source=source, path=path, name=config, split=split, max_rows=max_rows, data_dir=data_dir)
+    rows = load_audio_rows(ds, cache_dir)
+    if hasattr(rows, "__len__") and hasattr(rows, "__getitem__"):
+        return (rows[i] for i in range(len(rows))), ds.label
+    return iter(rows), ds.label
+
+
+def run_prepare_audio(args) -> int:
+    out = Path(args.out_dir)
+    if args.rows_per_shard < 1:
+        raise DataError(f"--rows-per-shard={args.rows_per_shard}: expected >= 1", reason="bad option")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise DataError(f"--max-rows={args.max_rows}: expected >= 1", reason="bad option")
+    if (out / "index.json").exists() and not args.overwrite:
+        raise DataError(f"{out}: already holds a prepared set (index.json); choose another OUT_DIR or --overwrite",
+                        reason="exists")
+    rows, label = spec_rows(args.spec, config=args.config, split=args.split, max_rows=args.max_rows,
+                            cache_dir=args.cache_dir, data_dir=args.data_dir)
+    if args.overwrite and (out / "index.json").exists():
+        old = json.loads((out / "index.json").read_text())
+        for s in old.get("shards", []):
+            (out / s).unlink(missing_ok=True)
+        (out / "index.json").unlink()
+    index = prepare_audio(rows, out, rows_per_shard=args.rows_per_shard)
+    print(f"prepare-audio: {index['rows']} rows of {label} in {len(index['shards'])} ArrayRecord shards under {out} "
+          f"(stream it with audio.stream.dir={out})")
+    return 0

@@ -10,7 +10,8 @@ every host builds the same deterministic data plan and feeds its own rows with
 take part in checkpointing (orbax).
 
 **Checkpoints and resume.** See :mod:`.checkpoint`. The data position is the step (batches are a pure
-function of the step) and the schedule RNG is derived from the step, so a resumed run continues exactly:
+function of the step; a streamed train set, ``audio.stream``, also saves every host's stream state in the
+checkpoint meta and resumes from it) and the schedule RNG is derived from the step, so a resumed run continues exactly:
 N straight steps == N/2 steps + SIGTERM + resume for N/2 (tested). SIGTERM sets a flag; the loop saves at
 the next step boundary and returns cleanly. On multi-host runs JAX's preemption service (started by
 ``jax.distributed.initialize``) takes the SIGTERM and ``multihost_utils.reached_preemption_sync_point``
@@ -205,6 +206,11 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
         state, source = restore_or_init(run, model_cfg, store, sh, abstract, make_state_optimizer(spec),
                                         init_params)
         start = int(host_value(state["step"]))
+        if start > 0 and source.startswith("resumed") and hasattr(data.train, "restore_stream"):
+            # a streamed train set (audio.stream): its state at `start` is in that checkpoint's meta
+            from .audio_data import STREAM_META_KEY
+
+            data.train.restore_stream(store.restore_meta(start).get(STREAM_META_KEY), start)
     except BaseException:
         store.close()
         raise
@@ -225,8 +231,12 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
              sum(int(a.size) for a in jax.tree.leaves(abstract["params"])), start, total, steps_per_epoch, dict(mesh.shape), source)
 
     def save(step: int, st) -> None:
-        store.save(step, st["params"], st["opt_state"], {**meta_base, "step": step, "epoch": step / steps_per_epoch},
-                   state_step=st["step"])
+        meta = {**meta_base, "step": step, "epoch": step / steps_per_epoch}
+        if hasattr(data.train, "stream_state"):  # audio.stream: every host's stream state (exact resume)
+            from .audio_data import STREAM_META_KEY
+
+            meta[STREAM_META_KEY] = data.train.stream_state()
+        store.save(step, st["params"], st["opt_state"], meta, state_step=st["step"])
 
     def run_evals(step: int, params) -> None:
         rec = {"kind": "eval", "step": step}

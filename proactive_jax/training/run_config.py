@@ -441,6 +441,32 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class AudioStreamSection:
+    """``audio.stream``: draw the train batches from the bounded-memory Grain stream
+    (``data.audio_stream.audio_example_stream``) instead of holding every waveform in memory.
+
+    ``dir``: a ``proactive-jax prepare-audio`` directory (ArrayRecord shards + ``index.json``) or a WAV + JSONL
+    manifest. ``num_workers``: loader processes computing the features (0: in the training process).
+    ``on_bad_audio``: "error" | "skip" (counted in the checkpointed stream state); null: ``data.on_bad_example``.
+    ``resample``: resample audio of another rate (false: such a row is bad audio). ``read_threads``,
+    ``prefetch``: Grain's read options."""
+
+    dir: str
+    num_workers: int = 0
+    on_bad_audio: Literal["error", "skip"] | None = None
+    resample: bool = False
+    read_threads: int = 1
+    prefetch: int = 4
+
+    def __post_init__(self):
+        if not self.dir:
+            raise ValueError("dir is empty: give a prepare-audio directory or a .jsonl manifest")
+        for key, low in (("num_workers", 0), ("read_threads", 1), ("prefetch", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key}={getattr(self, key)}: expected >= {low}")
+
+
+@dataclasses.dataclass(frozen=True)
 class AudioSection:
     """Speech runs (a ``qwen2_audio`` model and an audio ``data.task``, see ``training.audio_data``).
 
@@ -464,6 +490,8 @@ class AudioSection:
     valid_manifest: str | None = None
     n_train: int = 256  # synthetic speech tasks: items per task
     n_valid: int = 32
+    # train batches from the bounded-memory Grain stream (real tasks); null: the in-memory pipeline
+    stream: AudioStreamSection | None = None
 
     def __post_init__(self):
         from ..models.audio_config import parse_encoder_mask
@@ -589,8 +617,12 @@ class RunConfig:
         synthetic = self.data.task in ("synthetic", "speech-lookup", "speech-transcribe")
         if self.data.task.startswith("speech-") and self.data.dataset is not None:
             raise ValueError(f"data.task={self.data.task!r} is synthetic: data.dataset must be null")
-        if self.data.task == "audio-jsonl" and self.audio.manifest is None:
-            raise ValueError("data.task='audio-jsonl' needs audio.manifest (a JSONL file of {audio, text})")
+        if self.data.task == "audio-jsonl" and self.audio.manifest is None and self.audio.stream is None:
+            raise ValueError("data.task='audio-jsonl' needs audio.manifest (a JSONL file of {audio, text}) or "
+                             "audio.stream")
+        if self.audio.stream is not None and self.data.task not in ("librispeech", "spoken-squad", "audio-jsonl"):
+            raise ValueError(f"audio.stream is set but data.task={self.data.task!r}; the stream serves "
+                             "librispeech | spoken-squad | audio-jsonl")
         if self.model.hf_dir is None and not synthetic and self.data.tokenizer is None:
             raise ValueError(f"data.task={self.data.task!r} needs a tokenizer: set data.tokenizer or model.hf_dir")
 

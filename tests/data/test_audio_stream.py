@@ -133,6 +133,55 @@ def test_manifest_directory_source(tmp_path, tok):
         take(audio_example_stream(src, tokenizer=tok, features=SMALL, num_epochs=1), 4)
 
 
+def test_prepare_audio_cli_on_the_shipped_manifest(tmp_path, tok, capsys):
+    from pathlib import Path
+
+    from proactive_jax.cli import main
+
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "manifest.jsonl"
+    assert main(["prepare-audio", str(fix), str(tmp_path / "out"), "--rows-per-shard", "2"]) == 0
+    assert "3 rows" in capsys.readouterr().out
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["rows"] == 3 and index["counts"] == [2, 1]
+    a = {e["id"]: e for e in audio_example_stream(tmp_path / "out", tokenizer=tok, features=SMALL, num_epochs=1)}
+    b = {e["id"]: e for e in audio_example_stream(fix, tokenizer=tok, features=SMALL, num_epochs=1)}
+    assert sorted(a) == ["tone_a", "tone_b", "tone_c"] and a["tone_b"]["question"] == "what did the cat do"
+    same([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    # bad input: one line each, naming what and where
+    (tmp_path / "gone.jsonl").write_text(json.dumps({"audio": "missing.wav", "text": "x"}) + "\n")
+    cases = [([str(fix), str(tmp_path / "out")], "already holds a prepared set"),
+             ([str(tmp_path / "nope.jsonl"), str(tmp_path / "o2")], "nope.jsonl: manifest does not exist"),
+             ([str(tmp_path / "gone.jsonl"), str(tmp_path / "o3")], "gone.jsonl:1: audio file"),
+             ([str(fix), str(tmp_path / "o4"), "--rows-per-shard", "0"], "--rows-per-shard=0"),
+             (["hub:", str(tmp_path / "o5")], "empty dataset name")]
+    for argv, needle in cases:
+        assert main(["prepare-audio", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    assert main(["prepare-audio", str(fix), str(tmp_path / "out"), "--max-rows", "1", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["rows"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["audio-00000.array_record", "index.json"]
+
+
+def test_spoken_squad_rows_carry_question_and_answer(tmp_path, tok):
+    """AudioLLMs Spoken-SQuAD rows ({context: audio, instruction: question, answer}) -> audio, question, text = the
+    first answer; through prepare_audio and as map-style rows; a row without a question is bad when required."""
+    x = 0.2 * np.sin(np.arange(9000) / 5.0)
+    rows = [{"context": {"path": None, "bytes": wav_bytes(x)}, "instruction": "Who came?", "answer": [" Bob ", "bob"]},
+            {"context": {"array": x.astype(np.float32), "sampling_rate": 16000}, "instruction": b"Where?",
+             "answer": "Paris"},
+            {"context": {"array": x.astype(np.float32), "sampling_rate": 16000}, "answer": "no question"}]
+    prepare_audio(iter(rows), tmp_path / "sqa")
+    for src in (tmp_path / "sqa", rows):
+        ex = sorted(audio_example_stream(src, tokenizer=tok, features=SMALL, num_epochs=1, on_bad_audio="skip",
+                                         require_question=True), key=lambda e: e["index"])
+        assert [(e["question"], e["text"]) for e in ex] == [("Who came?", "Bob"), ("Where?", "Paris")]
+        np.testing.assert_array_equal(ex[0]["target"], tok.encode("Bob", add_special_tokens=False))
+    with pytest.raises(DataError, match="row 2.*'question' is missing"):
+        take(audio_example_stream(rows, tokenizer=tok, features=SMALL, num_epochs=1, seed=1,
+                                  require_question=True), 3)
+
+
 # ------------------------------------------------------------------------------------------- order, hosts, resume
 
 def test_resume_from_saved_state_equals_uninterrupted(tok):

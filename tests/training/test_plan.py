@@ -41,7 +41,8 @@ def test_missing_libtpu_is_one_line_naming_the_extra(monkeypatch):
 
 
 def test_shipped_configs_fall_back_to_their_config_json():
-    for yaml_name, json_name in (("qwen2.5-3b-iwslt-ende.yaml", "qwen2.5-3b.json"), ("qwen3-4b-squad.yaml", "qwen3-4b.json")):
+    for yaml_name, json_name in (("qwen2.5-3b-iwslt-ende.yaml", "qwen2.5-3b.json"), ("qwen3-4b-squad.yaml", "qwen3-4b.json"),
+                                 ("qwen2-audio-7b-librispeech.yaml", "qwen2-audio-7b.json")):
         run = load_run_config(ROOT / "configs" / yaml_name)
         if Path(run.model.hf_dir).is_dir():
             pytest.skip(f"{run.model.hf_dir} exists on this machine")

@@ -9,7 +9,8 @@ from proactive_jax.training.run_config import (RunConfig, RunConfigError, apply_
                                       load_config, load_run_config, to_dict)
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ["tiny-synthetic.yaml", "qwen2.5-3b-iwslt-ende.yaml", "qwen3-4b-squad.yaml"]
+CONFIGS = ["tiny-synthetic.yaml", "qwen2.5-3b-iwslt-ende.yaml", "qwen3-4b-squad.yaml", "tiny-speech.yaml",
+           "qwen2-audio-7b-librispeech.yaml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
