@@ -5,8 +5,9 @@
 2. pretrain a tiny Qwen3-architecture model with the batch loss only (the stand-in for a pretrained
    instruct model), then fine-tune it two ways from that same start: ProactiveLLM (batch + MSLM + SPSD)
    and the ablation (batch loss only) -- with the real train step, data pipeline and checkpoints;
-3. evaluate batch, wait-k, entropy and attention heads with threshold sweeps on held-out examples,
-   with the real decoder and metrics;
+3. evaluate batch, wait-k, entropy, attention and alignatt heads with sweeps on held-out examples, and the
+   learned probe (self-labels and oracle labels) on the ProactiveLLM model, with the real decoder and metrics
+   (:func:`evaluate_runs`: records resume, so saved runs can be re-evaluated with more heads);
 4. print the paper-style tables, check the acceptance targets, write ``results.json``, ``table.md``,
    quality-latency plots and READ/WRITE traces of a few examples under ``out_dir``.
 
