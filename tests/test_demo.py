@@ -1,5 +1,6 @@
 """The embedded default end to end: `proactive-jax demo --quick` (files, table structure, determinism)."""
 import json
+import math
 
 import pytest
 
@@ -57,6 +58,7 @@ def test_quick_demo_writes_everything(quick_run, capsys):
         assert any(m.startswith("wait-k") for m in methods)
         assert any(m.startswith("proactive-entropy") for m in methods)
         assert any(m.startswith("proactive-attention") for m in methods)
+        assert any(m.startswith("proactive-alignatt f=2") for m in methods)
         assert any(m.startswith("batch-ft+") for m in methods)
         assert any(m.startswith("mslm-only+entropy") for m in methods)
         assert any(m.startswith("proactive-probe (self-labels) tau=q0.9 (") for m in methods)
@@ -75,6 +77,7 @@ def test_quick_demo_writes_everything(quick_run, capsys):
     targets = {t["target"] for t in res["targets"]}
     assert any("q0.9-calibrated entropy" in t for t in targets)
     assert any("self-labelled probe" in t for t in targets)
+    assert any("the best of entropy/attention/alignatt" in t for t in targets)
     assert any("MSLM without SPSD" in t for t in targets)
     traces = (out / "traces.txt").read_text()
     assert "READ" in traces and "WRITE" in traces
@@ -102,6 +105,10 @@ def test_demo_config_errors(tmp_path):
         load_demo_config(None, ["heads.lookup=[batch, 'probe:tau=0.5']"])
     with pytest.raises(RunConfigError, match="not a probe head"):
         load_demo_config(None, ["probe_heads=['entropy:tau=0.5']"])
+    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*alignatt has no threshold tau"):
+        load_demo_config(None, ["heads.lookup=[batch, 'alignatt:tau=0.5']"])
+    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*'f': 0 must be >= 1"):
+        load_demo_config(None, ["heads.lookup=[batch, 'alignatt:f=0|2']"])
     assert not (tmp_path / "runs").exists(), "nothing trains on a bad config"
 
 
@@ -115,6 +122,50 @@ def test_check_targets_on_handmade_results():
     assert all(got.values()) and len(got) == 3
     res["lookup"]["proactive"]["settings"][2]["latency"]["rco"] = 0.9
     assert not check_targets(res)[0]["pass"]
+
+
+def test_probe_target_against_the_best_hand_crafted_head():
+    """The probe's curve area is compared with the best of entropy/attention (the issue) and, stricter,
+    of entropy/attention/alignatt; the areas are the demo's curve areas (batch closes every curve)."""
+    from proactive_jax.demo import issue14_targets
+    from proactive_jax.evaluation.results import curve_area
+
+    def s(family, q, rco):
+        return {"family": family, "setting": family, "headline": q, "latency": {"rco": rco, "ail": 0.0}}
+    pts = {"entropy": [(0.6, 90.0)], "attention": [(0.7, 80.0)], "alignatt": [(0.3, 70.0)], "probe": [(0.5, 85.0)]}
+    settings = [s("batch", 100.0, 1.0)] + [s(f, q, r) for f, ps in pts.items() for r, q in ps]
+    got = {t["target"]: t for t in issue14_targets({"word-map": {"proactive": {"settings": settings}}})}
+    area = {f: curve_area(ps, 100.0) for f, ps in pts.items()}
+    assert area["alignatt"] > area["probe"] > area["entropy"] > area["attention"]  # the case being tested
+    loose = got["word-map: self-labelled probe curve area >= the best of entropy/attention"]
+    strict = got["word-map: self-labelled probe curve area >= the best of entropy/attention/alignatt"]
+    assert loose["pass"] and not strict["pass"]
+    assert strict["alignatt_area"] == pytest.approx(area["alignatt"]) and "alignatt_area" not in loose
+    assert loose["probe_area"] == pytest.approx(area["probe"])
+    no_alignatt = [x for x in settings if x["family"] != "alignatt"]
+    targets = [t["target"] for t in issue14_targets({"word-map": {"proactive": {"settings": no_alignatt}}})]
+    assert not any("alignatt" in t for t in targets)
+
+
+def test_default_sweeps_include_alignatt_and_fit_the_probe_budget():
+    """alignatt is swept on both tasks (full and --quick); the probe gets no more sweep points than the
+    hand-crafted heads (the comparison stays fair)."""
+    from proactive_jax.evaluation.evaluate import expand_sweep
+    for quick in (False, True):
+        cfg = load_demo_config(None, quick=quick)
+        n_probe = sum(len(expand_sweep(sw)) for sw in cfg.probe_heads)
+        for task in cfg.tasks:
+            fams = {}
+            for sw in cfg.heads[task]:
+                fams[sw.split(":")[0]] = len(expand_sweep(sw))
+            assert "alignatt" in fams
+            assert n_probe <= max(fams[f] for f in ("entropy", "attention", "alignatt"))
+        # the probe's fixed taus are spread in logit space (its p is nearly binary: 0.2..0.8 are one decision)
+        fixed = [s for sw in cfg.probe_heads for s in expand_sweep(sw) if s.quantile is None]
+        z = sorted(math.log(t / (1 - t)) for t in (dict(s.written)["tau"] for s in fixed) for t in [float(t)])
+        assert len(z) >= 2 and z[-1] == pytest.approx(0.0)
+        assert all(b - a >= 3.9 for a, b in zip(z, z[1:])) and z[0] <= -7.9
+        assert any(s.quantile == 0.9 for sw in cfg.probe_heads for s in expand_sweep(sw))
 
 
 def test_shipped_demo_yaml_equals_builtin_defaults():

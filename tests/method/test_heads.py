@@ -216,6 +216,13 @@ def test_probe_head():
         assert bool(write) == want and float(score) == pytest.approx(p) and not bool(forced)
     assert not bool(decide("probe:tau=0.5,min_read=2", s(0.9, n=1), NL)[0])
     assert parse_head("probe:tau=0.5").needs_probe and not parse_head("entropy:tau=0.5").needs_probe
+    # the demo sweeps the probe's tau evenly in logit space (0, -4, -8, -12): tiny taus are resolved in
+    # float32 (no underflow), so those points are distinct decisions: p = sigmoid(z) writes iff z >= logit(tau)
+    for z_tau in (0.0, -4.0, -8.0, -12.0):
+        tau = 1.0 / (1.0 + np.exp(-z_tau))
+        for dz in (-0.5, 0.5):
+            p = 1.0 / (1.0 + np.exp(-(z_tau + dz)))
+            assert bool(decide(f"probe:tau={tau:.6g}", s(p), NL)[0]) == (dz > 0), (z_tau, dz)
 
 
 def test_write_direction():
