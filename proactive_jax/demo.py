@@ -197,7 +197,8 @@ def paper_table(task: str, per_model: dict[str, dict]) -> str:
             if show_al:
                 row += [f"{lat.get('al_word', float('nan')):.2f}", f"{lat.get('laal_word', float('nan')):.2f}"]
             area = areas.get(model, {}).get(s["family"])
-            row.append(f"{area:.2f}" if area is not None and s["family"] not in shown else "")
+            shown_area = area is not None and s["family"] not in shown and s["family"] != "batch"  # batch closes curves
+            row.append(f"{area:.2f}" if shown_area else "")
             shown.add(s["family"])
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
