@@ -408,6 +408,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         res = train(_run_config(cfg, name, steps=steps, lr=lr, objective=objective), init_params=init,
                     devices=jax.local_devices()[:1])  # the demo is a one-device job
         timings[name] = time.perf_counter() - t0
+        if res.stopped == "signal":  # SIGTERM / Ctrl-C: the whole demo stops, not just this stage
+            _say(f"      stopped by a signal at step {res.step} of {name}; the demo stops (its checkpoint is in "
+                 f"{res.out_dir})")
+            raise KeyboardInterrupt
         last = res.history[-1] if res.history else {}
         if last:
             _say(f"      step {res.step}: loss {last.get('loss', float('nan')):.4f} "

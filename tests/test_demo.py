@@ -191,3 +191,21 @@ def test_probe_cli_trains_next_to_the_run_and_eval_uses_it(quick_run, tmp_path):
     res = json.loads((ev / "results.json").read_text())
     labels = [s["label"] for s in res["settings"]]
     assert labels[:2] == ["batch", "probe tau=0.5"] and labels[2].startswith("probe tau=q0.9 (")
+
+
+def test_demo_stops_when_a_training_stage_is_stopped_by_a_signal(tmp_path, monkeypatch, capsys):
+    """SIGTERM / Ctrl-C during a stage stops the whole demo (exit 130), not just that stage's training."""
+    from proactive_jax.training import loop
+
+    calls = []
+
+    def fake_train(run, **kw):
+        calls.append(run.out_dir)
+        return loop.TrainResult(params={}, history=[], out_dir=tmp_path / "x", step=3, stopped="signal",
+                                evals=[], model_config=None)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert main(["demo", "--quick", "--out", str(tmp_path), "progress=false"]) == 130
+    assert len(calls) == 1  # the pretraining stage only: nothing after it ran
+    err = capsys.readouterr()
+    assert "interrupted" in err.err and "stopped by a signal at step 3" in err.out
