@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from proactive_jax import demo_speech as DS
-from proactive_jax.data.synthetic_audio import SYLLABLES, WORDS, make_speech_task
+from proactive_jax.data.synthetic_audio import CATEGORY_OF, SYLLABLES, WORDS, make_speech_task
 from proactive_jax.models.audio import output_lengths
 
 
@@ -14,12 +14,18 @@ def test_synthetic_speech_is_deterministic_and_confusable():
     assert all(np.array_equal(x.waveform, y.waveform) for x, y in zip(a, b))
     c = make_speech_task("speech-lookup", 4, seed=1, split="train")
     assert not np.array_equal(a[0].waveform, c[0].waveform)
-    for it in a:
-        q = it.words.index(it.question)
-        assert it.target_words == (it.words[q + 1],) and it.evidence_words == (q + 1,)
+    for it in make_speech_task("speech-lookup", 40, seed=1, split="test"):
+        # exactly one spoken word of the asked category; it is the answer and its end is the evidence
+        hits = [i for i, w in enumerate(it.words) if CATEGORY_OF[w] == it.question]
+        assert len(hits) == 1 and it.target_words == (it.words[hits[0]],) and it.evidence_words == (hits[0],)
+        assert len(set(it.words)) == len(it.words) and 3 <= len(it.words) <= 6
         assert list(it.word_ends) == sorted(it.word_ends) and it.word_ends[-1] <= it.waveform.size
     first = [w.split("-")[0] for w in WORDS]
     assert len(set(first)) < len(first)  # some words share their first syllable
+    assert all(len(w.split("-")) in (2, 3) for w in WORDS)
+    assert len(DS.vocabulary()) == 24  # the tiny-audio preset's vocab_size (configs/tiny-speech.yaml)
+    positions = [make_speech_task("speech-lookup", 60, seed=2)[i].evidence_words[0] for i in range(60)]
+    assert len(set(positions)) >= 4  # the answer's position varies
     assert len(set(SYLLABLES.values())) == len(SYLLABLES)
     rates = [it.word_ends[0] / len(it.words[0].split("-")) for it in make_speech_task("speech-transcribe", 20)]
     assert max(rates) > 1.4 * min(rates)  # speaking rate varies
