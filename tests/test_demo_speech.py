@@ -59,3 +59,28 @@ def test_targets_need_a_learnt_batch_model():
     assert list(got.values()) == [True, True, True]
     chance = [row("batch", 6, 1.0, 3), row("entropy:tau=0.1", 10, 0.3, 1)]
     assert not any(t["pass"] for t in DS.check_targets({"speech-lookup": chance}))
+
+
+def test_encoder_init_lets_the_audio_through():
+    """With models.audio's default init (normal(0.02) convs + unit sinusoids) two utterances' audio embeddings
+    differ by ~1% (the positions dominate: the stage did not learn); the demo's fan-in init makes them differ."""
+    from proactive_jax.models.audio import encode, init_params, sinusoids
+
+    cfg = DS.SpeechDemoConfig.from_dict({})
+    acfg = DS.model_config(cfg)
+    items = make_speech_task("speech-transcribe", 2, seed=3)
+    feats, valid, _ = DS.build(items, cfg, acfg)
+    fam = (np.arange(feats.shape[2])[None] < valid[:, None]).astype(np.int32)
+    n = int(output_lengths(valid.min())[1])
+    rel = {}
+    for mode in ("default", "fan_in"):
+        p = DS.demo_init(init_params(acfg, 0), DS.SpeechDemoConfig.from_dict({"encoder_init": mode}))
+        e = np.asarray(encode(acfg, p, feats, fam, mask="causal", conv_edge="zero"))[:, :n]
+        rel[mode] = np.linalg.norm(e[0] - e[1]) / np.linalg.norm(e[0])
+    assert rel["default"] < 0.05 and rel["fan_in"] > 0.3, rel
+    k = p["audio_tower"]["conv1"]["kernel"]
+    np.testing.assert_allclose(np.std(k), 1 / np.sqrt(3 * cfg.num_mel_bins), rtol=0.1)
+    pos = p["audio_tower"]["embed_positions"]["embedding"]
+    np.testing.assert_allclose(pos, 0.2 * sinusoids(*pos.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="encoder_init"):
+        DS.demo_init(init_params(acfg, 0), DS.SpeechDemoConfig.from_dict({"encoder_init": "xavier"}))
