@@ -35,7 +35,9 @@ class SpeechDemoConfig:
     n_train: int = 1500  # per task
     n_test: int = 64  # per task
     steps: int = 500
-    pretrain_steps: int = 250  # the first steps with the batch loss only (then batch + MSLM + SPSD)
+    # the first steps with the batch loss only (then batch + MSLM + SPSD); measured worse here (batch loss 1.88 vs
+    # 1.48 at step 300 with 250 warm-up steps vs none), so off by default
+    pretrain_steps: int = 0
     lr: float = 6e-3
     batch_size: int = 32
     chunk_tokens: int = 5  # 200 ms
