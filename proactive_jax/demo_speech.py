@@ -34,13 +34,20 @@ class SpeechDemoConfig:
     seed: int = 0
     n_train: int = 1500  # per task
     n_test: int = 64  # per task
-    steps: int = 700
-    lr: float = 3e-3
+    steps: int = 500
+    # the first steps with the batch loss only (then batch + MSLM + SPSD); measured worse here (batch loss 1.88 vs
+    # 1.48 at step 300 with 250 warm-up steps vs none), so off by default
+    pretrain_steps: int = 0
+    lr: float = 6e-3
     batch_size: int = 32
     chunk_tokens: int = 5  # 200 ms
     max_seconds: float = 4.0
     num_mel_bins: int = 40
     kl_lambda: float = 0.1
+    # "fan_in": conv kernels N(0, 1/sqrt(fan_in)) and the sinusoid position table x 0.2, so the log-mel content is
+    # a large part of the encoder output at init; "default": models.audio.init_params as is (normal(0.02) convs:
+    # two utterances' audio embeddings then differ by ~1%, the positions dominate and the stage does not learn)
+    encoder_init: str = "fan_in"
     heads: tuple = ("batch", "wait-k:k=2", "wait-k:k=4", "wait-k:k=8", "entropy:tau=0.05", "entropy:tau=0.15",
                     "entropy:tau=0.3", "attention:tau=0.5", "attention:tau=0.7")
     quick_overrides: dict = dataclasses.field(default_factory=lambda: {
@@ -65,9 +72,9 @@ class SpeechDemoConfig:
 
 
 def vocabulary() -> list[str]:
-    from .data.synthetic_audio import WORDS
+    from .data.synthetic_audio import CATEGORIES, WORDS
 
-    return list(SPECIALS) + list(WORDS)
+    return list(SPECIALS) + list(WORDS) + list(CATEGORIES)
 
 
 def model_config(cfg: SpeechDemoConfig):
@@ -95,6 +102,23 @@ def build(items, cfg: SpeechDemoConfig, acfg):
     return np.stack([f for f, _ in fv]), np.asarray([v for _, v in fv], np.int32), exs
 
 
+def demo_init(params: dict, cfg: SpeechDemoConfig) -> dict:
+    """The stage's encoder init (``cfg.encoder_init``, see SpeechDemoConfig) applied to ``init_params``' tree."""
+    if cfg.encoder_init == "default":
+        return params
+    if cfg.encoder_init != "fan_in":
+        raise ValueError(f"speech.encoder_init={cfg.encoder_init!r}: expected 'fan_in' or 'default'")
+    rng = np.random.default_rng([cfg.seed, 7])
+    tower = dict(params["audio_tower"])
+    for name in ("conv1", "conv2"):
+        k = np.asarray(tower[name]["kernel"])  # [3, in, out]
+        tower[name] = {**tower[name], "kernel": rng.normal(0.0, 1.0 / np.sqrt(k.shape[0] * k.shape[1]),
+                                                           k.shape).astype(np.float32)}
+    pos = tower["embed_positions"]
+    tower["embed_positions"] = {**pos, "embedding": (0.2 * np.asarray(pos["embedding"])).astype(np.float32)}
+    return {**params, "audio_tower": tower}
+
+
 def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
     """Encoder + projector + decoder from scratch; one jitted step (batch + MSLM + SPSD, encoder train)."""
     import jax
@@ -106,7 +130,8 @@ def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
     from .models.audio import init_params
 
     obj = ObjectiveConfig(kl_lambda=cfg.kl_lambda, kl_topk=100, trailing_reads=True)
-    params = jax.tree_util.tree_map(jnp.asarray, init_params(acfg, cfg.seed))
+    obj_pre = ObjectiveConfig(w_mslm=0.0, kl_lambda=0.0, kl_topk=100, trailing_reads=True)
+    params = jax.tree_util.tree_map(jnp.asarray, demo_init(init_params(acfg, cfg.seed), cfg))
     sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(1, cfg.steps // 20), cfg.steps, cfg.lr * 0.1)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.98, weight_decay=0.01))
     state = opt.init(params)
@@ -114,24 +139,31 @@ def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
     t_cap = max(ex.T for ex in exs)
     m_cap = max(ex.M for ex in exs)
 
-    @jax.jit
-    def step(params, state, batch, key):
-        (loss, aux), g = jax.value_and_grad(lambda p: audio_loss_fn(acfg, obj, p, batch, key, "train"),
-                                            has_aux=True)(params)
-        upd, state = opt.update(g, state, params)
-        return optax.apply_updates(params, upd), state, loss, aux
+    def make_step(o):
+        @jax.jit
+        def step(params, state, batch, key):
+            (loss, aux), g = jax.value_and_grad(lambda p: audio_loss_fn(acfg, o, p, batch, key, "train"),
+                                                has_aux=True)(params)
+            upd, state = opt.update(g, state, params)
+            return optax.apply_updates(params, upd), state, loss, aux
+        return step
+
+    step_full = make_step(obj)
+    step_pre = make_step(obj_pre) if cfg.pretrain_steps > 0 else None
 
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.PRNGKey(cfg.seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(cfg.steps):
         idx = rng.choice(len(exs), cfg.batch_size, replace=False)
         batch = pack_audio_batch([exs[j] for j in idx], feats[idx], valid[idx], (s_cap, t_cap), m_cap=m_cap)
         batch["row_id"] = (i * cfg.batch_size + np.arange(cfg.batch_size)).astype(np.int32)
+        step = step_pre if i < cfg.pretrain_steps else step_full
         params, state, loss, aux = step(params, state, batch, jax.random.fold_in(key, i))
         if (i + 1) % max(1, cfg.steps // 5) == 0 or i + 1 == cfg.steps:
             say(f"      step {i + 1}: loss {float(loss):.4f} (batch {float(aux['batch']):.4f}, mslm "
-                f"{float(aux['mslm']):.4f}, kl {float(aux['kl']):.4f}) {time.perf_counter() - t0:.0f}s")
+                f"{float(aux['mslm']):.4f}, kl {float(aux['kl']):.4f}) {time.perf_counter() - t0:.0f}s, "
+                f"{time.process_time() - c0:.0f} CPU s")
     return params
 
 
@@ -203,7 +235,9 @@ def check_targets(results: dict) -> list[dict]:
         best = max(pro, key=lambda r: r["quality"], default=None)
         wk = [r for r in look if r["head"].startswith("wait-k") and r["rco"] <= 0.8]
         best_wk = max(wk, key=lambda r: r["quality"], default=None)
-        learnt = batch >= 50.0  # a batch model near chance (1/15) makes the ratio meaningless
+        # a batch model near chance (1/4: the category is in the prompt, 4 words per category) makes the ratio
+        # meaningless
+        learnt = batch >= 50.0
         ok = learnt and best is not None and best["quality"] >= 0.95 * batch
         out.append({"target": "speech-lookup: proactive >= 95% of batch accuracy at RCO <= 0.8 (batch >= 50%)",
                     "pass": ok,
@@ -233,7 +267,7 @@ def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> d
     cfg = SpeechDemoConfig.from_dict(settings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     acfg = model_config(cfg)
     say(f"[speech 1/3] data: synthetic tone-words, {cfg.n_train} train / {cfg.n_test} test per task, chunks of "
         f"{acfg.chunk} encoder tokens ({acfg.chunk * 40} ms)")
@@ -241,9 +275,11 @@ def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> d
     feats, valid, exs = build(train_items, cfg, acfg)
     timings = {"data": time.perf_counter() - t0}
     say(f"[speech 2/3] train: causal encoder + Qwen2 decoder, batch + MSLM + SPSD ({cfg.steps} steps)")
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     params = train(cfg, acfg, feats, valid, exs, say)
     timings["train"] = time.perf_counter() - t1
+    timings["train_cpu"] = time.process_time() - c1
+    timings["steps_per_s"] = cfg.steps / timings["train"]
     say(f"[speech 3/3] evaluate: {', '.join(cfg.heads)}")
     t2 = time.perf_counter()
     results, tables = {}, []
@@ -259,7 +295,9 @@ def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> d
         say(f"  [{'PASS' if tgt['pass'] else 'MISS'}] {tgt['target']}: "
             + json.dumps({k: v for k, v in tgt.items() if k not in ("target", "pass")}, default=str))
     timings["total"] = time.perf_counter() - t0
-    say(f"speech stage: {timings['total']:.0f}s (data {timings['data']:.0f}s, train {timings['train']:.0f}s, "
+    timings["total_cpu"] = time.process_time() - c0  # user + sys of this process, all threads
+    say(f"speech stage: {timings['total']:.0f}s wall, {timings['total_cpu']:.0f} CPU s (data {timings['data']:.0f}s, "
+        f"train {timings['train']:.0f}s = {timings['steps_per_s']:.2f} steps/s, {timings['train_cpu']:.0f} CPU s, "
         f"eval {timings['eval']:.0f}s)")
     summary = {"config": dataclasses.asdict(cfg), "timings_s": timings, "results": results, "targets": targets}
     (out / "speech_results.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from proactive_jax import demo_speech as DS
-from proactive_jax.data.synthetic_audio import SYLLABLES, WORDS, make_speech_task
+from proactive_jax.data.synthetic_audio import CATEGORY_OF, SYLLABLES, WORDS, make_speech_task
 from proactive_jax.models.audio import output_lengths
 
 
@@ -14,12 +14,18 @@ def test_synthetic_speech_is_deterministic_and_confusable():
     assert all(np.array_equal(x.waveform, y.waveform) for x, y in zip(a, b))
     c = make_speech_task("speech-lookup", 4, seed=1, split="train")
     assert not np.array_equal(a[0].waveform, c[0].waveform)
-    for it in a:
-        q = it.words.index(it.question)
-        assert it.target_words == (it.words[q + 1],) and it.evidence_words == (q + 1,)
+    for it in make_speech_task("speech-lookup", 40, seed=1, split="test"):
+        # exactly one spoken word of the asked category; it is the answer and its end is the evidence
+        hits = [i for i, w in enumerate(it.words) if CATEGORY_OF[w] == it.question]
+        assert len(hits) == 1 and it.target_words == (it.words[hits[0]],) and it.evidence_words == (hits[0],)
+        assert len(set(it.words)) == len(it.words) and 3 <= len(it.words) <= 6
         assert list(it.word_ends) == sorted(it.word_ends) and it.word_ends[-1] <= it.waveform.size
     first = [w.split("-")[0] for w in WORDS]
     assert len(set(first)) < len(first)  # some words share their first syllable
+    assert all(len(w.split("-")) in (2, 3) for w in WORDS)
+    assert len(DS.vocabulary()) == 24  # the tiny-audio preset's vocab_size (configs/tiny-speech.yaml)
+    positions = [make_speech_task("speech-lookup", 60, seed=2)[i].evidence_words[0] for i in range(60)]
+    assert len(set(positions)) >= 4  # the answer's position varies
     assert len(set(SYLLABLES.values())) == len(SYLLABLES)
     rates = [it.word_ends[0] / len(it.words[0].split("-")) for it in make_speech_task("speech-transcribe", 20)]
     assert max(rates) > 1.4 * min(rates)  # speaking rate varies
@@ -53,3 +59,28 @@ def test_targets_need_a_learnt_batch_model():
     assert list(got.values()) == [True, True, True]
     chance = [row("batch", 6, 1.0, 3), row("entropy:tau=0.1", 10, 0.3, 1)]
     assert not any(t["pass"] for t in DS.check_targets({"speech-lookup": chance}))
+
+
+def test_encoder_init_lets_the_audio_through():
+    """With models.audio's default init (normal(0.02) convs + unit sinusoids) two utterances' audio embeddings
+    differ by ~1% (the positions dominate: the stage did not learn); the demo's fan-in init makes them differ."""
+    from proactive_jax.models.audio import encode, init_params, sinusoids
+
+    cfg = DS.SpeechDemoConfig.from_dict({})
+    acfg = DS.model_config(cfg)
+    items = make_speech_task("speech-transcribe", 2, seed=3)
+    feats, valid, _ = DS.build(items, cfg, acfg)
+    fam = (np.arange(feats.shape[2])[None] < valid[:, None]).astype(np.int32)
+    n = int(output_lengths(valid.min())[1])
+    rel = {}
+    for mode in ("default", "fan_in"):
+        p = DS.demo_init(init_params(acfg, 0), DS.SpeechDemoConfig.from_dict({"encoder_init": mode}))
+        e = np.asarray(encode(acfg, p, feats, fam, mask="causal", conv_edge="zero"))[:, :n]
+        rel[mode] = np.linalg.norm(e[0] - e[1]) / np.linalg.norm(e[0])
+    assert rel["default"] < 0.05 and rel["fan_in"] > 0.3, rel
+    k = p["audio_tower"]["conv1"]["kernel"]
+    np.testing.assert_allclose(np.std(k), 1 / np.sqrt(3 * cfg.num_mel_bins), rtol=0.1)
+    pos = p["audio_tower"]["embed_positions"]["embedding"]
+    np.testing.assert_allclose(pos, 0.2 * sinusoids(*pos.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="encoder_init"):
+        DS.demo_init(init_params(acfg, 0), DS.SpeechDemoConfig.from_dict({"encoder_init": "xavier"}))

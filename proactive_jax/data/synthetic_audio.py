@@ -9,8 +9,10 @@ and a fixed wait-k schedule is wrong.
 Tasks (:func:`make_speech_task`):
 
 - ``speech-transcribe`` (LibriSpeech-like): 3-6 words -> their transcript;
-- ``speech-lookup`` (Spoken-SQuAD-like): the question names a word (text, in the prompt); the audio is
-  5-8 distinct words; the answer is the word spoken right after it.
+- ``speech-lookup`` (Spoken-SQuAD-like): the question names a category (text, in the prompt: a category is
+  the group of words sharing one first syllable); the audio is 3-6 distinct words, exactly one of them of
+  that category, at a random position; the answer is that word. Hearing its first syllable says the answer
+  is coming but not which word of the group it is: the answer is determined only by its last syllable.
 
 Each item also records where every word ends (in samples), from which the evidence chunk of each target
 word follows (used for the premature-write rate).
@@ -30,9 +32,14 @@ SR = 16000
 _LOW, _HIGH = (250, 450, 750, 1100), (1700, 2700, 4200)
 SYLLABLES = {name: (_LOW[i % 4], _HIGH[i // 4]) for i, name in enumerate(
     ("ka", "mo", "ri", "su", "te", "lu", "no", "pi", "ba", "do", "fe", "gu"))}
-# groups sharing their first syllable are confusable until the end of the word
-WORDS = ("ka-mo", "ka-ri-su", "ka-te", "mo-lu", "mo-no-pi", "ri-ba", "ri-do-fe", "su-gu", "su-ka-lu",
-         "te-pi", "lu-no", "no-fe-do", "pi-ba", "ba-gu-te", "do-su")
+# 3 categories of 4 words; the words of a category share their first syllable, so they are confusable until
+# the end of the word (the category is known from the first syllable on). 9 specials + 12 words + 3 category
+# tokens = the tiny-audio preset's 24 ids.
+GROUPS = {"ka": ("ka-mo", "ka-ri-su", "ka-te", "ka-lu-no"), "ri": ("ri-ba", "ri-do-fe", "ri-gu", "ri-pi-te"),
+          "su": ("su-gu", "su-ka-lu", "su-pi", "su-no-ba")}
+WORDS = tuple(w for g in GROUPS.values() for w in g)
+CATEGORIES = tuple(f"cat:{g}" for g in GROUPS)  # the speech-lookup question tokens
+CATEGORY_OF = {w: f"cat:{g}" for g, ws in GROUPS.items() for w in ws}
 SPEECH_TASKS = ("speech-transcribe", "speech-lookup")
 
 
@@ -43,7 +50,7 @@ class SpeechItem:
     waveform: np.ndarray  # float32, 16 kHz
     words: tuple  # the spoken words
     word_ends: tuple  # sample index where each spoken word ends
-    question: str | None  # speech-lookup: the word asked about
+    question: str | None  # speech-lookup: the category asked about (a CATEGORIES name)
     target_words: tuple  # the answer / transcript, as words
     evidence_words: tuple  # for each target word, the index of the spoken word whose end is the evidence
 
@@ -86,12 +93,17 @@ def make_speech_task(task: str, n: int, seed: int = 0, split: str = "train", max
     items = []
     while len(items) < n:
         if task == "speech-transcribe":
-            words = tuple(rng.choice(WORDS, int(rng.integers(3, 7))))
+            words = tuple(str(w) for w in rng.choice(WORDS, int(rng.integers(3, 7))))
             question, target, evidence = None, words, tuple(range(len(words)))
         else:
-            words = tuple(rng.choice(WORDS, int(rng.integers(5, 9)), replace=False))
-            q = int(rng.integers(0, len(words) - 1))
-            question, target, evidence = words[q], (words[q + 1],), (q + 1,)
+            n_words = int(rng.integers(3, 7))
+            cat = str(rng.choice(list(GROUPS)))
+            answer = str(rng.choice(GROUPS[cat]))
+            others = [w for w in WORDS if CATEGORY_OF[w] != f"cat:{cat}"]
+            words = [str(w) for w in rng.choice(others, n_words - 1, replace=False)]
+            pos = int(rng.integers(0, n_words))
+            words = tuple(words[:pos] + [answer] + words[pos:])
+            question, target, evidence = f"cat:{cat}", (answer,), (pos,)
         try:
             wave, ends = speak(words, rng, max_seconds=max_seconds)
         except ValueError:
