@@ -53,9 +53,11 @@ class ObjectiveConfig:
     # target positions per chunk of the loss: the LM head, log-softmax and top-k run one chunk of
     # [rows, logit_chunk, vocab] logits at a time (recomputed in the backward); 0 = all at once
     logit_chunk: int = 0
-    # ours, EXPERIMENTAL (off): run the chunk loop with the LM head split over the vocabulary on the fsdp
-    # axis (method/vocab_sharded.py). Exact, but measured worse on Qwen2.5-3B v5e-16 (temporaries 4.20 vs
-    # 3.94 GiB: XLA gathers the whole batch's hidden states around the shard_map); see coord/readme-plan.md
+    # ours (off by default; the TPU configs turn it on): run the chunk loop with the LM head split over the
+    # vocabulary on the fsdp axis (method/vocab_sharded.py). Exact. Measured worse on Qwen2.5-3B v5e-16 while
+    # XLA kept all rows of the hidden states on every chip (temporaries 4.20 vs 3.94 GiB); with the activations'
+    # row constraints (models/attention.shard_rows) it is what lets the temporaries fall with the slice
+    # (3.04 GiB on v5e-16, 1.41 on v5e-32, was 3.94 / 3.49)
     vocab_sharded_head: bool = False
 
     def __post_init__(self):
