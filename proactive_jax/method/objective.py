@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..models.config import ModelConfig
-from ..models.attention import MaskVectors
+from ..models.attention import MaskVectors, row_mesh, shard_rows
 from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits
 from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
                         validate_phi, wait_k_schedule)
@@ -53,9 +53,11 @@ class ObjectiveConfig:
     # target positions per chunk of the loss: the LM head, log-softmax and top-k run one chunk of
     # [rows, logit_chunk, vocab] logits at a time (recomputed in the backward); 0 = all at once
     logit_chunk: int = 0
-    # ours, EXPERIMENTAL (off): run the chunk loop with the LM head split over the vocabulary on the fsdp
-    # axis (method/vocab_sharded.py). Exact, but measured worse on Qwen2.5-3B v5e-16 (temporaries 4.20 vs
-    # 3.94 GiB: XLA gathers the whole batch's hidden states around the shard_map); see coord/readme-plan.md
+    # ours (off by default; the TPU configs turn it on): run the chunk loop with the LM head split over the
+    # vocabulary on the fsdp axis (method/vocab_sharded.py). Exact. Measured worse on Qwen2.5-3B v5e-16 while
+    # XLA kept all rows of the hidden states on every chip (temporaries 4.20 vs 3.94 GiB); with the activations'
+    # row constraints (models/attention.shard_rows) it is what lets the temporaries fall with the slice
+    # (3.04 GiB on v5e-16, 1.41 on v5e-32, was 3.94 / 3.49)
     vocab_sharded_head: bool = False
 
     def __post_init__(self):
@@ -198,9 +200,19 @@ TOPK_RECALL = 0.95  # recall target of jax.lax.approx_max_k on TPU
 def top_k(x, k: int):
     """``(values, indices)`` of the ``k`` largest entries on the last axis: ``jax.lax.approx_max_k`` when
     lowered for TPU (``TOPK_RECALL``), the exact ``jax.lax.top_k`` on every other platform."""
-    return jax.lax.platform_dependent(
-        x, tpu=lambda v: jax.lax.approx_max_k(v, k, recall_target=TOPK_RECALL),
-        default=lambda v: jax.lax.top_k(v, k))
+    def local(v):
+        return jax.lax.platform_dependent(
+            v, tpu=lambda u: jax.lax.approx_max_k(u, k, recall_target=TOPK_RECALL),
+            default=lambda u: jax.lax.top_k(u, k))
+
+    # under a mesh the rows are split over it explicitly (shard_map; top-k is row-wise): XLA's partitioner
+    # otherwise gathers every row of the [rows, chunk, vocab] logits on every chip for the selection
+    mesh = row_mesh(x.shape[0])
+    if mesh is None:
+        return local(x)
+    spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return tuple(jax.shard_map(lambda v: tuple(local(v)), mesh=mesh, in_specs=spec, out_specs=(spec, spec),
+                               check_vma=False)(x))
 
 
 def topk_kl_sum(teacher_logits, student_logits, mask, k: int, stop_grad: bool = True, *,
@@ -252,11 +264,11 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
 
     def split(x):  # [B, T, ...] -> [n, B, c, ...], zero-padded to n*c positions
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape((b, n, c) + x.shape[2:]).swapaxes(0, 1)
+        return shard_rows(x.reshape((b, n, c) + x.shape[2:]).swapaxes(0, 1), axis=1)  # rows stay sharded
 
     @jax.checkpoint
     def body(acc, xs):
-        hb, hs, lab, m = xs
+        hb, hs, lab, m = (shard_rows(x) for x in xs)
         lb, ls = hidden_to_logits(config, params, hb), hidden_to_logits(config, params, hs)
         s = {"batch": nll_sum(lb, lab, m), "mslm": nll_sum(ls, lab, m),
              "kl": topk_kl_sum(lb, ls, m, obj.kl_topk, obj.teacher_stop_grad,

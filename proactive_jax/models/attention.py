@@ -36,6 +36,32 @@ class MaskVectors(NamedTuple):
     limit: Array  # [B, T] int32
 
 
+def row_mesh(rows: int):
+    """The abstract mesh whose axes split the batch rows (all its axes, as ``training.mesh.BATCH_AXES``), or
+    None: no mesh, one device, inside ``shard_map`` (manual axes), or ``rows`` not a multiple of its size."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or mesh.manual_axes or rows % mesh.size:
+        return None
+    return mesh
+
+
+def shard_rows(x: Array, axis: int = 0) -> Array:
+    """``x`` with its row axis (``axis``) sharded over every axis of the abstract mesh (``training.step`` traces
+    the train step under ``jax.sharding.use_abstract_mesh``; all its axes split the batch). Without a mesh, on
+    one device, or when the rows do not divide by the mesh size: ``x`` unchanged.
+
+    XLA's sharding propagation otherwise follows the FSDP-sharded weights into the activations (e.g. the MLP
+    intermediate split over its features, attention over its heads) and keeps every row of the global batch on
+    every chip; constraining the activations keeps them data parallel and makes XLA gather the weights instead
+    (the cotangents follow the same constraint in the backward)."""
+    mesh = row_mesh(x.shape[axis])
+    if mesh is None:
+        return x
+    parts = [None] * x.ndim
+    parts[axis] = tuple(mesh.axis_names)
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*parts)))
+
+
 def causal_vectors(batch: int, length: int) -> MaskVectors:
     """Plain causal attention: one source segment, index 0..length-1."""
     idx = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))

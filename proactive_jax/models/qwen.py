@@ -18,7 +18,7 @@ import flax.linen as nn
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from .attention import (MaskVectors, attend, causal_vectors, dense_attention, source_attention,
+from .attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows, source_attention,
                         stream_attention_stats, visibility_mask)
 from .config import ModelConfig, rope_frequencies
 
@@ -74,9 +74,10 @@ class Attention(nn.Module):
         dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
                                                kernel_init=nn.initializers.normal(0.02), name=name)
         b, t, _ = x.shape
-        q = dense(h * hd, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, hd)
-        k = dense(kv * hd, cfg.qkv_bias, "k_proj")(x).reshape(b, t, kv, hd)
-        v = dense(kv * hd, cfg.qkv_bias, "v_proj")(x).reshape(b, t, kv, hd)
+        # rows stay sharded over the mesh (shard_rows): XLA gathers the FSDP weights, not the batch
+        q = shard_rows(dense(h * hd, cfg.qkv_bias, "q_proj")(x).reshape(b, t, h, hd))
+        k = shard_rows(dense(kv * hd, cfg.qkv_bias, "k_proj")(x).reshape(b, t, kv, hd))
+        v = shard_rows(dense(kv * hd, cfg.qkv_bias, "v_proj")(x).reshape(b, t, kv, hd))
         if cfg.qk_norm:
             q = RMSNorm(cfg.rms_norm_eps, dtype, name="q_norm")(q)
             k = RMSNorm(cfg.rms_norm_eps, dtype, name="k_norm")(k)
@@ -112,8 +113,8 @@ class Attention(nn.Module):
                 src = source_attention(probs, mask, k_segment)
         else:
             out = attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index)
-        out = checkpoint_name(out.reshape(b, t, h * hd), "attention_out")
-        y = dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out)
+        out = checkpoint_name(shard_rows(out.reshape(b, t, h * hd)), "attention_out")
+        y = shard_rows(dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out))
         return y, new_cache, (stats, src)
 
 
@@ -126,9 +127,9 @@ class MLP(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                                          kernel_init=nn.initializers.normal(0.02), name=name)
-        gate = dense(cfg.intermediate_size, "gate_proj")(x)
-        up = dense(cfg.intermediate_size, "up_proj")(x)
-        return dense(cfg.hidden_size, "down_proj")(nn.silu(gate) * up)
+        gate = shard_rows(dense(cfg.intermediate_size, "gate_proj")(x))
+        up = shard_rows(dense(cfg.intermediate_size, "up_proj")(x))
+        return shard_rows(dense(cfg.hidden_size, "down_proj")(nn.silu(gate) * up))
 
 
 class Block(nn.Module):
@@ -141,11 +142,12 @@ class Block(nn.Module):
     def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, stream_start):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        x = shard_rows(x)  # the scan carry: rows sharded over the mesh (see shard_rows)
         hsa, new_cache, stats = Attention(cfg, self.source_attention, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
             layer_cache, cache_segment, stream_start)
         x = x + hsa
-        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x))
+        x = shard_rows(x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x)))
         return x, (new_cache, stats)
 
 
@@ -192,10 +194,11 @@ class Transformer(nn.Module):
         capacity, or T without a cache; see :func:`.attention.source_attention`).
         """
         x = self.embed(input_ids) if input_embeds is None else input_embeds.astype(self.embed_tokens.dtype)
+        x = shard_rows(x)
         layer_cache = None if cache is None else (cache["k"], cache["v"])
         cache_segment = None if cache is None else cache["segment"]
         x, (new_kv, (stats, src)) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
-        x = self.norm(x)
+        x = shard_rows(self.norm(x))
         new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "segment": cache_segment}
         return (x, new_cache, stats, src) if self.source_attention else (x, new_cache, stats)
 
@@ -208,7 +211,7 @@ class Transformer(nn.Module):
             out = self.embed_tokens.attend(hidden)
         else:
             out = self.lm_head(hidden)
-        return out.astype(jnp.float32)
+        return shard_rows(out).astype(jnp.float32)
 
     def init_all(self, input_ids):
         """Initialise every parameter (the lm head included)."""
