@@ -272,10 +272,14 @@ def _with_batch(run, rows: int):
     return dataclasses.replace(run, data=data)
 
 
-def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, first: dict) -> dict:
-    """The largest global batch (a multiple of the chip count, no accumulation) whose step fits: memory is
-    affine in the batch, so a second compile at twice the batch gives the slope; the extrapolated batch is
-    then compiled, stepping down one chip-multiple at a time until it fits."""
+def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, first: dict,
+                     max_compiles: int = 6) -> dict:
+    """The largest global batch (a multiple of the chip count, no accumulation) whose step fits. Memory is
+    close to affine in the batch: a second compile at twice the batch gives the slope and a first guess;
+    then the largest fitting and the smallest failing batch compiled so far bracket the answer and each
+    further compile bisects that bracket (chip-multiples), at most ``max_compiles`` after the first two.
+    ``max_batch_exact``: the bracket closed (the next chip-multiple up was compiled and does not fit; with
+    ``max_global_batch`` None: not even one row per chip fits)."""
     b0, n = run.data.global_batch_size, topo.chips
     budget = topo.hbm_bytes * (1.0 - headroom)
 
@@ -288,19 +292,32 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
         log.warning("global batch %d: %.2f GiB per chip", rows, t / GIB)
         return t
 
-    t0 = first["total_bytes"] if not run.data.micro_batch_size else total(b0)
-    slope = max((total(2 * b0) - t0) / b0, 1.0)
-    rows = max(int((b0 + (budget - t0) / slope) // n) * n, 0)
-    tried = {}
-    for _ in range(4):
-        if rows < n:
+    tried = {b0: first["total_bytes"] if not run.data.micro_batch_size else total(b0)}
+    tried[2 * b0] = total(2 * b0)
+    slope = max((tried[2 * b0] - tried[b0]) / b0, 1.0)
+    down = lambda x: int(x // n) * n  # noqa: E731 (chip-multiples)
+    guess = down(b0 + (budget - tried[b0]) / slope)  # the affine extrapolation, compiled first
+
+    def bracket():
+        return (max([b for b, t in tried.items() if t <= budget], default=0),
+                min([b for b, t in tried.items() if t > budget], default=None))
+
+    for _ in range(max_compiles):
+        lo, hi = bracket()
+        if hi is not None and hi - lo <= n:
             break
-        tried[rows] = total(rows)
-        if tried[rows] <= budget:
-            return {"max_global_batch": rows, "max_batch_total_bytes": tried[rows],
-                    "bytes_per_row": int(slope), "max_batch_tried": tried}
-        rows -= n
-    return {"max_global_batch": None, "bytes_per_row": int(slope), "max_batch_tried": tried}
+        if guess is None or guess in tried or guess <= lo or (hi is not None and guess >= hi):
+            guess = 2 * lo if hi is None else max(down((lo + hi) / 2), lo + n)  # grow, or bisect
+        tried[guess] = total(guess)
+        guess = None
+    fits = [b for b, t in tried.items() if t <= budget]
+    fails = [b for b, t in tried.items() if t > budget]
+    lo, hi = max(fits, default=None), min(fails, default=None)
+    out = {"bytes_per_row": int(slope), "max_batch_tried": dict(sorted(tried.items())),
+           "max_global_batch": lo, "max_batch_exact": hi is not None and hi - (lo or 0) <= n}
+    if lo is not None:
+        out["max_batch_total_bytes"] = tried[lo]
+    return out
 
 
 def _text_config(cfg):
@@ -418,7 +435,8 @@ def format_report(r: dict) -> str:
         mb = r["max_global_batch"]
         lines.append(f"  largest global batch that fits{keep} (no accumulation): "
                      + (f"{mb} ({_gib(r['max_batch_total_bytes'])}; ~{_gib(r['bytes_per_row'])} per row)"
-                        if mb else "none found"))
+                        + ("" if r.get("max_batch_exact") else "; the next chip-multiple up was not compiled "
+                           "(search budget), so a larger one may fit") if mb else "none found"))
     if r["fits"]:
         lines.append(f"  verdict: FITS{keep}, {_gib(r['margin_bytes'])} to spare")
     else:

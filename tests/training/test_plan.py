@@ -74,6 +74,34 @@ def test_verdict_and_advice():
         "state_bytes": 0, "state_bytes_per_chip": 0, "replicated_state_bytes": 0, "advice": tips})
 
 
+@pytest.mark.parametrize("per_row,kink", [(0.02, 0.0), (0.02, 0.004), (0.001, 0.0), (0.5, 0.0), (0.02, 0.05)])
+def test_max_batch_search_brackets_the_largest_fitting_batch(monkeypatch, per_row, kink):
+    """--max-batch on a fake memory model (affine, or bending upwards so the affine extrapolation from
+    batches 64/128 overshoots, as Qwen3-4B did): the answer == the largest fitting chip-multiple (brute
+    force over the same model) whenever the search says it is exact, and every compile is counted."""
+    topo = plan.parse_topology("v5e:4x8")  # 32 chips, 16 GiB; 25% headroom -> 12 GiB
+    gib = lambda rows: (1.0 + per_row * rows + kink * max(rows - 128, 0) ** 1.5 / 10) * plan.GIB  # noqa: E731
+    calls = []
+
+    def fake_compile(spec, run, bucket):
+        calls.append(run.data.global_batch_size)
+        return SimpleNamespace(rows=run.data.global_batch_size), None
+
+    monkeypatch.setattr(plan, "build_spec", lambda run, devices: None)
+    monkeypatch.setattr(plan, "compile_step", fake_compile)
+    monkeypatch.setattr(plan, "memory_report", lambda c, t, h: {"total_bytes": int(gib(c.rows))})
+    run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
+    run = plan._with_batch(run, 64)
+    out = plan.max_global_batch(run, None, topo, None, 0.25, {"total_bytes": int(gib(64))}, max_compiles=8)
+    budget = 12 * plan.GIB
+    brute = max([b for b in range(32, 100_000, 32) if gib(b) <= budget], default=None)
+    assert len(calls) == len(out["max_batch_tried"]) - 1 <= 9  # batch 64 came with the first compile
+    assert all(gib(b) <= budget for b in [out["max_global_batch"]] if b is not None)
+    if out["max_batch_exact"]:
+        assert out["max_global_batch"] == brute
+    assert out["max_batch_exact"] or (per_row, kink) == (0.001, 0.0)  # 11,000 rows: more than 8 doublings away
+
+
 @pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu not installed (pip install -e '.[tpu]'); CI installs it")
 def test_plan_compiles_tiny_run_for_a_tpu_slice():
     """The real CLI in a subprocess: the tiny run, FSDP over a v5e 2x2 slice, chunked loss, the Pallas kernel."""
