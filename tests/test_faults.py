@@ -24,6 +24,17 @@ from proactive_jax.training.checkpoint import CheckpointStore, restore_params
 from tests.subprocs import Procs, cpu_env
 from tests.training.util import CONFIG, N, TINY, max_diff
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_compilation_caches():
+    """Drop the executables earlier modules compiled: a whole-suite run segfaulted inside XLA's CPU compiler
+    in this module's first in-process train (as once in tests/training/test_audio_train.py); fewer live
+    executables, less risk."""
+    import jax
+
+    jax.clear_caches()
+    yield
+
 ROOT = Path(__file__).resolve().parents[1]
 RNG = random.Random(int(os.environ.get("FAULT_SEED", time.time_ns() % 10_000)))
 
