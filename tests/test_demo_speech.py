@@ -33,6 +33,19 @@ def test_synthetic_speech_is_deterministic_and_confusable():
         make_speech_task("speech-x", 1)
 
 
+def test_words_per_utterance():
+    one = make_speech_task("speech-lookup", 8, seed=0, words_per_utterance=(1, 2))
+    assert all(len(it.words) == 1 and it.words == it.target_words and it.evidence_words == (0,) for it in one)
+    assert all(CATEGORY_OF[it.words[0]] == it.question for it in one)
+    many = make_speech_task("speech-transcribe", 12, seed=0, words_per_utterance=(2, 4))
+    assert {len(it.words) for it in many} <= {2, 3} and len({len(it.words) for it in many}) == 2
+    for bad in ((0, 3), (3, 3), (2, 11)):
+        with pytest.raises(ValueError, match="words_per_utterance"):
+            make_speech_task("speech-lookup", 1, words_per_utterance=bad)
+    with pytest.raises(ValueError, match="do not fit max_seconds=0.5"):
+        make_speech_task("speech-transcribe", 1, max_seconds=0.5, words_per_utterance=(8, 9))
+
+
 def test_build_examples_and_evidence_chunks():
     cfg = DS.SpeechDemoConfig.from_dict({"n_train": 4})
     acfg = DS.model_config(cfg)
