@@ -46,12 +46,15 @@ MODELS = {
 }
 
 
-def model_flops(cfg, batch, packed: bool) -> float:
+def model_flops(cfg, batch, packed: bool, one_view: bool = False) -> float:
     b = int(batch["source"].shape[0])
     s_cap, t_cap = int(batch["source"].shape[1]), int(batch["target"].shape[1])
     d, v = cfg.hidden_size, cfg.vocab_size
     n_layers = cfg.num_params() - v * d * (1 if cfg.tie_word_embeddings else 2) - d
     h, hd, nl = cfg.num_attention_heads, cfg.head_dim, cfg.num_hidden_layers
+    if one_view:  # schedule=full: [source | target] once, its logits used as both views
+        return 6.0 * n_layers * b * (s_cap + t_cap) + 6.0 * v * d * b * t_cap + 3.0 * 4.0 * nl * h * hd * b * (
+            s_cap + t_cap) ** 2
     if packed:
         positions = b * (s_cap + 2 * t_cap)
         attn = b * (s_cap + 2 * t_cap) ** 2
@@ -104,13 +107,26 @@ class Mode:
         from proactive_jax.training import mesh as TM, step as TS
         from proactive_jax.models.qwen import init_params
 
-        self.name = "packed" if packed else "naive"
+        from proactive_jax.method import objective as MO
+
+        self.name = packed if isinstance(packed, str) else ("packed" if packed else "naive")
+        if self.name not in ("packed", "naive", "dual"):
+            raise SystemExit(f"--modes: unknown mode {self.name!r}; expected packed, naive or dual")
+        # "dual": the packed dual view even where packed_loss_sums takes its one-view path (schedule=full)
+        packed = self.name != "naive"
         spec = TS.StepSpec(model_cfg, run.objective, run.optim, 10_000, 1, packed, 0, mesh, run.mesh.param_sharding)
         sh, _ = TS.state_shardings(spec)
         params = jax.jit(lambda: init_params(model_cfg, 0), out_shardings=sh["params"])()
         opt = jax.jit(TS.make_optimizer(run.optim, 10_000).init, out_shardings=sh["opt_state"])(params)
         self.state = {"step": jax.device_put(jnp.int32(0), sh["step"]), "params": params, "opt_state": opt}
-        self.step = TS.build_train_step(spec)
+        saved = TS.packed_loss_sums
+        if self.name == "dual":
+            TS.packed_loss_sums = MO.dual_view_loss_sums  # read by step.sums_function when the step is built
+        try:
+            # build_train_step is cached per spec: the dual step is built uncached
+            self.step = TS.build_train_step.__wrapped__(spec) if self.name == "dual" else TS.build_train_step(spec)
+        finally:
+            TS.packed_loss_sums = saved
         b_sh = TM.batch_sharding(mesh)
         self.batches = [TM.global_batch(b, b_sh, 1) for b in batches]
         t0 = time.perf_counter()
@@ -123,7 +139,8 @@ class Mode:
                                  - getattr(mem, "alias_size_in_bytes", 0))
         self.example_tokens = float(np.mean([np.sum((b["source_len"] + b["header_len"] + b["target_len"])
                                                     * b["example_mask"]) for b in batches]))
-        self.flops = float(np.mean([model_flops(model_cfg, b, packed) for b in batches]))
+        one_view = self.name == "packed" and run.objective.schedule == "full"  # batch_view_loss_sums
+        self.flops = float(np.mean([model_flops(model_cfg, b, packed, one_view) for b in batches]))
         self.rounds, self.blocking = [], []
         self.run(args.warmup)
 
@@ -174,7 +191,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per mode (median reported)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--modes", default="packed,naive")
+    p.add_argument("--modes", default="packed,naive",
+                   help="comma list of packed | naive | dual (dual: the two-copy packed view even for schedule=full)")
     p.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU (H100 bf16: 989)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("overrides", nargs="*", help="run-config overrides (key=value)")
@@ -209,7 +227,7 @@ def main(argv=None):
         steps = [i for i, b in enumerate(buckets) if b == big][:4]
         batches = [TD.device_batch(data.train.batch_at(i)) for i in steps]
     shape = (batches[0]["source"].shape[0], batches[0]["source"].shape[1], batches[0]["target"].shape[1])
-    modes = [Mode(m == "packed", args, run, model_cfg, batches, mesh) for m in args.modes.split(",")]
+    modes = [Mode(m, args, run, model_cfg, batches, mesh) for m in args.modes.split(",")]
     for _ in range(args.rounds):  # interleaved rounds: a contended machine slows both paths alike
         for m in modes:
             m.measure(args.steps)
@@ -226,6 +244,8 @@ def main(argv=None):
     by = {r["mode"]: r for r in results}
     if "packed" in by and "naive" in by:
         info["packed_speedup"] = by["naive"]["step_s_median"] / by["packed"]["step_s_median"]
+    if "packed" in by and "dual" in by:
+        info["packed_over_dual_speedup"] = by["dual"]["step_s_median"] / by["packed"]["step_s_median"]
     print(f"{info['device']}  model {info['model']}  B,S,T={shape}  load {tuple(round(x, 1) for x in info['loadavg'])}")
     print(f"{'mode':8s} {'compile s':>9s} {'step ms':>9s} {'min-max ms':>17s} {'tok/s':>10s} {'TFLOP/step':>10s} "
           f"{'TFLOP/s':>8s} {'XLA MB':>8s}" + ("  MFU" if args.peak_tflops else ""))
@@ -237,6 +257,8 @@ def main(argv=None):
               + (f"  {r['mfu']:.3f}" if args.peak_tflops else ""))
     if "packed_speedup" in info:
         print(f"packed / naive speed: {info['packed_speedup']:.2f}x   peak RSS {info['peak_rss_mb']:.0f} MB")
+    if "packed_over_dual_speedup" in info:
+        print(f"packed / dual speed: {info['packed_over_dual_speedup']:.2f}x (schedule {run.objective.schedule})")
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2) + "\n")
     return info

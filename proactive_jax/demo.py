@@ -344,8 +344,8 @@ def evaluate_runs(cfg: DemoConfig, model_cfg, params: dict, probes: dict, tok, p
         test = _eval_items(cfg, task, "test", cfg.n_test, tok, parts)
         calib = _eval_items(cfg, task, "valid", cfg.n_calib, tok, parts)
         results[task] = {}
-        evals = [(model, p, list(cfg.heads[task]) + (list(cfg.probe_heads) if model == "proactive" and
-                                                     "self" in probes else []), probes.get("self"))
+        evals = [(model, p, _model_sweeps(cfg, task, model) + (list(cfg.probe_heads) if model == "proactive" and
+                                                              "self" in probes else []), probes.get("self"))
                  for model, p in params.items()]
         if "oracle" in probes:
             evals.append(("oracle-probe", params["proactive"], list(cfg.probe_heads), probes["oracle"]))
@@ -357,6 +357,19 @@ def evaluate_runs(cfg: DemoConfig, model_cfg, params: dict, probes: dict, tok, p
             decode_s += res["timing"]["decode_s"]
             results[task][model] = res
     return results, decode_s
+
+
+def _model_sweeps(cfg: DemoConfig, task: str, model: str) -> list[str]:
+    """The task's sweeps for ``model``: all of them for the proactive model; the ablations (``batch-ft``,
+    ``mslm-only``) get batch, entropy and attention, the heads their targets and table rows compare (wait-k's rows
+    are shown once, for the proactive model; alignatt is compared on the proactive model only)."""
+    sweeps = list(cfg.heads[task])
+    if model == "proactive":
+        return sweeps
+    return [sw for sw in sweeps if E.expand_sweep(sw)[0].family in ABLATION_FAMILIES]
+
+
+ABLATION_FAMILIES = ("batch", "entropy", "attention")
 
 
 # Longer than ~80 lines on purpose: the five demo stages in the order they print, each a short block.

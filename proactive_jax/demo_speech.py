@@ -34,14 +34,14 @@ class SpeechDemoConfig:
     seed: int = 0
     n_train: int = 1500  # per task
     n_test: int = 64  # per task
-    steps: int = 500
+    steps: int = 400
     # the first steps with the batch loss only (then batch + MSLM + SPSD); measured worse here (batch loss 1.88 vs
     # 1.48 at step 300 with 250 warm-up steps vs none), so off by default
     pretrain_steps: int = 0
-    lr: float = 6e-3
+    lr: float = 2e-3
     batch_size: int = 32
     chunk_tokens: int = 5  # 200 ms
-    max_seconds: float = 4.0
+    max_seconds: float = 3.2
     num_mel_bins: int = 40
     kl_lambda: float = 0.1
     # "fan_in": conv kernels N(0, 1/sqrt(fan_in)) and the sinusoid position table x 0.2, so the log-mel content is
@@ -252,9 +252,12 @@ def check_targets(results: dict) -> list[dict]:
         best = min(pro, key=lambda r: r["ail"], default=None)
         wk = [r for r in tr if r["head"].startswith("wait-k")]
         nearest = min(wk, key=lambda r: abs(r["quality"] - (best or {"quality": batch})["quality"]), default=None)
-        ok = best is not None and nearest is not None and best["ail"] < nearest["ail"]
+        # as for lookup, a batch model that has not learnt the task (a collapsed model writes the same few words
+        # under every head) makes the comparison meaningless: at least half the words right
+        learnt = batch <= 50.0
+        ok = learnt and best is not None and nearest is not None and best["ail"] < nearest["ail"]
         out.append({"target": "speech-transcribe: proactive WER within 10% rel. of batch at lower AIL than the "
-                              "nearest wait-k", "pass": ok, "batch_wer": batch,
+                              "nearest wait-k (batch WER <= 50)", "pass": ok, "batch_wer": batch,
                     "proactive": best and (best["head"], best["quality"], best["ail"]),
                     "nearest_wait_k": nearest and (nearest["head"], nearest["quality"], nearest["ail"])})
     return out

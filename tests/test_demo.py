@@ -40,6 +40,10 @@ def test_quick_demo_writes_everything(quick_run, capsys):
         assert info["labels"] == labels and 0.0 < info["positive_rate"] < 1.0
     res = json.loads((out / "results.json").read_text())
     assert set(res["tasks"]) == {"lookup", "word-map"}
+    for task, per_model in res["tasks"].items():  # wait-k is decoded once, on the proactive model
+        assert any(x["family"] == "wait-k" for x in per_model["proactive"])
+        assert {x["family"] for m in ("batch-ft", "mslm-only") for x in per_model[m]} >= {"batch", "entropy"}
+        assert {x["family"] for m in ("batch-ft", "mslm-only") for x in per_model[m]} <= {"batch", "entropy", "attention"}
     assert {t["target"].split(":")[0] for t in res["targets"]} >= {"lookup", "word-map"}
     table = (out / "table.md").read_text()
     sections = table.split("### ")[1:]
@@ -209,3 +213,4 @@ def test_demo_stops_when_a_training_stage_is_stopped_by_a_signal(tmp_path, monke
     assert len(calls) == 1  # the pretraining stage only: nothing after it ran
     err = capsys.readouterr()
     assert "interrupted" in err.err and "stopped by a signal at step 3" in err.out
+

@@ -27,6 +27,14 @@ def test_synthetic_speech_is_deterministic_and_confusable():
     positions = [make_speech_task("speech-lookup", 60, seed=2)[i].evidence_words[0] for i in range(60)]
     assert len(set(positions)) >= 4  # the answer's position varies
     assert len(set(SYLLABLES.values())) == len(SYLLABLES)
+    # the lexicon: the category syllable only ever first, a word's last syllable used by no other word (so one
+    # syllable identifies a word wherever it is spoken), 3-syllable words' middle syllable shared filler
+    syl = [w.split("-") for w in WORDS]
+    assert len({s[-1] for s in syl}) == len(WORDS)
+    assert not {s[0] for s in syl} & {x for s in syl for x in s[1:]}
+    assert all(CATEGORY_OF[w] == f"cat:{s[0]}" for w, s in zip(WORDS, syl))
+    assert len({s[1] for s in syl if len(s) == 3}) == 1 and not {s[1] for s in syl if len(s) == 3} & {s[-1] for s in syl}
+    assert set(SYLLABLES) == {x for s in syl for x in s}
     rates = [it.word_ends[0] / len(it.words[0].split("-")) for it in make_speech_task("speech-transcribe", 20)]
     assert max(rates) > 1.4 * min(rates)  # speaking rate varies
     with pytest.raises(ValueError, match="unknown speech task"):
@@ -72,6 +80,10 @@ def test_targets_need_a_learnt_batch_model():
     assert list(got.values()) == [True, True, True]
     chance = [row("batch", 6, 1.0, 3), row("entropy:tau=0.1", 10, 0.3, 1)]
     assert not any(t["pass"] for t in DS.check_targets({"speech-lookup": chance}))
+    # a collapsed transcriber (every head writes the same words) would pass the WER/AIL comparison trivially
+    collapsed = [row("batch", 77, 1.0, 4), row("attention:tau=0.7", 75, 0.2, -3.7), row("wait-k:k=2", 75, 0.4, -2.2)]
+    assert not any(t["pass"] for t in DS.check_targets({"speech-transcribe": collapsed}))
+    assert DS.check_targets({"speech-transcribe": [dict(r, quality=r["quality"] - 30) for r in collapsed]})[0]["pass"]
 
 
 def test_encoder_init_lets_the_audio_through():

@@ -1,7 +1,7 @@
 """Synthetic speech for the embedded demo: tone-words made in numpy (no TTS, deterministic).
 
 A *syllable* is a short chord (two sine tones with a raised-cosine envelope and a little noise); a *word*
-is 2-3 syllables; confusable words share their first syllable (``ka-mo`` / ``ka-ri-su``), so a word is
+is 2-3 syllables; confusable words share their first syllable (``ka-mo`` / ``ka-na-te``), so a word is
 ambiguous until its last syllable has been heard. Every utterance draws a speaking rate (syllables of
 70-150 ms) and gaps between words (20-200 ms), so where a word ends in the audio (hence in chunks) varies
 and a fixed wait-k schedule is wrong.
@@ -28,15 +28,18 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 SR = 16000
-# syllable -> (low tone, high tone) in Hz: 4 low x 3 high tones, each a different mel band
-_LOW, _HIGH = (250, 450, 750, 1100), (1700, 2700, 4200)
+# syllable -> (low tone, high tone) in Hz: 4 low x 4 high tones, each a different mel band
+_LOW, _HIGH = (250, 450, 750, 1100), (1700, 2500, 3600, 5200)
 SYLLABLES = {name: (_LOW[i % 4], _HIGH[i // 4]) for i, name in enumerate(
-    ("ka", "mo", "ri", "su", "te", "lu", "no", "pi", "ba", "do", "fe", "gu"))}
-# 3 categories of 4 words; the words of a category share their first syllable, so they are confusable until
-# the end of the word (the category is known from the first syllable on). 9 specials + 12 words + 3 category
+    ("ka", "mo", "ri", "su", "te", "lu", "no", "pi", "ba", "do", "fe", "gu", "na", "ze", "vo", "ha"))}
+# 3 categories of 4 words. A word is its category's syllable (ka | ri | su: only ever first), for 3-syllable words
+# the filler "na" (only ever second), then the word's own last syllable (used by no other word): the category is
+# known from the first syllable on, the word only at its last. A word is thus identified by one syllable, wherever
+# it is spoken; with syllables reused across words and positions (ka-ri-su, su-ka-lu, ...) a tiny decoder had to
+# parse word boundaries first and never learnt the lookup (README: speech). 9 specials + 12 words + 3 category
 # tokens = the tiny-audio preset's 24 ids.
-GROUPS = {"ka": ("ka-mo", "ka-ri-su", "ka-te", "ka-lu-no"), "ri": ("ri-ba", "ri-do-fe", "ri-gu", "ri-pi-te"),
-          "su": ("su-gu", "su-ka-lu", "su-pi", "su-no-ba")}
+GROUPS = {"ka": ("ka-mo", "ka-na-te", "ka-lu", "ka-na-no"), "ri": ("ri-ba", "ri-na-do", "ri-fe", "ri-na-gu"),
+          "su": ("su-pi", "su-na-ze", "su-vo", "su-na-ha")}
 WORDS = tuple(w for g in GROUPS.values() for w in g)
 CATEGORIES = tuple(f"cat:{g}" for g in GROUPS)  # the speech-lookup question tokens
 CATEGORY_OF = {w: f"cat:{g}" for g, ws in GROUPS.items() for w in ws}

@@ -319,8 +319,26 @@ def packed_inputs(batch, limits, obj: ObjectiveConfig):
                                                             limit.astype(jnp.int32))
 
 
-def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
-    """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view.
+def _source_embeds(config: ModelConfig, params, batch, tokens, s_cap: int):
+    """Input embeddings when ``batch["source_embeds"]`` (audio units, method.md 7b) replaces the source slots' table
+    rows; else None (the ids are embedded by the model)."""
+    if "source_embeds" not in batch:
+        return None
+    t_emb = embed_ids(config, params, tokens[:, s_cap:])
+    return jnp.concatenate([batch["source_embeds"].astype(t_emb.dtype), t_emb], axis=1)
+
+
+def _view_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch, obj: ObjectiveConfig):
+    if obj.logit_chunk:
+        return chunked_sums(config, params, batch_hidden, stream_hidden, batch, obj)
+    t_cap = batch_hidden.shape[1]
+    logits = hidden_to_logits(config, params, jnp.concatenate([batch_hidden, stream_hidden], axis=1))
+    return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
+
+
+def dual_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
+    """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view
+    ``[source | target batch copy | target stream copy]``.
 
     ``batch["source_embeds"]`` (optional, [B, S_cap, D]): input embeddings of the source slots (audio
     units; :mod:`.audio_objective`), fed instead of the source ids' table rows."""
@@ -328,22 +346,47 @@ def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, k
     limits = stream_limits(batch, phi)
     tokens, positions, mv = packed_inputs(batch, limits, obj)
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
-    embeds = None
-    if "source_embeds" in batch:  # audio (method.md 7b): source slots fed as input embeddings [B, S_cap, D]
-        t_emb = embed_ids(config, params, tokens[:, s_cap:])
-        embeds = jnp.concatenate([batch["source_embeds"].astype(t_emb.dtype), t_emb], axis=1)
+    embeds = _source_embeds(config, params, batch, tokens, s_cap)
     hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
-    if obj.logit_chunk:
-        return chunked_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
-    logits = hidden_to_logits(config, params, hidden[:, s_cap:])
-    return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
+    return _view_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
 
 
-def single_view_logits(config: ModelConfig, obj: ObjectiveConfig, params, batch, limits):
-    """Target-row logits of ``[source | target]`` as its own sequence, target rows seeing ``limits``."""
+def batch_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key=None):
+    """The same sums for ``schedule="full"`` from ``[source | target]`` alone: under the full schedule the stream
+    copy sees ``V(M+1)`` = the whole source, exactly what the batch copy sees, so its hidden states ARE the batch
+    copy's and one target copy serves as both views (``mslm`` = ``batch``; ``kl`` is the divergence of a
+    distribution from itself: 0 with the student renormalised, ``-log Z_k`` without). S + T positions instead of
+    S + 2T: batch-mode pretraining pays for one view. Equal to :func:`dual_view_loss_sums` (tested)."""
+    if obj.schedule != "full":
+        raise ValueError(f"batch_view_loss_sums needs objective.schedule='full', got {obj.schedule!r}")
+    s_cap = batch["source"].shape[1]
+    tokens, positions, mv = single_view_inputs(batch, batch["source_len"], obj)
+    embeds = _source_embeds(config, params, batch, tokens, s_cap)
+    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
+    h = hidden[:, s_cap:]
+    if obj.logit_chunk:  # the chunk loop applies the head to each view (twice here): still one view's decoder
+        return chunked_sums(config, params, h, h, batch, obj)
+    logits = hidden_to_logits(config, params, h)
+    return sums_from_logits(logits, logits, batch, obj)
+
+
+def packed_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
+    """The training objective's loss sums: :func:`batch_view_loss_sums` for ``schedule="full"`` (one view
+    suffices), else :func:`dual_view_loss_sums` (the packed dual view, one forward pass)."""
+    if obj.schedule == "full":
+        return batch_view_loss_sums(config, obj, params, batch, key)
+    return dual_view_loss_sums(config, obj, params, batch, key)
+
+
+def single_view_inputs(batch, limits, obj: ObjectiveConfig):
+    """Token ids, positions and mask vectors of ``[source | target]`` as its own sequence, target rows seeing
+    ``limits`` ([B, T_cap], or [B] for one limit per row)."""
     src, tgt = batch["source"], batch["target"]
     b, s_cap = src.shape
     t_cap = tgt.shape[1]
+    limits = jnp.asarray(limits)
+    if limits.ndim == 1:
+        limits = jnp.broadcast_to(limits[:, None], (b, t_cap))
     tokens = jnp.concatenate([src, tgt], axis=1).astype(jnp.int32)
     segment = jnp.concatenate([jnp.where(_valid(batch["source_len"], s_cap), 0, -1),
                                jnp.where(_valid(batch["header_len"] + batch["target_len"], t_cap), 1, -1)], 1)
@@ -351,8 +394,14 @@ def single_view_logits(config: ModelConfig, obj: ObjectiveConfig, params, batch,
     limit = jnp.concatenate([jnp.zeros((b, s_cap), jnp.int32), limits.astype(jnp.int32)], axis=1)
     positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(s_cap, dtype=jnp.int32), (b, s_cap)),
                                  target_positions(batch, obj)], axis=1)
-    hidden, _, _ = apply_hidden(config, params, tokens, positions, MaskVectors(segment.astype(jnp.int32), index, limit))
-    return hidden_to_logits(config, params, hidden[:, s_cap:])
+    return tokens, positions, MaskVectors(segment.astype(jnp.int32), index, limit)
+
+
+def single_view_logits(config: ModelConfig, obj: ObjectiveConfig, params, batch, limits):
+    """Target-row logits of ``[source | target]`` as its own sequence, target rows seeing ``limits``."""
+    tokens, positions, mv = single_view_inputs(batch, limits, obj)
+    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv)
+    return hidden_to_logits(config, params, hidden[:, batch["source"].shape[1]:])
 
 
 def naive_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from proactive_jax.models.qwen import init_params
-from proactive_jax.method.objective import (ObjectiveConfig, loss_fn, naive_loss_sums, pack_batch, packed_loss_sums,
-                                     token_logprobs)
+from proactive_jax.method.objective import (ObjectiveConfig, batch_view_loss_sums, dual_view_loss_sums, loss_fn,
+                                            naive_loss_sums, pack_batch, packed_loss_sums, token_logprobs)
 from proactive_jax.method.streaming import ExampleError, StreamExample
 from tests.conftest import tiny_qwen2, tiny_qwen3
 from tests.streaming_util import random_example, random_phi
@@ -54,16 +54,63 @@ def test_packed_equals_naive_losses_and_grads(name, obj):
 
 
 def test_full_schedule_makes_views_equal_and_kl_zero():
+    """In the packed dual view itself (not the batch-view shortcut), the full schedule's stream copy is the batch
+    copy: mslm == batch, kl == 0."""
     cfg = CONFIGS["qwen3"]
     params = _scaled_params(cfg, 2)
     rng = np.random.default_rng(3)
     batch = pack_batch([random_example(rng) for _ in range(4)], (24, 12), batch_size=5)
-    total, aux = jax.jit(loss_fn, static_argnums=(0, 1))(cfg, ObjectiveConfig(schedule="full"), params, batch,
-                                                            jax.random.PRNGKey(0))
+    obj = ObjectiveConfig(schedule="full")
+    sums = jax.jit(dual_view_loss_sums, static_argnums=(0, 1))(cfg, obj, params, batch, jax.random.PRNGKey(0))
+    assert abs(float(sums["batch"]) - float(sums["mslm"])) < 1e-5 * float(sums["batch"])
+    assert abs(float(sums["kl"])) < 1e-5 * float(sums["batch"])
+    total, aux = jax.jit(loss_fn, static_argnums=(0, 1))(cfg, obj, params, batch, jax.random.PRNGKey(0))
     assert np.isfinite(float(total))
     assert abs(float(aux["batch"]) - float(aux["mslm"])) < 1e-5 * float(aux["batch"])
     assert abs(float(aux["kl"])) < 1e-5
     assert int(aux["tokens"]) == sum(int(x) for x in batch["target_len"])
+
+
+@pytest.mark.parametrize("name,obj,embeds", [
+    ("qwen2", ObjectiveConfig(schedule="full", kl_topk=5, kl_lambda=0.3), False),
+    # the old KL variant (no student renormalisation) is -log Z_k > 0 on identical views: kept exactly
+    ("qwen3", ObjectiveConfig(schedule="full", kl_topk=5, kl_lambda=0.5, kl_student_renorm=False,
+                              teacher_stop_grad=False, target_offset="contiguous"), False),
+    ("qwen3", ObjectiveConfig(schedule="full", kl_topk=5, kl_lambda=0.5, kl_student_renorm=False, logit_chunk=5),
+     False),
+    ("qwen2", ObjectiveConfig(schedule="full", kl_topk=5, w_mslm=0.0, kl_lambda=0.0), True),  # audio-style embeds
+])
+def test_batch_view_equals_dual_view_under_the_full_schedule(name, obj, embeds):
+    """``schedule="full"`` runs ``[source | target]`` once (packed_loss_sums' shortcut): its sums and gradients
+    equal the packed dual view's (fp32, 1e-5), with padding rows, chunked logits and source embeddings."""
+    cfg = CONFIGS[name]
+    params = _scaled_params(cfg, 4)
+    rng = np.random.default_rng(21)
+    batch = pack_batch([random_example(rng) for _ in range(5)], (24, 12), batch_size=7)  # 2 padding rows
+    if embeds:
+        batch["source_embeds"] = rng.normal(size=(7, 24, cfg.hidden_size)).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+
+    def total(fn):
+        def f(p):
+            sums = fn(cfg, obj, p, batch, key)
+            return obj.w_batch * sums["batch"] + obj.w_mslm * sums["mslm"] + obj.kl_lambda * sums["kl"] + \
+                0.01 * sums["kl"], sums  # kl enters the gradient even where kl_lambda is 0
+        return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+    (tb, sb), gb = total(batch_view_loss_sums)(params)
+    (td, sd), gd = total(dual_view_loss_sums)(params)
+    (tp, _), _ = total(packed_loss_sums)(params)
+    assert float(tp) == float(tb), "packed_loss_sums must take the batch-view path for schedule='full'"
+    assert float(sd["batch"]) > 0
+    for term in ("batch", "mslm", "kl"):
+        assert abs(float(sb[term]) - float(sd[term])) <= 1e-5 * max(abs(float(sd[term])), float(sd["batch"])), term
+    if not obj.kl_student_renorm:
+        assert float(sd["kl"]) > 1e-3  # a non-trivial term, carried exactly
+    for a, b in zip(jax.tree_util.tree_leaves(gb), jax.tree_util.tree_leaves(gd)):
+        assert _rel_err(a, b) < 1e-5
+    with pytest.raises(ValueError, match="schedule='full'"):
+        batch_view_loss_sums(cfg, ObjectiveConfig(), params, batch, key)
 
 
 def test_token_average_is_global_under_padding():
