@@ -44,8 +44,8 @@ WORDS = tuple(w for g in GROUPS.values() for w in g)
 CATEGORIES = tuple(f"cat:{g}" for g in GROUPS)  # the speech-lookup question tokens
 CATEGORY_OF = {w: f"cat:{g}" for g, ws in GROUPS.items() for w in ws}
 SPEECH_TASKS = ("speech-transcribe", "speech-lookup")
-# default spoken words per utterance, [low, high) (with one word, speech-lookup trains to 97% in 300 steps; with
-# 3-6 it stays at chance: see the README's speech targets)
+# default spoken words per utterance, [low, high) (with the previous lexicon speech-lookup trained to 97% with one
+# word per utterance and stayed at chance with 3-6: see the README's speech targets)
 WORDS_PER_UTTERANCE = (3, 7)
 
 
