@@ -253,7 +253,8 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
     time: a ``lax.scan`` over chunks whose body is rematerialised, so only one chunk's ``[B, chunk, V]``
     logits (and their cotangents) are ever live. Equal to the unchunked sums (padded positions are masked).
     Under an abstract mesh with an ``fsdp`` axis the loop runs with the head split over the vocabulary
-    (:mod:`.vocab_sharded`), so no chip holds the whole head or its gradient."""
+    (:mod:`.vocab_sharded`), so no chip holds the whole head or its gradient. ``stream_hidden`` None: the stream
+    view is the batch view (:func:`batch_view_loss_sums`), so each chunk's logits are computed once for both."""
     from .vocab_sharded import sharded_chunked_sums, vocab_mesh
 
     labels, mask = loss_rows(batch)
@@ -268,14 +269,15 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
 
     @jax.checkpoint
     def body(acc, xs):
-        hb, hs, lab, m = (shard_rows(x) for x in xs)
-        lb, ls = hidden_to_logits(config, params, hb), hidden_to_logits(config, params, hs)
+        hb, hs, lab, m = (None if x is None else shard_rows(x) for x in xs)
+        lb = hidden_to_logits(config, params, hb)
+        ls = lb if hs is None else hidden_to_logits(config, params, hs)
         s = {"batch": nll_sum(lb, lab, m), "mslm": nll_sum(ls, lab, m),
              "kl": topk_kl_sum(lb, ls, m, obj.kl_topk, obj.teacher_stop_grad,
                                renorm_student=obj.kl_student_renorm)}
         return jax.tree.map(jnp.add, acc, s), None
 
-    xs = (split(batch_hidden), split(stream_hidden), split(labels), split(mask))
+    xs = (split(batch_hidden), None if stream_hidden is None else split(stream_hidden), split(labels), split(mask))
     mesh = vocab_mesh(config.vocab_size, b) if obj.vocab_sharded_head else None
     if mesh is not None:  # under a mesh: the head split over the vocabulary on the fsdp axis (vocab_sharded.py)
         return sharded_chunked_sums(mesh, config, params, xs, obj, top_k)
@@ -328,14 +330,6 @@ def _source_embeds(config: ModelConfig, params, batch, tokens, s_cap: int):
     return jnp.concatenate([batch["source_embeds"].astype(t_emb.dtype), t_emb], axis=1)
 
 
-def _view_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch, obj: ObjectiveConfig):
-    if obj.logit_chunk:
-        return chunked_sums(config, params, batch_hidden, stream_hidden, batch, obj)
-    t_cap = batch_hidden.shape[1]
-    logits = hidden_to_logits(config, params, jnp.concatenate([batch_hidden, stream_hidden], axis=1))
-    return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
-
-
 def dual_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key):
     """Loss sums ``{"batch", "mslm", "kl"}`` from ONE forward pass over the packed dual view
     ``[source | target batch copy | target stream copy]``.
@@ -348,7 +342,10 @@ def dual_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
     embeds = _source_embeds(config, params, batch, tokens, s_cap)
     hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
-    return _view_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
+    if obj.logit_chunk:
+        return chunked_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
+    logits = hidden_to_logits(config, params, hidden[:, s_cap:])
+    return sums_from_logits(logits[:, :t_cap], logits[:, t_cap:], batch, obj)
 
 
 def batch_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch, key=None):
@@ -364,8 +361,8 @@ def batch_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batc
     embeds = _source_embeds(config, params, batch, tokens, s_cap)
     hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
     h = hidden[:, s_cap:]
-    if obj.logit_chunk:  # the chunk loop applies the head to each view (twice here): still one view's decoder
-        return chunked_sums(config, params, h, h, batch, obj)
+    if obj.logit_chunk:  # stream_hidden None: the chunk loop applies the head once and uses it for both views
+        return chunked_sums(config, params, h, None, batch, obj)
     logits = hidden_to_logits(config, params, h)
     return sums_from_logits(logits, logits, batch, obj)
 

@@ -71,7 +71,8 @@ def _chunk_terms(w, hb, hs, lab, m, obj, top_k, n: int):
     gather = lambda x: jax.lax.all_gather(x, VOCAB_AXIS, axis=0, tiled=True)  # noqa: E731 - rows of the group
     own = lambda x: jax.lax.dynamic_slice_in_dim(x, j * b, b, axis=0)  # noqa: E731 - this chip's rows
     logits = lambda h: jnp.einsum("rcd,vd->rcv", gather(h), w).astype(jnp.float32)  # noqa: E731
-    lt, ls = logits(hb), logits(hs)
+    lt = logits(hb)
+    ls = lt if hs is None else logits(hs)  # hs None: the stream view is the batch view (schedule full)
     labels = gather(lab)
     lse_t, lse_s = _logsumexp(lt), _logsumexp(ls)
     nll_t = own(lse_t - _pick(lt, labels, j * vl))
@@ -97,17 +98,21 @@ def sharded_chunked_sums(mesh, config, params, xs, obj, top_k):
     with rows sharded over the whole mesh, the head split over the vocabulary on ``fsdp`` (one scan, each
     chunk rematerialised in the backward)."""
     rows = P(None, tuple(mesh.axis_names))
+    same = xs[1] is None  # stream_hidden None: one set of logits per chunk serves both views
+    xs = tuple(x for x in xs if x is not None)
 
-    def local(w, hb, hs, lab, m):
+    def local(w, *arrays):
         @jax.checkpoint
         def body(acc, x):
-            return jax.tree.map(jnp.add, acc, _chunk_terms(w, *x, obj, top_k, mesh.shape[VOCAB_AXIS])), None
+            hb, hs, lab, m = (x[0], None, *x[1:]) if same else x
+            return jax.tree.map(jnp.add, acc, _chunk_terms(w, hb, hs, lab, m, obj, top_k,
+                                                            mesh.shape[VOCAB_AXIS])), None
 
         axes = tuple(mesh.axis_names)
         zero = {name: jax.lax.pcast(jnp.zeros((), jnp.float32), axes, to="varying") for name in ("batch", "mslm", "kl")}
-        sums, _ = jax.lax.scan(body, zero, (hb, hs, lab, m))
+        sums, _ = jax.lax.scan(body, zero, arrays)
         return jax.tree.map(lambda s: jax.lax.psum(s, axes), sums)
 
     w = head_matrix(config, params)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(VOCAB_AXIS, None), rows, rows, rows, rows), out_specs=P())(
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(VOCAB_AXIS, None),) + (rows,) * len(xs), out_specs=P())(
         w, *xs)

@@ -39,6 +39,8 @@ def _value_and_grads(cfg, obj, params, batch, key, mesh=None):
     ("qwen2", (1, 8), 5, dict(kl_topk=20, teacher_stop_grad=False)),
     # untied head, the earlier KL variant (student's full-vocabulary log-softmax), data x fsdp mesh
     ("qwen3", (2, 4), 4, dict(kl_topk=30, kl_student_renorm=False, target_offset="contiguous")),
+    # batch-mode (schedule full): one view, one set of chunk logits for both terms; KL = -log Z_k > 0 here
+    ("qwen3", (2, 4), 4, dict(schedule="full", kl_topk=30, kl_student_renorm=False, kl_lambda=0.5)),
 ])
 def test_vocab_sharded_chunked_loss_equals_unchunked(name, mesh_shape, chunk, obj):
     cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[name](vocab_size=96)
