@@ -1,5 +1,10 @@
 """Live streaming: an incremental session over the decoder's jitted prefill and decision step.
 
+(About 540 lines on purpose: :class:`SessionBatch` is the row state machine (join, push, finish, release,
+re-prefill, the stepwise and fused paths over one cache layout) and :class:`StreamSession` a one-row view of it;
+the jitted programs themselves are in :mod:`.session_programs`. Splitting the class would split the invariants
+of that one layout across modules.)
+
 A :class:`StreamSession` serves one live source: :meth:`~StreamSession.push` takes the next source unit
 (token ids; in an audio session a waveform piece or chunk embeddings, see :mod:`.audio_session`) and
 returns the tokens the model writes in response; :meth:`~StreamSession.finish` feeds the end marker and
