@@ -78,7 +78,7 @@ class DemoConfig:
                   "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2|q0.9", "attention:tau=0.5|q0.9",
                                "alignatt:f=2"]},
         "probe_heads": ["probe:tau=0.5|3.35e-4|q0.9"],  # logit 0, -8 and q0.9: as many points as entropy
-        "speech": {"enabled": False},  # the speech stage needs its 400 steps (~2.5 min): full demo only (see demo_speech)
+        "speech": {"enabled": False},  # the speech stage needs its 1000 steps (~3.5 min): full demo only (see demo_speech)
     })
 
 
