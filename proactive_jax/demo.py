@@ -118,6 +118,12 @@ def validate_demo_config(cfg: DemoConfig) -> None:
             raise RunConfigError(f"probe_heads: {e}") from None
         if not parse_head(specs[0].spec).needs_probe:
             raise RunConfigError(f"probe_heads: {sweep!r} is not a probe head")
+    from .demo_speech import SpeechDemoConfig
+
+    try:
+        SpeechDemoConfig.from_dict(dict(cfg.speech))
+    except (TypeError, ValueError) as e:
+        raise RunConfigError(str(e) if str(e).startswith("speech") else f"speech: {e}") from None
 
 
 def _say(msg: str) -> None:
@@ -203,7 +209,6 @@ def _model_sweeps(cfg: DemoConfig, task: str, model: str) -> list[str]:
 ABLATION_FAMILIES = ("batch", "entropy", "attention")
 
 
-# Longer than ~80 lines on purpose: the five demo stages in the order they print, each a short block.
 def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int) -> dict:
     """The learned probe on the proactive model (self-labels) and the same probe on oracle labels, trained
     on ``probe_examples`` training examples per task; saved next to the run's checkpoint."""
@@ -229,7 +234,27 @@ def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """All stages; the speech stage (full demo) in a second process beside the text stages unless
+    ``speech.parallel`` is false (then after them, in this process)."""
+    from .demo_speech import SpeechDemoConfig, start_speech_process, stop_speech_process
+
+    speech_on = SpeechDemoConfig.from_dict(dict(cfg.speech)).enabled
+    job = None
+    if speech_on and SpeechDemoConfig.from_dict(dict(cfg.speech)).parallel:
+        job = start_speech_process(dict(cfg.speech), Path(cfg.out_dir) / "speech")
+        _say(f"[speech] the speech stage runs in a second process beside the text stages (log: {job.log_path})")
+    try:
+        return _run_stages(cfg, speech_on, job)
+    except BaseException:
+        if job is not None:
+            stop_speech_process(job)
+        raise
+
+
+# Longer than ~80 lines on purpose: the five demo stages in the order they print, each a short block.
+def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
     from .data import load_tokenizer, template_parts, word_start_table
+    from .demo_speech import finish_speech_process, run_speech_stage
     from .data.synthetic import ASSET_DIR
     from .method.decode import stream_decode
     from .method.trace import format_events, interleave
@@ -318,12 +343,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))
 
     speech = None
-    if dict(cfg.speech).get("enabled", True):  # the speech stage: tiny causal audio encoder + Qwen2 (demo_speech.py)
-        from .demo_speech import run_speech_stage
-
+    if speech_job is not None:
+        speech = finish_speech_process(speech_job, say=_say)
+        timings["speech"] = speech["timings_s"]["total"]
+        timings["speech_wait"] = speech["timings_s"]["waited"]  # after the text stages, waiting for the child
+    elif speech_on:
         t0 = time.perf_counter()
         speech = run_speech_stage(dict(cfg.speech), out / "speech", say=_say)
         timings["speech"] = time.perf_counter() - t0
+    if speech is not None:
         targets = targets + speech["targets"]
     timings["total"] = time.perf_counter() - t_start
     summary = {"config": dataclasses.asdict(cfg), "timings_s": timings, "targets": targets, "speech": speech,

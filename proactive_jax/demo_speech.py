@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,9 @@ PAD, EOS, AUDIO, BOS_A, EOS_A, USER_END, ASSISTANT, T_TRANSCRIBE, T_LOOKUP = ran
 @dataclasses.dataclass(frozen=True)
 class SpeechDemoConfig:
     enabled: bool = True
+    # run the stage in a second process beside the demo's text stages (both share the two cores: the demo's wall time
+    # drops from text + speech towards the longer of the two, README: "The embedded default"); False: after them
+    parallel: bool = True
     quick: bool = False
     seed: int = 0
     n_train: int = 1500  # per task
@@ -174,6 +179,12 @@ def evidence_chunks(item, K: int) -> list[int]:
     return [-(-audio_tokens_for(item.word_ends[w]) // K) for w in item.evidence_words]
 
 
+def transcript(words) -> str:
+    """The words as scored: each tone-word without its syllable hyphens (``ka-mo`` -> ``kamo``), so the WER
+    normaliser, which turns punctuation into spaces, counts one word as one word, not as 2-3 syllables."""
+    return " ".join(w.replace("-", "") for w in words)
+
+
 def evaluate(cfg: SpeechDemoConfig, acfg, params, items, feats, valid, exs) -> list[dict]:
     """Every head on the test items: quality, RCO, AIL (chunks), premature-write rate, AIL in seconds."""
     from .evaluation import metrics
@@ -194,8 +205,8 @@ def evaluate(cfg: SpeechDemoConfig, acfg, params, items, feats, valid, exs) -> l
         hyps, refs, rco, ail, early, written = [], [], [], [], 0, 0
         for it, ex, r in zip(items, aex, res):
             words = [vocab[t] for t in r.tokens if t != EOS]
-            hyps.append(" ".join(words))
-            refs.append(" ".join(it.target_words))
+            hyps.append(transcript(words))
+            refs.append(transcript(it.target_words))
             if len(r.phi):
                 rco.append(metrics.rco(r.phi, ex.M))
                 ail.append(metrics.ail(r.phi, ex.M))
@@ -306,3 +317,69 @@ def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> d
     (out / "speech_results.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "speech_table.md").write_text("\n\n".join(tables) + "\n")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage in a second process (the demo runs it beside its text stages)
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SpeechProcess:
+    proc: subprocess.Popen
+    out_dir: Path
+    log_path: Path
+    started: float
+
+
+def start_speech_process(settings: dict | None, out_dir: str | Path) -> SpeechProcess:
+    """Start :func:`run_speech_stage` in a child Python (``python -m proactive_jax.demo_speech``); its printed
+    lines go to ``out_dir/speech.log``. The settings are validated here first, so a wrong key fails at once."""
+    SpeechDemoConfig.from_dict(settings)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speech_results.json").unlink(missing_ok=True)  # never report a previous run's results
+    log_path = out / "speech.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-u", "-m", __name__, json.dumps(dict(settings or {})), str(out)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return SpeechProcess(proc, out, log_path, time.perf_counter())
+
+
+def stop_speech_process(job: SpeechProcess) -> None:
+    """Terminate a still-running child (the demo was interrupted or failed)."""
+    if job.proc.poll() is None:
+        job.proc.terminate()
+        try:
+            job.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+
+
+def finish_speech_process(job: SpeechProcess, say=print) -> dict:
+    """Wait for the child, replay its printed lines through ``say`` (so the demo's output reads as if the stage
+    had run in place) and return its summary (``speech_results.json``). A failed child raises RuntimeError
+    naming its exit status and log."""
+    t0 = time.perf_counter()
+    rc = job.proc.wait()
+    lines = job.log_path.read_text(errors="replace").splitlines()
+    if rc != 0 or not (job.out_dir / "speech_results.json").exists():
+        tail = next((ln for ln in reversed(lines) if ln.strip()), "")
+        raise RuntimeError(f"speech stage: the child process exited with status {rc} ({tail.strip()}); "
+                           f"full log: {job.log_path}")
+    for ln in lines:
+        if not ln.startswith(("WARNING:", "Failed to find host bounds")):  # libtpu's probe noise, if installed
+            say(ln)
+    summary = json.loads((job.out_dir / "speech_results.json").read_text())
+    summary["timings_s"]["waited"] = time.perf_counter() - t0
+    return summary
+
+
+def _main(argv) -> int:
+    settings, out = json.loads(argv[0]), argv[1]
+    run_speech_stage(settings, out, say=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -113,7 +113,10 @@ def test_demo_config_errors(tmp_path):
         load_demo_config(None, ["heads.lookup=[batch, 'alignatt:tau=0.5']"])
     with pytest.raises(RunConfigError, match=r"heads\.lookup: .*'f': 0 must be >= 1"):
         load_demo_config(None, ["heads.lookup=[batch, 'alignatt:f=0|2']"])
-    assert not (tmp_path / "runs").exists(), "nothing trains on a bad config"
+    with pytest.raises(RunConfigError, match=r"speech: unknown keys \['stepz'\]"):
+        load_demo_config(None, ["speech.stepz=3"])
+    assert main(["demo", "--out", str(tmp_path), "speech.stepz=3"]) == 2  # the one-line error, no traceback
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "speech").exists(), "nothing runs on a bad config"
 
 
 def test_check_targets_on_handmade_results():

@@ -1,5 +1,5 @@
 """The speech stage's pieces: synthetic tone-words, example building, the targets check (no training here:
-the stage itself runs in the full demo; see /work/coord readme notes for its measured run)."""
+the stage itself runs in the full demo; the README's speech section has its measured run)."""
 import numpy as np
 import pytest
 
@@ -109,3 +109,50 @@ def test_encoder_init_lets_the_audio_through():
     np.testing.assert_allclose(pos, 0.2 * sinusoids(*pos.shape), atol=1e-6)
     with pytest.raises(ValueError, match="encoder_init"):
         DS.demo_init(init_params(acfg, 0), DS.SpeechDemoConfig.from_dict({"encoder_init": "xavier"}))
+
+
+def test_wer_counts_tone_words_not_syllables():
+    from proactive_jax.evaluation.metrics import wer
+
+    ref, hyp = ["ka-mo", "ri-na-do", "su-pi", "ka-lu"], ["ka-mo", "ri-na-gu", "su-pi", "ka-lu"]
+    # one wrong word of four: 25%; scored on the raw hyphenated strings the normaliser would count 9 syllables
+    # with one wrong (11.1%)
+    assert wer([DS.transcript(hyp)], [DS.transcript(ref)]) == pytest.approx(25.0)
+    assert wer([" ".join(hyp)], [" ".join(ref)]) == pytest.approx(100 / 9)
+    assert DS.transcript(["su-na-ha"]) == "sunaha" and DS.transcript([]) == ""
+    assert len({DS.transcript([w]) for w in WORDS}) == len(WORDS)  # still one distinct string per word
+
+
+TINY_STAGE = {"n_train": 6, "n_test": 3, "steps": 2, "batch_size": 4, "heads": ["batch", "wait-k:k=2"]}
+
+
+def _json(x):
+    import json
+
+    return json.loads(json.dumps(x, default=str))
+
+
+def test_speech_stage_in_a_second_process_equals_in_process(tmp_path):
+    inline = DS.run_speech_stage(TINY_STAGE, tmp_path / "inline", say=lambda m: None)
+    said = []
+    child = DS.finish_speech_process(DS.start_speech_process(TINY_STAGE, tmp_path / "child"), say=said.append)
+    assert child["results"] == _json(inline["results"])  # same numbers, every head, both tasks
+    assert child["targets"] == _json(inline["targets"])
+    assert child["timings_s"]["waited"] >= 0 and child["timings_s"]["total"] > 0
+    assert any(ln.startswith("[speech 3/3] evaluate") for ln in said)  # the child's lines are replayed
+    assert (tmp_path / "child" / "speech.log").exists()
+
+
+def test_speech_child_errors_and_stop(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys"):  # bad settings fail before any child starts
+        DS.start_speech_process({"stepz": 3}, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    job = DS.start_speech_process({**TINY_STAGE, "encoder_init": "xavier"}, tmp_path / "b")
+    with pytest.raises(RuntimeError, match=r"exited with status 1 .*xavier.*full log: .*speech\.log"):
+        DS.finish_speech_process(job)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "speech_results.json").write_text("{}")  # a previous run's results are never reported
+    job = DS.start_speech_process(TINY_STAGE, tmp_path / "c")
+    assert not (tmp_path / "c" / "speech_results.json").exists()
+    DS.stop_speech_process(job)  # e.g. Ctrl-C in the demo's text stages
+    assert job.proc.poll() is not None and job.proc.returncode != 0  # terminated, not finished
