@@ -133,9 +133,22 @@ def _json(x):
 
 
 def test_speech_stage_in_a_second_process_equals_in_process(tmp_path):
-    inline = DS.run_speech_stage(TINY_STAGE, tmp_path / "inline", say=lambda m: None)
+    import json
+    import subprocess
+    import sys
+
+    # the reference: run_speech_stage called directly, in a fresh interpreter of its own (run inside the long-lived
+    # pytest process this stage's first compile once aborted XLA after ~350 other tests; a fresh process is what
+    # the demo itself is), side by side with the demo's child
+    job = DS.start_speech_process(TINY_STAGE, tmp_path / "child")
+    code = ("import json, sys; from proactive_jax.demo_speech import run_speech_stage; "
+            "run_speech_stage(json.loads(sys.argv[1]), sys.argv[2], say=lambda m: None)")
+    ref = subprocess.run([sys.executable, "-c", code, json.dumps(TINY_STAGE), str(tmp_path / "inline")],
+                         capture_output=True, text=True, timeout=600)
     said = []
-    child = DS.finish_speech_process(DS.start_speech_process(TINY_STAGE, tmp_path / "child"), say=said.append)
+    child = DS.finish_speech_process(job, say=said.append)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    inline = json.loads((tmp_path / "inline" / "speech_results.json").read_text())
     assert child["results"] == _json(inline["results"])  # same numbers, every head, both tasks
     assert child["targets"] == _json(inline["targets"])
     assert child["timings_s"]["waited"] >= 0 and child["timings_s"]["total"] > 0
