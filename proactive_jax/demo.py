@@ -238,9 +238,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     ``speech.parallel`` is false (then after them, in this process)."""
     from .demo_speech import SpeechDemoConfig, start_speech_process, stop_speech_process
 
-    speech_on = SpeechDemoConfig.from_dict(dict(cfg.speech)).enabled
+    speech_cfg = SpeechDemoConfig.from_dict(dict(cfg.speech))
+    speech_on = speech_cfg.enabled
     job = None
-    if speech_on and SpeechDemoConfig.from_dict(dict(cfg.speech)).parallel:
+    if speech_on and speech_cfg.parallel:
         job = start_speech_process(dict(cfg.speech), Path(cfg.out_dir) / "speech")
         _say(f"[speech] the speech stage runs in a second process beside the text stages (log: {job.log_path})")
     try:

@@ -328,7 +328,6 @@ class SpeechProcess:
     proc: subprocess.Popen
     out_dir: Path
     log_path: Path
-    started: float
 
 
 def start_speech_process(settings: dict | None, out_dir: str | Path) -> SpeechProcess:
@@ -342,7 +341,7 @@ def start_speech_process(settings: dict | None, out_dir: str | Path) -> SpeechPr
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-u", "-m", __name__, json.dumps(dict(settings or {})), str(out)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return SpeechProcess(proc, out, log_path, time.perf_counter())
+    return SpeechProcess(proc, out, log_path)
 
 
 def stop_speech_process(job: SpeechProcess) -> None:

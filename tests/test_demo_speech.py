@@ -169,3 +169,30 @@ def test_speech_child_errors_and_stop(tmp_path):
     assert not (tmp_path / "c" / "speech_results.json").exists()
     DS.stop_speech_process(job)  # e.g. Ctrl-C in the demo's text stages
     assert job.proc.poll() is not None and job.proc.returncode != 0  # terminated, not finished
+
+
+def test_run_demo_starts_the_child_and_stops_it_when_the_text_stages_fail(tmp_path, monkeypatch):
+    import dataclasses
+
+    from proactive_jax import demo as D
+
+    started, seen = [], []
+    real_start = DS.start_speech_process
+    monkeypatch.setattr(DS, "start_speech_process", lambda *a: started.append(real_start(*a)) or started[-1])
+
+    def failing_text_stages(cfg, speech_on, job):
+        seen.append((speech_on, job))
+        raise KeyboardInterrupt  # e.g. Ctrl-C during pretraining
+
+    monkeypatch.setattr(D, "_run_stages", failing_text_stages)
+    cfg = dataclasses.replace(D.load_demo_config(None), out_dir=str(tmp_path), speech=TINY_STAGE)
+    with pytest.raises(KeyboardInterrupt):
+        D.run_demo(cfg)
+    assert len(started) == 1 and seen == [(True, started[0])]
+    assert started[0].proc.returncode is not None and started[0].proc.returncode != 0  # terminated by run_demo
+
+    monkeypatch.setattr(D, "_run_stages", lambda cfg, speech_on, job: {"speech_on": speech_on, "job": job})
+    off = dataclasses.replace(cfg, speech={**TINY_STAGE, "parallel": False})
+    assert D.run_demo(off) == {"speech_on": True, "job": None} and len(started) == 1  # inline: no child
+    none = dataclasses.replace(cfg, speech={"enabled": False})
+    assert D.run_demo(none) == {"speech_on": False, "job": None} and len(started) == 1
