@@ -65,9 +65,9 @@ class SpeechDemoConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"speech: unknown keys {sorted(unknown)}")
-        if "heads" in d:
-            d["heads"] = tuple(d["heads"])
-        cfg = cls(**d)
+        from .training.run_config import from_dict
+
+        cfg = from_dict(cls, d, "speech")  # typed: "speech.steps: expected int ..." (heads: a list -> a tuple)
         if cfg.quick:
             q = dict(cfg.quick_overrides)
             if "heads" in q:

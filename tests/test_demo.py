@@ -116,6 +116,10 @@ def test_demo_config_errors(tmp_path):
     with pytest.raises(RunConfigError, match=r"speech: unknown keys \['stepz'\]"):
         load_demo_config(None, ["speech.stepz=3"])
     assert main(["demo", "--out", str(tmp_path), "speech.stepz=3"]) == 2  # the one-line error, no traceback
+    with pytest.raises(RunConfigError, match=r"speech\.steps"):  # typed, before a child could start with it
+        load_demo_config(None, ["speech.steps=abc"])
+    with pytest.raises(RunConfigError, match=r"speech\.parallel"):
+        load_demo_config(None, ["speech.parallel=1.5"])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "speech").exists(), "nothing runs on a bad config"
 
 
