@@ -28,7 +28,7 @@ from proactive_jax.method.decode import stream_decode  # noqa: E402
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head  # noqa: E402
 from proactive_jax.models.attention import MaskVectors  # noqa: E402
 from proactive_jax.models.qwen import abstract_params, apply_hidden, hidden_to_logits  # noqa: E402
-from proactive_jax.method.streaming import StreamExample  # noqa: E402
+from proactive_jax.data.example import StreamExample  # noqa: E402
 
 
 def bench_config() -> ModelConfig:

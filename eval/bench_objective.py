@@ -18,7 +18,7 @@ import numpy as np
 from proactive_jax.models.config import ModelConfig
 from proactive_jax.models.qwen import init_params
 from proactive_jax.method.objective import ObjectiveConfig, naive_loss_sums, pack_batch, packed_loss_sums
-from proactive_jax.method.streaming import StreamExample
+from proactive_jax.data.example import StreamExample
 
 MODELS = {
     "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,

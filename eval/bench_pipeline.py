@@ -13,7 +13,8 @@ import time
 import jax
 
 from proactive_jax.training.run_config import load_run_config
-from proactive_jax.training.data import build_data, device_batch
+from proactive_jax.training.batches import device_batch
+from proactive_jax.training.data import build_data
 from proactive_jax.training.mesh import batch_sharding, global_batch, make_mesh
 from proactive_jax.training.state import resolve_model_config
 from proactive_jax.training.step import StepSpec, build_train_step, make_optimizer, state_shardings

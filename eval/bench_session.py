@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from proactive_jax.method.decode import stream_decode  # noqa: E402
 from proactive_jax.method.session import SessionBatch  # noqa: E402
-from proactive_jax.method.streaming import StreamExample  # noqa: E402
+from proactive_jax.data.example import StreamExample  # noqa: E402
 from proactive_jax.models.config import ModelConfig  # noqa: E402
 from proactive_jax.models.qwen import abstract_params  # noqa: E402
 

@@ -69,7 +69,7 @@ def random_batches(n, batch, s_cap, t_cap, vocab, seed=0):
     import numpy as np
 
     from proactive_jax.method.objective import pack_batch
-    from proactive_jax.method.streaming import StreamExample
+    from proactive_jax.data.example import StreamExample
 
     rng = np.random.default_rng(seed)
     tok = lambda k: tuple(int(x) for x in rng.integers(10, vocab, k))  # noqa: E731
@@ -200,7 +200,7 @@ def main(argv=None):
 
     import jax
 
-    from proactive_jax.training import data as TD, mesh as TM, state as TSt
+    from proactive_jax.training import batches as TB, data as TD, mesh as TM, state as TSt
     from proactive_jax.models.config import ModelConfig, load_hf_config
     from proactive_jax.training.run_config import load_run_config
 
@@ -225,7 +225,7 @@ def main(argv=None):
         buckets = [data.train.host_batch(i)[0] for i in range(data.train.steps_per_epoch)]
         big = max(set(buckets), key=lambda b: b[0] + b[1])  # one bucket shape: one compile per mode
         steps = [i for i, b in enumerate(buckets) if b == big][:4]
-        batches = [TD.device_batch(data.train.batch_at(i)) for i in steps]
+        batches = [TB.device_batch(data.train.batch_at(i)) for i in steps]
     shape = (batches[0]["source"].shape[0], batches[0]["source"].shape[1], batches[0]["target"].shape[1])
     modes = [Mode(m, args, run, model_cfg, batches, mesh) for m in args.modes.split(",")]
     for _ in range(args.rounds):  # interleaved rounds: a contended machine slows both paths alike

@@ -69,7 +69,7 @@ class Case:
 
 
 def _cli(*args) -> list:
-    return ["-m", "proactive_jax.cli", *args]
+    return ["-m", "proactive_jax", *args]
 
 
 def _steps(run: Path) -> list:

@@ -20,4 +20,4 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
 if [ "${BENCH:-0}" = 1 ]; then
   exec python eval/bench_train.py ${BENCH_ARGS:-}
 fi
-exec python -m proactive_jax.training "$@"
+exec python -m proactive_jax train "$@"

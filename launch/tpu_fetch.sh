@@ -8,7 +8,7 @@ CONFIG=${1:?usage: tpu_fetch.sh CONFIG [STEP]}
 RUN_NAME=${RUN_NAME:-$(basename "$CONFIG" .yaml)}
 step=${2:+--step $2}
 on_worker0 "cd $REMOTE_DIR && . .venv/bin/activate && \
-  python -m proactive_jax.training export --checkpoint $BUCKET/runs/$RUN_NAME/checkpoints $step --out runs/$RUN_NAME/hf --dtype bfloat16"
+  python -m proactive_jax export --checkpoint $BUCKET/runs/$RUN_NAME/checkpoints $step --out runs/$RUN_NAME/hf --dtype bfloat16"
 mkdir -p "$REPO_ROOT/runs"
 gcloud compute tpus tpu-vm scp --recurse "$TPU_NAME":"$REMOTE_DIR/runs/$RUN_NAME" "$REPO_ROOT/runs/" "${G[@]}" --worker=0
 echo "results in $REPO_ROOT/runs/$RUN_NAME"

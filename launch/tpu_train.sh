@@ -9,4 +9,4 @@ CONFIG=${1:?usage: tpu_train.sh CONFIG [key=value ...]}; shift
 RUN_NAME=${RUN_NAME:-$(basename "$CONFIG" .yaml)}
 overrides="checkpoint.dir=$BUCKET/runs/$RUN_NAME/checkpoints out_dir=runs/$RUN_NAME $*"
 on_all "cd $REMOTE_DIR && . .venv/bin/activate && \
-  python -m proactive_jax.training $CONFIG $overrides > train-$RUN_NAME.log 2>&1; rc=\$?; tail -n 5 train-$RUN_NAME.log; exit \$rc"
+  python -m proactive_jax train $CONFIG $overrides > train-$RUN_NAME.log 2>&1; rc=\$?; tail -n 5 train-$RUN_NAME.log; exit \$rc"

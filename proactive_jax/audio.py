@@ -10,10 +10,10 @@
 Implementations live in :mod:`proactive_jax.data.audio` (features), :mod:`proactive_jax.models.audio`
 (encoder) and :mod:`proactive_jax.models.audio_config` (configs).
 """
-from .data.audio import AudioError, check_waveform, feature_mask, log_mel, log_mel_windows, read_audio, write_wav
-from .models.audio import (EncoderState, encode, encode_chunk, forward_audio, init_encoder_state, init_params,
+from proactive_jax.data.audio import AudioError, check_waveform, feature_mask, log_mel, log_mel_windows, read_audio, write_wav
+from proactive_jax.models.audio import (EncoderState, encode, encode_chunk, forward_audio, init_encoder_state, init_params,
                            output_lengths)
-from .models.audio_config import AudioModelConfig, EncoderConfig, chunk_tokens_from_ms
+from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig, chunk_tokens_from_ms
 
 __all__ = ["AudioError", "AudioModelConfig", "EncoderConfig", "EncoderState", "check_waveform", "chunk_tokens_from_ms",
            "encode", "encode_chunk", "feature_mask", "forward_audio", "init_encoder_state", "init_params", "log_mel",

@@ -5,10 +5,9 @@ read or fetched, a stale eval directory) is a ``ProactiveError`` whose message n
 (file, line, tensor, config key) and what was expected. ``proactive-jax`` turns it into one line on stderr
 and exit code 2 (:func:`proactive_jax.cli.main`); anything else is a bug and keeps its traceback.
 
-The kinds also derive from the built-in class the code raised before (``ValueError``; the checkpoint
-errors from ``RuntimeError`` too), so existing ``except ValueError`` handlers keep working. Modules keep
-their own names (``run_config.RunConfigError``, ``tasks.DataError``, ``streaming.ExampleError``, ...) as
-subclasses of these.
+The kinds also derive from the built-in class a caller may catch (``ValueError``; the checkpoint errors
+from ``RuntimeError`` too). A few modules name a narrower kind under these (``data.example.ExampleError``,
+``data.loaders.LoaderError``, ``method.probe.ProbeError``, ...).
 """
 
 from __future__ import annotations
@@ -42,6 +41,10 @@ class OfflineError(DataError):
 
 class EvalError(ProactiveError, ValueError):
     """Bad evaluation input or an eval directory that belongs to another evaluation."""
+
+
+class SessionError(ProactiveError, ValueError):
+    """Bad use of a live session (closed, bad unit); the message says which row and why."""
 
 
 class TrainingDiverged(ProactiveError, RuntimeError):

@@ -1,7 +1,7 @@
 """Random streaming examples for tests."""
 import numpy as np
 
-from proactive_jax.method.streaming import StreamExample
+from proactive_jax.data.example import StreamExample
 
 
 def random_example(rng: np.random.Generator, vocab: int = 97, max_units: int = 5, max_unit_len: int = 3,

@@ -101,18 +101,18 @@ def test_errors_are_one_hierarchy():
     from proactive_jax.data.loaders import LoaderError
     from proactive_jax.data.tasks import DataError
     from proactive_jax.evaluation.results import EvalError
-    from proactive_jax.method.streaming import ExampleError
+    from proactive_jax.data.example import ExampleError
     from proactive_jax.models.config import ConfigError
     from proactive_jax.models.safetensors_io import CheckpointError as A
     from proactive_jax.training.checkpoint import CheckpointError as B
     from proactive_jax.training.loop import TrainingDiverged
-    from proactive_jax.training.run_config import RunConfigError
+    from proactive_jax.errors import ConfigError
 
     assert A is B is E.CheckpointError and issubclass(E.CorruptCheckpointError, A)
-    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, RunConfigError, A, TrainingDiverged,
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, ConfigError, A, TrainingDiverged,
                 E.OfflineError):
         assert issubclass(cls, E.ProactiveError), cls
-    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, RunConfigError, A):
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, ConfigError, A):
         assert issubclass(cls, ValueError), cls  # existing `except ValueError` handlers keep working
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from proactive_jax.cli import main
-from proactive_jax.demo import check_targets, load_demo_config
+from proactive_jax.demo.text import check_targets, load_demo_config
 
 # the determinism check runs --quick twice with fewer steps (same stages, same code paths)
 SMALL = ["pretrain_steps=30", "finetune_steps=10", "n_test=16", "n_calib=8", "n_train=200", "progress=false",
@@ -97,28 +97,28 @@ def test_quick_demo_is_deterministic(tmp_path):
 
 
 def test_demo_config_errors(tmp_path):
-    from proactive_jax.training.run_config import RunConfigError
-    with pytest.raises(RunConfigError, match="finetune_step"):
+    from proactive_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="finetune_step"):
         load_demo_config(None, ["finetune_step=3"])
     assert main(["demo", "--out", str(tmp_path), "pretrain_steps=abc"]) == 2
-    with pytest.raises(RunConfigError, match="unknown synthetic task 'qa'"):
+    with pytest.raises(ConfigError, match="unknown synthetic task 'qa'"):
         load_demo_config(None, ["tasks=[qa]"])
-    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*unknown decision head 'greedy'"):
+    with pytest.raises(ConfigError, match=r"heads\.lookup: .*unknown decision head 'greedy'"):
         load_demo_config(None, ["heads.lookup=[greedy]"])
-    with pytest.raises(RunConfigError, match="probe_heads"):
+    with pytest.raises(ConfigError, match="probe_heads"):
         load_demo_config(None, ["heads.lookup=[batch, 'probe:tau=0.5']"])
-    with pytest.raises(RunConfigError, match="not a probe head"):
+    with pytest.raises(ConfigError, match="not a probe head"):
         load_demo_config(None, ["probe_heads=['entropy:tau=0.5']"])
-    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*alignatt has no threshold tau"):
+    with pytest.raises(ConfigError, match=r"heads\.lookup: .*alignatt has no threshold tau"):
         load_demo_config(None, ["heads.lookup=[batch, 'alignatt:tau=0.5']"])
-    with pytest.raises(RunConfigError, match=r"heads\.lookup: .*'f': 0 must be >= 1"):
+    with pytest.raises(ConfigError, match=r"heads\.lookup: .*'f': 0 must be >= 1"):
         load_demo_config(None, ["heads.lookup=[batch, 'alignatt:f=0|2']"])
-    with pytest.raises(RunConfigError, match=r"speech: unknown keys \['stepz'\]"):
+    with pytest.raises(ConfigError, match=r"speech: unknown keys \['stepz'\]"):
         load_demo_config(None, ["speech.stepz=3"])
     assert main(["demo", "--out", str(tmp_path), "speech.stepz=3"]) == 2  # the one-line error, no traceback
-    with pytest.raises(RunConfigError, match=r"speech\.steps"):  # typed, before a child could start with it
+    with pytest.raises(ConfigError, match=r"speech\.steps"):  # typed, before a child could start with it
         load_demo_config(None, ["speech.steps=abc"])
-    with pytest.raises(RunConfigError, match=r"speech\.parallel"):
+    with pytest.raises(ConfigError, match=r"speech\.parallel"):
         load_demo_config(None, ["speech.parallel=1.5"])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "speech").exists(), "nothing runs on a bad config"
 
@@ -138,7 +138,7 @@ def test_check_targets_on_handmade_results():
 def test_probe_target_against_the_best_hand_crafted_head():
     """The probe's curve area is compared with the best of entropy/attention (the issue) and, stricter,
     of entropy/attention/alignatt; the areas are the demo's curve areas (batch closes every curve)."""
-    from proactive_jax.demo import issue14_targets
+    from proactive_jax.demo.text import issue14_targets
     from proactive_jax.evaluation.results import curve_area
 
     def s(family, q, rco):
@@ -161,7 +161,7 @@ def test_probe_target_against_the_best_hand_crafted_head():
 def test_default_sweeps_include_alignatt_and_fit_the_probe_budget():
     """alignatt is swept on both tasks (full and --quick); the probe gets no more sweep points than the
     hand-crafted heads (the comparison stays fair)."""
-    from proactive_jax.evaluation.evaluate import expand_sweep
+    from proactive_jax.evaluation.sweep import expand_sweep
     for quick in (False, True):
         cfg = load_demo_config(None, quick=quick)
         n_probe = sum(len(expand_sweep(sw)) for sw in cfg.probe_heads)

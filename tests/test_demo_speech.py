@@ -3,7 +3,8 @@ the stage itself runs in the full demo; the README's speech section has its meas
 import numpy as np
 import pytest
 
-from proactive_jax import demo_speech as DS
+from proactive_jax.data import synthetic_audio as SA
+from proactive_jax.demo import speech as DS
 from proactive_jax.data.synthetic_audio import CATEGORY_OF, SYLLABLES, WORDS, make_speech_task
 from proactive_jax.models.audio import output_lengths
 
@@ -23,7 +24,7 @@ def test_synthetic_speech_is_deterministic_and_confusable():
     first = [w.split("-")[0] for w in WORDS]
     assert len(set(first)) < len(first)  # some words share their first syllable
     assert all(len(w.split("-")) in (2, 3) for w in WORDS)
-    assert len(DS.vocabulary()) == 24  # the tiny-audio preset's vocab_size (configs/tiny-speech.yaml)
+    assert len(SA.speech_vocabulary()) == 24  # the tiny-audio preset's vocab_size (configs/tiny-speech.yaml)
     positions = [make_speech_task("speech-lookup", 60, seed=2)[i].evidence_words[0] for i in range(60)]
     assert len(set(positions)) >= 4  # the answer's position varies
     assert len(set(SYLLABLES.values())) == len(SYLLABLES)
@@ -64,7 +65,7 @@ def test_build_examples_and_evidence_chunks():
         assert v == -(-it.waveform.size // 160)  # valid frames of the window
         assert sum(len(u) for u in ex.units) == int(output_lengths(np.int64(v))[1])
         assert all(len(u) == acfg.chunk for u in ex.units[:-1])
-        assert ex.prompt[-1] == DS.BOS_A and ex.end[0] == DS.EOS_A and ex.target[-1] == DS.EOS
+        assert ex.prompt[-1] == SA.BOS_A and ex.end[0] == SA.EOS_A and ex.target[-1] == SA.EOS
         ev = DS.evidence_chunks(it, acfg.chunk)
         assert ev == sorted(ev) and 1 <= ev[0] and ev[-1] <= ex.M
     with pytest.raises(ValueError, match="unknown keys"):
@@ -141,7 +142,7 @@ def test_speech_stage_in_a_second_process_equals_in_process(tmp_path):
     # pytest process this stage's first compile once aborted XLA after ~350 other tests; a fresh process is what
     # the demo itself is), side by side with the demo's child
     job = DS.start_speech_process(TINY_STAGE, tmp_path / "child")
-    code = ("import json, sys; from proactive_jax.demo_speech import run_speech_stage; "
+    code = ("import json, sys; from proactive_jax.demo.speech import run_speech_stage; "
             "run_speech_stage(json.loads(sys.argv[1]), sys.argv[2], say=lambda m: None)")
     ref = subprocess.run([sys.executable, "-c", code, json.dumps(TINY_STAGE), str(tmp_path / "inline")],
                          capture_output=True, text=True, timeout=600)
@@ -174,7 +175,7 @@ def test_speech_child_errors_and_stop(tmp_path):
 def test_run_demo_starts_the_child_and_stops_it_when_the_text_stages_fail(tmp_path, monkeypatch):
     import dataclasses
 
-    from proactive_jax import demo as D
+    from proactive_jax.demo import text as D
 
     started, seen = [], []
     real_start = DS.start_speech_process

@@ -344,7 +344,7 @@ def test_offline_loaders_fail_fast_with_one_line(trained, tmp_path):
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             if name not in env:
                 e.pop(name, None)
-        cmd = [sys.executable, "-m", "proactive_jax.cli", "eval", f"checkpoint={trained}", "task=squad",
+        cmd = [sys.executable, "-m", "proactive_jax", "eval", f"checkpoint={trained}", "task=squad",
                f"dataset={dataset}", "heads=[batch]", "progress=false", f"out_dir={tmp_path / f'e{k}'}"]
         procs.append((dataset, home, time.time(), subprocess.Popen(cmd, env=e, cwd=str(ROOT), text=True,
                                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)))

@@ -4,15 +4,15 @@ Data flows one way: dataset rows (``loaders``) -> ``TextExample`` (``tasks`` / `
 ``StreamExample`` (``render``) -> cached, bucketed, per-host batches (``pipeline``).
 ``datasets`` and ``tensorflow_datasets`` are imported lazily, only by the loaders that use them.
 """
-from .loaders import (KNOWN_DATASETS, PARQUET_REVISION, DatasetSpec, LoaderError, TfdsRows, hub_parquet_spec,
+from proactive_jax.data.loaders import (KNOWN_DATASETS, PARQUET_REVISION, DatasetSpec, LoaderError, TfdsRows, hub_parquet_spec,
                       known_dataset, load_known, load_rows, load_task)
-from .pipeline import (Pipeline, PreparedData, assign_buckets, cache_key, load_examples, normalize_buckets,
+from proactive_jax.data.pipeline import (Pipeline, PreparedData, assign_buckets, cache_key, load_examples, normalize_buckets,
                        prepare_examples, save_examples, tokenizer_fingerprint)
-from .render import (RenderConfig, TemplateParts, TextExample, render_example, split_words, template_parts,
+from proactive_jax.data.render import (RenderConfig, TemplateParts, TextExample, render_example, split_words, template_parts,
                      word_start_table)
-from .synthetic import (WORD_MAP_MAX_LOOKAHEAD, LookupConfig, WordMapConfig, build_tokenizer, load_tokenizer,
+from proactive_jax.data.synthetic import (WORD_MAP_MAX_LOOKAHEAD, LookupConfig, WordMapConfig, build_tokenizer, load_tokenizer,
                         make_task)
-from .tasks import TASKS, AdaptReport, DataError, RowRef, adapt_rows
+from proactive_jax.data.tasks import TASKS, AdaptReport, DataError, RowRef, adapt_rows
 
 __all__ = [
     "KNOWN_DATASETS", "PARQUET_REVISION", "DatasetSpec", "LoaderError", "TfdsRows", "hub_parquet_spec",

@@ -50,11 +50,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from .tasks import DataError  # errors.DataError with a `reason` (the skip counts use it)
-from ..models.audio import output_lengths
-from .audio import HOP, SAMPLING_RATE, AudioError, check_waveform, log_mel_windows, read_audio, window_features
+from proactive_jax.data.tasks import DataError  # errors.DataError with a `reason` (the skip counts use it)
+from proactive_jax.models.audio import output_lengths
+from proactive_jax.data.audio import HOP, SAMPLING_RATE, AudioError, check_waveform, log_mel_windows, read_audio, window_features
 # the row sources and the prepare-audio CLI live in .audio_sources (re-exported here: one import for users)
-from .audio_sources import (RECORD_MAGIC, ArrayRecordAudioSource, ManifestSource, RowSource,  # noqa: F401
+from proactive_jax.data.audio_sources import (RECORD_MAGIC, ArrayRecordAudioSource, ManifestSource, RowSource,  # noqa: F401
                             SyntheticAudioSource, as_source, decode_record, encode_record, prepare_audio,
                             run_prepare_audio, spec_rows)
 

@@ -29,21 +29,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .audio import AudioError, check_waveform, read_audio
-from .tasks import DataError, RowRef, get_field, text_field
+from proactive_jax.data.audio import AudioError, check_waveform, read_audio
+from proactive_jax.data.tasks import DataError, RowRef, get_field, text_field
 
 logger = logging.getLogger(__name__)
 
 ASR_INSTRUCTION = "Transcribe the speech."
 SPOKEN_QA_INSTRUCTION = "Listen to the passage and answer the question with a short span from it."
 LIBRISPEECH_CONFIGS = ("clean", "other", "all")
-WER_NORMALISERS = ("basic", "whisper")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +138,7 @@ def load_manifest(path: str | Path, *, instruction: str = ASR_INSTRUCTION, task:
 
 def librispeech_spec(config: str = "clean", split: str = "test", **kw):
     """The datasets spec of ``openslr/librispeech_asr`` (configs clean / other / all)."""
-    from .loaders import DatasetSpec
+    from proactive_jax.data.loaders import DatasetSpec
 
     if config not in LIBRISPEECH_CONFIGS:
         raise ValueError(f"librispeech config {config!r}: expected one of {LIBRISPEECH_CONFIGS}")
@@ -150,7 +148,7 @@ def librispeech_spec(config: str = "clean", split: str = "test", **kw):
 def load_audio_rows(spec, cache_dir: str | None = None):
     """Rows of an audio dataset with its audio left undecoded (``Audio(decode=False)``: bytes + path, decoded
     here offline with soundfile / the WAV reader); tfds rows as they come."""
-    from .loaders import load_rows
+    from proactive_jax.data.loaders import load_rows
 
     rows = load_rows(spec, cache_dir)
     cast = getattr(rows, "cast_column", None)
@@ -171,45 +169,3 @@ def adapt_audio_rows(rows: Iterable[Mapping], task: str, *, dataset: str = "?", 
         raise KeyError(f"unknown audio task {task!r}; expected one of {sorted(AUDIO_TASKS)}")
     fn = AUDIO_TASKS[task]
     return [fn(row, RowRef(dataset, split, i)) for i, row in enumerate(rows)]
-
-
-# ------------------------------------------------------------------------------------------- WER
-
-_BASIC = re.compile(r"[^\w\s']")
-
-
-def normalise_transcript(text: str, mode: str = "whisper") -> str:
-    """``basic``: lower case, punctuation removed, whitespace collapsed (the project's WER normalisation);
-    ``whisper``: transformers' Whisper English normaliser (spellings, numbers, contractions), as the
-    Qwen2-Audio evaluation uses it."""
-    if mode == "basic":
-        from ..evaluation.metrics import normalize_wer_text
-
-        return normalize_wer_text(text)
-    if mode == "whisper":
-        return _whisper_normaliser()(text)
-    raise ValueError(f"WER normalisation {mode!r}: expected one of {WER_NORMALISERS}")
-
-
-_WHISPER = None
-
-
-def _whisper_normaliser():
-    global _WHISPER
-    if _WHISPER is None:
-        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
-        _WHISPER = EnglishTextNormalizer({})  # the spelling map is optional; without it only British->US is skipped
-    return _WHISPER
-
-
-def wer(hyps, refs, normaliser: str = "whisper") -> dict:
-    """Corpus WER (percent) after the named normalisation; the result names it."""
-    import jiwer
-
-    if len(hyps) != len(refs):
-        raise ValueError(f"wer: {len(hyps)} hypotheses but {len(refs)} references")
-    r = [normalise_transcript(x, normaliser) for x in refs]
-    h = [normalise_transcript(x, normaliser) for x in hyps]
-    keep = [i for i, x in enumerate(r) if x]
-    return {"wer": float(100 * jiwer.wer([r[i] for i in keep], [h[i] for i in keep])), "normaliser": normaliser}

@@ -47,9 +47,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..errors import DataError, OfflineError
-from .render import TextExample
-from .tasks import AdaptReport, adapt_rows
+from proactive_jax.errors import DataError, OfflineError
+from proactive_jax.data.render import TextExample
+from proactive_jax.data.tasks import AdaptReport, adapt_rows
 
 PARQUET_REVISION = "refs/convert/parquet"
 SOURCES = ("hub", "files", "disk", "tfds")
@@ -441,3 +441,19 @@ def load_known(name: str, split: str, *, on_bad_example: str = "error", cache_di
     spec, task, opts = known_dataset(name, split)
     opts.update(overrides)
     return load_task(spec, task, on_bad_example=on_bad_example, cache_dir=cache_dir, **opts)
+
+
+def task_examples(task: str, split: str, n: int, *, seed: int = 0, dataset: DatasetSpec | None = None,
+                  adapter_options: Mapping | None = None) -> list[TextExample]:
+    """The first ``n`` TextExamples of a task's ``split``: a synthetic task is generated (``seed``), a real task
+    adapted from ``dataset`` (its split replaced by ``split``; malformed rows skipped and counted)."""
+    from proactive_jax.data.synthetic import SYNTHETIC_TASKS, make_task
+
+    if task in SYNTHETIC_TASKS:
+        return make_task(task, n, seed=seed, split=split)
+    if dataset is None:
+        raise LoaderError(f"task {task!r} needs a dataset (dataset.source/path/...)")
+    exs, _ = load_task(dataclasses.replace(dataset, split=split), task, on_bad_example="skip",
+                       **dict(adapter_options or {}))
+    return exs[:n]
+

@@ -50,9 +50,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..method.streaming import ExampleError, StreamExample
-from ..models.safetensors_io import remove_stale
-from .render import RenderConfig, TemplateParts, TextExample, render_example
+from proactive_jax.data.example import ExampleError, StreamExample
+from proactive_jax.models.safetensors_io import remove_stale
+from proactive_jax.data.render import RenderConfig, TemplateParts, TextExample, render_example
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..method.streaming import ExampleError, StreamExample
+from proactive_jax.data.example import ExampleError, StreamExample
 
 UNIT_KINDS = ("word", "token", "sentence")
 PLACEHOLDER = "\u2063PJ_PLACEHOLDER_7Q\u2063"
@@ -363,3 +363,34 @@ def word_start_table(tokenizer, vocab_size: int | None = None) -> np.ndarray:
             text = tokenizer.decode([i])
             table[i] = bool(text) and text[0].isspace()
     return table
+
+
+def eos_ids_for(tokenizer, config) -> list[int]:
+    """End-of-turn ids: ``<|im_end|>`` when the tokenizer has it, plus the config's eos ids."""
+    ids = set(config.eos_ids)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(int(im_end))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(i for i in ids if i < config.vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The audio chat layout (Qwen2-Audio)
+# ---------------------------------------------------------------------------------------------
+
+AUDIO_SPECIALS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
+
+
+def audio_parts(tok, question: str = "", system: str | None = "You are a helpful assistant.") -> dict:
+    """Token lists of the audio chat layout: prompt (system, user header, question, ``<|audio_bos|>``),
+    end (``<|audio_eos|>`` + the end of the user turn), header (the assistant turn)."""
+    missing = [t for t in AUDIO_SPECIALS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if missing:
+        raise ValueError(f"tokenizer has no {missing} tokens (a Qwen2-Audio tokenizer is needed)")
+    sys_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    q = f"{question.strip()}\n" if question.strip() else ""
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    return {"prompt": enc(f"{sys_turn}<|im_start|>user\n{q}<|audio_bos|>"), "end": enc("<|audio_eos|><|im_end|>\n"),
+            "header": enc("<|im_start|>assistant\n"), "audio_id": tok.convert_tokens_to_ids("<|AUDIO|>")}

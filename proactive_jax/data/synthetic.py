@@ -37,7 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .render import TextExample, split_words
+from proactive_jax.data.render import TextExample, split_words
 
 # ----------------------------------------------------------------------------------------------- words
 

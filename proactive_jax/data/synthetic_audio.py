@@ -43,6 +43,17 @@ GROUPS = {"ka": ("ka-mo", "ka-na-te", "ka-lu", "ka-na-no"), "ri": ("ri-ba", "ri-
 WORDS = tuple(w for g in GROUPS.values() for w in g)
 CATEGORIES = tuple(f"cat:{g}" for g in GROUPS)  # the speech-lookup question tokens
 CATEGORY_OF = {w: f"cat:{g}" for g, ws in GROUPS.items() for w in ws}
+# the speech tasks' word vocabulary: these special tokens, then WORDS, then CATEGORIES (ids are positions)
+SPECIALS = ("<pad>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|user_end|>",
+            "<|assistant|>", "<task:transcribe>", "<task:lookup>")
+PAD, EOS, AUDIO, BOS_A, EOS_A, USER_END, ASSISTANT, T_TRANSCRIBE, T_LOOKUP = range(len(SPECIALS))
+
+
+def speech_vocabulary() -> list[str]:
+    """The tiny speech models' vocabulary (no tokenizer): special tokens, tone-words, category questions."""
+    return list(SPECIALS) + list(WORDS) + list(CATEGORIES)
+
+
 SPEECH_TASKS = ("speech-transcribe", "speech-lookup")
 # default spoken words per utterance, [low, high) (with the previous lexicon speech-lookup trained to 97% with one
 # word per utterance and stayed at chance with 3-6: see the README's speech targets)

@@ -30,8 +30,8 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import DataError as _DataError
-from .render import TextExample, split_words
+from proactive_jax.errors import DataError as _DataError
+from proactive_jax.data.render import TextExample, split_words
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ AUDIO_EVAL_TASKS = ("librispeech", "spoken-squad")
 
 
 def audio_items(cfg, split: str, n: int):
-    from ..data.audio_tasks import adapt_audio_rows, load_audio_rows, load_manifest
-    from .results import EvalError
+    from proactive_jax.data.audio_tasks import adapt_audio_rows, load_audio_rows, load_manifest
+    from proactive_jax.evaluation.results import EvalError
 
     if cfg.dataset is None:
         raise EvalError(f"task {cfg.task!r} needs a dataset (dataset.source/path/...)")
@@ -32,12 +32,12 @@ def audio_items(cfg, split: str, n: int):
 
 
 def run_audio_eval(cfg, model_cfg, params, tok) -> dict:
-    from ..method.audio_decode_cli import audio_parts
-    from ..method.audio_stream import audio_embeddings, audio_example
-    from ..models.audio_config import chunk_tokens_from_ms
-    from ..models.loading import eos_ids_for
-    from .evaluate import EvalItem, evaluate_heads
-    from .results import EvalError
+    from proactive_jax.data.render import audio_parts
+    from proactive_jax.method.audio_stream import audio_embeddings, audio_example
+    from proactive_jax.models.audio_config import chunk_tokens_from_ms
+    from proactive_jax.data.render import eos_ids_for
+    from proactive_jax.evaluation.sweep import EvalItem, evaluate_heads
+    from proactive_jax.evaluation.results import EvalError
 
     if getattr(model_cfg, "model_type", None) != "qwen2_audio":
         raise EvalError(f"task {cfg.task!r} needs a qwen2_audio checkpoint, got {model_cfg.model_type}")

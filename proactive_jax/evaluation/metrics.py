@@ -31,6 +31,7 @@ by name. Prediction and reference lists of different lengths raise ``ValueError`
 """
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -491,14 +492,37 @@ def normalize_wer_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def wer(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Corpus word error rate in percent (jiwer: total edits / total reference words) after
-    :func:`normalize_wer_text` on both sides."""
+WER_NORMALISERS = ("basic", "whisper")
+
+
+def normalise_transcript(text: str, normaliser: str = "basic") -> str:
+    """``basic``: :func:`normalize_wer_text` (the project's WER normalisation); ``whisper``: transformers' Whisper
+    English normaliser (spellings, numbers, contractions), as the Qwen2-Audio evaluation uses it."""
+    if normaliser == "basic":
+        return normalize_wer_text(text)
+    if normaliser == "whisper":
+        return _whisper_normaliser()(text)
+    raise ValueError(f"WER normalisation {normaliser!r}: expected one of {WER_NORMALISERS}")
+
+
+@functools.lru_cache(maxsize=1)
+def _whisper_normaliser():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    return EnglishTextNormalizer({})  # the spelling map is optional; without it only British->US is skipped
+
+
+def wer(hyps: Sequence[str], refs: Sequence[str], normaliser: str = "basic") -> float:
+    """Corpus word error rate in percent (jiwer: total edits / total reference words) after the named
+    normalisation (:func:`normalise_transcript`) on both sides; pairs whose reference normalises to nothing
+    are left out (no words to err on)."""
     import jiwer
 
     _check_lengths(hyps, refs, "hypotheses", "references")
-    return float(100 * jiwer.wer([normalize_wer_text(r) for r in refs],
-                                 [normalize_wer_text(h) for h in hyps]))
+    r = [normalise_transcript(x, normaliser) for x in refs]
+    h = [normalise_transcript(x, normaliser) for x in hyps]
+    keep = [i for i, x in enumerate(r) if x]
+    return float(100 * jiwer.wer([r[i] for i in keep], [h[i] for i in keep]))
 
 
 QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
@@ -508,15 +532,12 @@ QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
     "accuracy": lambda preds, golds: {"accuracy": accuracy(preds, golds)},
     "rouge": rouge,
     "wer": lambda hyps, refs: {"wer": wer(hyps, refs)},
-    "wer-whisper": lambda hyps, refs: _wer_whisper(hyps, refs),
+    "wer-whisper": lambda hyps, refs: {"wer": wer(hyps, [_first(r) for r in refs], "whisper"), "normaliser": "whisper"},
 }
 
 
-def _wer_whisper(hyps, refs) -> dict:
-    """WER after Whisper's English normaliser (the Qwen2-Audio evaluation's); see data.audio_tasks."""
-    from ..data.audio_tasks import wer as audio_wer
-
-    return audio_wer(list(hyps), [r[0] if isinstance(r, (list, tuple)) else r for r in refs], "whisper")
+def _first(ref):
+    return ref[0] if isinstance(ref, (list, tuple)) else ref
 
 
 def quality(name: str, preds: Sequence, refs: Sequence) -> dict:

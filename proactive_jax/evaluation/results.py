@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import metrics as M
+from proactive_jax.evaluation import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention", "probe")
 RCO_GRID = np.linspace(0.0, 1.0, 101)
 
 
-from ..errors import EvalError  # noqa: E402,F401  (re-exported: results.EvalError)
+from proactive_jax.errors import EvalError  # noqa: E402,F401  (re-exported: results.EvalError)
 
 
 def task_quality(task: str, metric: str | None = None):
@@ -132,10 +132,10 @@ def array_digest(a) -> str:
 
 
 def params_digest(params) -> str:
-    """One digest of every leaf (the per-leaf digests of ``training.checkpoint.tree_digests``, hashed)."""
+    """One digest of every leaf (the per-leaf digests of ``training.trees.tree_digests``, hashed)."""
     import hashlib
 
-    from ..training.checkpoint import tree_digests
+    from proactive_jax.training.trees import tree_digests
 
     return hashlib.sha256(json.dumps(tree_digests(params), sort_keys=True).encode()).hexdigest()[:32]
 

@@ -1,6 +1,6 @@
 """The ProactiveLLM objective on audio: the encoder inside the same packed dual-view loss (method.md 7b).
 
-An audio training example is a :class:`~.streaming.StreamExample` whose units are chunks of ``<|AUDIO|>``
+An audio training example is a :class:`~proactive_jax.data.example.StreamExample` whose units are chunks of ``<|AUDIO|>``
 placeholders (the prompt's tokens, then the audio tokens in order, then the end marker) plus the log-mel
 features of its one encoder window. Inside the jitted loss the encoder (causal mask, ``conv_edge`` zero,
 so every row sees exactly what streaming would give it) maps the features to embeddings, which replace
@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import audio as audio_model
-from ..models.audio_config import AudioModelConfig
-from ..models.qwen import embed_ids
-from .objective import ObjectiveConfig, combine, num_loss_tokens, pack_batch, packed_loss_sums
-from .streaming import ExampleError, StreamExample
+from proactive_jax.models import audio as audio_model
+from proactive_jax.models.audio_config import AudioModelConfig
+from proactive_jax.models.qwen import embed_ids
+from proactive_jax.method.objective import ObjectiveConfig, combine, num_loss_tokens, pack_batch, packed_loss_sums
+from proactive_jax.data.example import ExampleError, StreamExample
 
 logger = logging.getLogger(__name__)
 ENCODER_MODES = ("frozen", "train")

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data.audio import HOP, N_FFT, SAMPLING_RATE, AudioError, check_waveform, mel_filters
-from ..models.audio import EncoderState, chunk_step, output_lengths
-from .session import SessionError
+from proactive_jax.data.audio import HOP, N_FFT, SAMPLING_RATE, AudioError, check_waveform, mel_filters
+from proactive_jax.models.audio import EncoderState, chunk_step, output_lengths
+from proactive_jax.errors import SessionError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _rows_where(mask, a, b, batch_axis_1: bool):
 
 def init_rows_state(config, batch: int) -> EncoderState:
     """One chunk-encoder state per row: K/V ``[layers, B, positions, heads, head_dim]``, ``pos`` [B]."""
-    from ..models.audio import init_encoder_state
+    from proactive_jax.models.audio import init_encoder_state
 
     st = init_encoder_state(config, batch)
     return st._replace(pos=jnp.zeros((batch,), jnp.int32))

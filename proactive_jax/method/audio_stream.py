@@ -1,6 +1,6 @@
 """Audio streaming examples (method.md section 7b): units are chunks of K encoder tokens.
 
-An :class:`AudioStreamExample` is a :class:`~.streaming.StreamExample` whose units are K ``<|AUDIO|>``
+An :class:`AudioStreamExample` is a :class:`~proactive_jax.data.example.StreamExample` whose units are K ``<|AUDIO|>``
 placeholder ids each (the last chunk may be shorter) and which carries ``unit_embeds``: the projected
 encoder outputs that are fed at those placeholder positions. ``prompt`` ends with ``<|audio_bos|>`` (and
 holds the question for spoken QA), ``end`` is ``<|audio_eos|>`` + the end of the user turn. Everything
@@ -21,7 +21,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from .streaming import ExampleError, StreamExample
+from proactive_jax.data.example import ExampleError, StreamExample
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def audio_embeddings(config, params, waveform, *, sampling_rate: int = 16000, ma
                      conv_edge: str = "zero", clamp: str = "running", chunk_tokens: int | None = None,
                      max_seconds: float | None = None, name: str = "waveform") -> np.ndarray:
     """The projected encoder outputs [valid tokens, hidden] of one utterance, window by window."""
-    from ..data.audio import log_mel_windows
-    from ..models.audio import encode, output_lengths
+    from proactive_jax.data.audio import log_mel_windows
+    from proactive_jax.models.audio import encode, output_lengths
 
     enc = config.encoder
     feats, fam = log_mel_windows(waveform, sampling_rate, enc.num_mel_bins, clamp=clamp, max_seconds=max_seconds,
@@ -77,7 +77,7 @@ def audio_embeddings(config, params, waveform, *, sampling_rate: int = 16000, ma
 def source_embeds(config, params, examples: Sequence[StreamExample], batch: int, source_cap: int, src) -> np.ndarray:
     """Input embeddings of every source slot [batch, source_cap, D]: table rows for token ids, the
     examples' ``unit_embeds`` at the unit positions of audio examples (used by the decode loop's READs)."""
-    from ..models.qwen import embed_ids
+    from proactive_jax.models.qwen import embed_ids
 
     out = np.array(embed_ids(config, params, jnp.asarray(src)), np.float32)
     for b, e in enumerate(examples):

@@ -40,12 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig
-from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head, write_direction
-from .objective import ObjectiveConfig, pack_batch
-from .probe import _bucket, dual_view_states, probe_logit, self_labels, sweep_schedules
-from .streaming import StreamExample
-from ..errors import EvalError
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.method.heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head, write_direction
+from proactive_jax.method.objective import ObjectiveConfig, pack_batch
+from proactive_jax.method.probe import dual_view_states, probe_logit, self_labels, sweep_schedules
+from proactive_jax.method.shapes import stream_bucket
+from proactive_jax.data.example import StreamExample
+from proactive_jax.errors import EvalError
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def calibration_pool(config: ModelConfig, params, examples: Sequence[StreamExamp
     if ws.shape[0] < V:
         ws = np.concatenate([ws, np.ones(V - ws.shape[0], bool)])
     exs = [e for _, e in pairs]
-    s_cap, t_cap, m_cap = _bucket(exs)
+    s_cap, t_cap, m_cap = stream_bucket(exs)
     obj = ObjectiveConfig(schedule="given", target_offset=target_offset)
     vals = encode_head(spec, config.num_hidden_layers)
     got = {k: [] for k in ("score", "example", "position", "reads", "write", "sufficient")}

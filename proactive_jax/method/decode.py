@@ -25,7 +25,7 @@ head-summed attention over the source slots with each slot's unit number (``Step
 for ``alignatt``) and source units fed as input embeddings instead of ids (``unit_embeds``,
 ``batch["src_embeds"]``; audio).
 
-Shapes are bucketed (:func:`bucket`: ``2^k`` or ``3 * 2^(k-1)``) so a new compilation happens per shape
+Shapes are bucketed (:func:`~proactive_jax.method.shapes.bucket`: ``2^k`` or ``3 * 2^(k-1)``) so a new compilation happens per shape
 bucket, not per example; the head's name and parameters are traced values (see :mod:`.heads`), so a tau
 sweep never recompiles. Only "does the head need attention statistics / the hidden state / the source
 attention" is static.
@@ -40,13 +40,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig
-from .probe import check_probe, probe_prob, uses_stats
-from .heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
-from ..models.attention import MaskVectors
-from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
-from . import audio_stream
-from .streaming import StreamExample
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.method.probe import check_probe, probe_prob, uses_stats
+from proactive_jax.method.shapes import bucket
+from proactive_jax.method.heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
+from proactive_jax.models.attention import MaskVectors
+from proactive_jax.models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
+from proactive_jax.method import audio_stream
+from proactive_jax.data.example import StreamExample
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
 
@@ -75,16 +76,6 @@ class DecodeResult:
     finished: bool
     logits: np.ndarray | None = None
     seconds: np.ndarray | None = None
-
-
-def bucket(x: int, minimum: int = 1) -> int:
-    """Round up to the next ``2^k`` or ``3 * 2^(k-1)`` (1, 2, 3, 4, 6, 8, 12, 16, 24, ...); at most 1/3 waste."""
-    x = max(int(x), int(minimum), 1)
-    p = 1
-    while p < x:
-        p *= 2
-    c = 3 * p // 4
-    return c if (p >= 4 and c >= x) else p
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig
-from ..models.attention import MaskVectors, row_mesh, shard_rows
-from ..models.qwen import apply_hidden, embed_ids, hidden_to_logits
-from .streaming import (ExampleError, StreamExample, full_schedule, sample_schedule, target_row_limits,
-                        validate_phi, wait_k_schedule)
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.attention import MaskVectors, row_mesh, shard_rows
+from proactive_jax.models.qwen import apply_hidden, embed_ids, hidden_to_logits
+from proactive_jax.data.example import ExampleError, StreamExample
+from proactive_jax.method.streaming import full_schedule, sample_schedule, target_row_limits, validate_phi, wait_k_schedule
 
 SCHEDULES = ("multinomial", "full", "wait-k", "given")
 
@@ -255,7 +255,7 @@ def chunked_sums(config: ModelConfig, params, batch_hidden, stream_hidden, batch
     Under an abstract mesh with an ``fsdp`` axis the loop runs with the head split over the vocabulary
     (:mod:`.vocab_sharded`), so no chip holds the whole head or its gradient. ``stream_hidden`` None: the stream
     view is the batch view (:func:`batch_view_loss_sums`), so each chunk's logits are computed once for both."""
-    from .vocab_sharded import sharded_chunked_sums, vocab_mesh
+    from proactive_jax.method.vocab_sharded import sharded_chunked_sums, vocab_mesh
 
     labels, mask = loss_rows(batch)
     b, t, d = batch_hidden.shape

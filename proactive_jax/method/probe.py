@@ -35,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig
-from ..models.qwen import apply_hidden, hidden_to_logits
-from .heads import normalised_entropy
-from .objective import ObjectiveConfig, loss_rows, pack_batch, packed_inputs, stream_limits
-from .streaming import StreamExample
-from ..errors import ProactiveError
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.qwen import apply_hidden, hidden_to_logits
+from proactive_jax.method.heads import normalised_entropy
+from proactive_jax.method.objective import ObjectiveConfig, loss_rows, pack_batch, packed_inputs, stream_limits
+from proactive_jax.method.shapes import stream_bucket
+from proactive_jax.data.example import StreamExample
+from proactive_jax.errors import ProactiveError
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ def oracle_read_counts(text_example, num_target_tokens: int) -> np.ndarray:
     its aligned source words (its own word, and the noun after an adjective when the pair is swapped);
     the end-of-turn token needs the end marker (n = M+1: a sentence may always go on with "and").
     Needs a word-level tokenizer (one token per word), like the shipped synthetic one."""
-    from ..data.synthetic import WORD_MAP_DICT
+    from proactive_jax.data.synthetic import WORD_MAP_DICT
 
     M = len(text_example.units)
     if text_example.task == "lookup":
@@ -212,12 +213,6 @@ class ProbeData:
     example: np.ndarray  # [N] example index
 
 
-def _bucket(examples):
-    from .decode import bucket
-    return (bucket(max(e.S for e in examples), 8), bucket(max(e.T for e in examples), 4),
-            bucket(max(e.M for e in examples)))
-
-
 # Longer than ~80 lines would be a smell; this is the host loop over schedules and chunks, nothing more.
 def collect(config: ModelConfig, params, examples: Sequence[StreamExample], *, eps: float = 0.1,
             multinomial_draws: int = 2, sweep: bool = True, oracle: Sequence[np.ndarray] | None = None,
@@ -227,14 +222,14 @@ def collect(config: ModelConfig, params, examples: Sequence[StreamExample], *, e
     Schedules per example: ``multinomial_draws`` budget draws (method.md section 4) and, with ``sweep``,
     every constant read count 0..M. Labels: self-labels with ``eps``, or, with ``oracle`` (per example
     the per-token read counts of :func:`oracle_read_counts`), ``n >= oracle[j]``."""
-    from .objective import batch_schedules
+    from proactive_jax.method.objective import batch_schedules
 
     examples = list(examples)
     if not examples:
         raise ProbeError("no examples to collect probe states from")
     if oracle is not None and len(oracle) != len(examples):
         raise ProbeError(f"{len(oracle)} oracle label rows for {len(examples)} examples")
-    s_cap, t_cap, m_cap = _bucket(examples)
+    s_cap, t_cap, m_cap = stream_bucket(examples)
     obj = ObjectiveConfig(schedule="multinomial", trailing_reads=trailing_reads, target_offset=target_offset)
     feats, labels, ns, exs = [], [], [], []
     for start in range(0, len(examples), batch_size):

@@ -42,19 +42,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.config import ModelConfig
-from .decode import DecodeResult, StepShapes, _check_ids, _vocab_table, bucket
-from .session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
-from .heads import HeadSpec, encode_head, parse_head
-from ..errors import ProactiveError
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.method.decode import DecodeResult, StepShapes, _check_ids, _vocab_table
+from proactive_jax.method.shapes import bucket
+from proactive_jax.method.session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
+from proactive_jax.method.heads import HeadSpec, encode_head, parse_head
+from proactive_jax.errors import SessionError
 
 log = logging.getLogger(__name__)
 
 M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read count
-
-
-class SessionError(ProactiveError, ValueError):
-    """Bad use of a session (closed, bad unit); the message says which row and why."""
 
 
 
@@ -118,7 +115,7 @@ class SessionBatch:
                  clock: Callable[[], float] = time.perf_counter):
         self.audio = None
         if getattr(config, "model_type", None) == "qwen2_audio":  # live audio: see .audio_session
-            from .audio_session import AudioRows
+            from proactive_jax.method.audio_session import AudioRows
 
             self.audio = AudioRows(config, params, len(prompts))
             self.audio_token_id = int(config.audio_token_index)
@@ -452,12 +449,12 @@ class StreamSession:
         """Prompt, end and header rendered from the tokenizer's chat template exactly as offline examples
         are (:func:`proactive_jax.data.render_example`); eos ids and the word-start table from the
         tokenizer unless given. Use :meth:`push_text` to push words."""
-        from ..data import TextExample, render_example, template_parts, word_start_table
-        from ..models.loading import eos_ids_for
+        from proactive_jax.data import TextExample, render_example, template_parts, word_start_table
+        from proactive_jax.data.render import eos_ids_for
 
         text_cfg = getattr(config, "text", config)
         if text_cfg is not config:  # audio: the audio chat layout (prompt ends with <|audio_bos|>)
-            from .audio_decode_cli import audio_parts
+            from proactive_jax.data.render import audio_parts
 
             parts = audio_parts(tokenizer, prompt_text, "You are a helpful assistant." if system is None else system)
         else:

@@ -17,9 +17,9 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from ..models.config import ModelConfig
-from ..models.qwen import embed_ids
-from .decode import StepShapes, decision_step, prefill
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.qwen import embed_ids
+from proactive_jax.method.decode import StepShapes, decision_step, prefill
 
 log = logging.getLogger(__name__)
 

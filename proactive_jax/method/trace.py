@@ -8,8 +8,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from .decode import DecodeResult
-from .streaming import StreamExample
+from proactive_jax.method.decode import DecodeResult
+from proactive_jax.data.example import StreamExample
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ Key ``k`` is visible to query ``q`` iff ``seg[k] >= 0`` and
 Source tokens therefore never see target tokens, and the source must occupy indices ``0..S-1``.
 The boolean mask exists only inside :func:`visibility_mask`, called from the attention function.
 
-:func:`dense_attention` is the reference XLA path (fp32 scores and softmax); fused kernels (splash / Pallas
+:func:`dense_attention` is the reference XLA path (fp32 scores and softmax); fused kernels (Pallas
 on TPU, cuDNN on GPU) take the same ``(q, keys, values)`` plus the mask vectors and must equal it.
 """
 
@@ -157,7 +157,7 @@ def pallas_attention(q: Array, keys: Array, values: Array, qv: MaskVectors, k_se
                      k_index: Array, **kw) -> Array:
     """The block-sparse Pallas flash-attention kernel fed by the mask vectors (see :mod:`.pallas_attention`):
     compiled by Mosaic on TPU, Pallas interpret mode elsewhere; ``shard_map`` over the batch under a mesh."""
-    from .pallas_attention import flash_attention
+    from proactive_jax.models.pallas_attention import flash_attention
 
     return flash_attention(q, keys, values, qv.segment, qv.index, qv.limit, k_segment, k_index, **kw)
 
@@ -169,17 +169,17 @@ def _log_once(msg: str) -> None:
 
 def attend(impl: str, q: Array, keys: Array, values: Array, qv: MaskVectors, k_segment: Array,
            k_index: Array) -> Array:
-    """Attention output ``[B, Tq, KV, G, D]`` by ``model.attention``: "dense" (reference), "splash" (the
-    block-sparse Pallas kernel, :func:`pallas_attention`), "cudnn" (GPU), "auto" (splash on TPU, cuDNN on GPU,
+    """Attention output ``[B, Tq, KV, G, D]`` by ``model.attention``: "dense" (reference), "pallas" (the
+    block-sparse Pallas kernel, :func:`pallas_attention`), "cudnn" (GPU), "auto" (pallas on TPU, cuDNN on GPU,
     dense elsewhere; chosen at lowering time by ``jax.lax.platform_dependent``)."""
     args = (q, keys, values, qv, k_segment, k_index)
     if impl == "dense":
         return dense_from_vectors(*args)
-    if impl == "splash":
+    if impl == "pallas":
         return pallas_attention(*args)
     if impl == "cudnn":
         return cudnn_attention(*args)
     if impl == "auto":
         return jax.lax.platform_dependent(*args, tpu=pallas_attention, cuda=cudnn_attention,
                                           default=dense_from_vectors)
-    raise ValueError(f"model.attention={impl!r}; expected dense, splash, cudnn or auto")
+    raise ValueError(f"model.attention={impl!r}; expected dense, pallas, cudnn or auto")

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .attention import dense_attention
-from .audio_config import CONV_EDGES, AudioModelConfig, EncoderConfig, check_chunk_tokens, parse_encoder_mask
+from proactive_jax.models.attention import dense_attention
+from proactive_jax.models.audio_config import CONV_EDGES, AudioModelConfig, EncoderConfig, check_chunk_tokens, parse_encoder_mask
 
 logger = logging.getLogger(__name__)
 Array = jax.Array
@@ -87,7 +87,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.
 def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
     """The decoder's parameters with numpy (norm weights one, biases zero, the rest normal(0.02)): the
     same distribution as :func:`proactive_jax.models.qwen.init_params`, without compiling flax's init."""
-    from .qwen import abstract_params as text_abstract
+    from proactive_jax.models.qwen import abstract_params as text_abstract
 
     def leaf(path, x):
         name = getattr(path[-1], "key", "")
@@ -110,7 +110,7 @@ def init_params(config: AudioModelConfig, seed: int = 0) -> dict:
 
 def abstract_params(config: AudioModelConfig) -> dict:
     """Parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
-    from .qwen import abstract_params as text_abstract
+    from proactive_jax.models.qwen import abstract_params as text_abstract
 
     tree = _encoder_tree(config.encoder, config.text.hidden_size,
                          lambda kind, shape: jax.ShapeDtypeStruct(shape, jnp.float32))
@@ -359,7 +359,7 @@ def encode_chunk(config: AudioModelConfig, params, state: EncoderState, mel_chun
 def scatter_audio(config: AudioModelConfig, params, input_ids, audio_embeds, audio_valid):
     """Token embeddings of ``input_ids`` with the valid audio embeddings put, in order, into the
     ``<|AUDIO|>`` slots (the i-th placeholder of the batch, row-major, gets the i-th valid audio token)."""
-    from .qwen import embed_ids
+    from proactive_jax.models.qwen import embed_ids
 
     x = embed_ids(config.text, params["language_model"], input_ids).astype(jnp.float32)
     flat = audio_embeds.reshape(-1, audio_embeds.shape[-1])
@@ -372,7 +372,7 @@ def scatter_audio(config: AudioModelConfig, params, input_ids, audio_embeds, aud
 
 def lm_logits_from_embeds(text_cfg, lm_params, embeds, positions, mask_vec):
     """The Qwen2 decoder's logits on input embeddings ``[B, T, D]`` (no token lookup)."""
-    from . import qwen
+    from proactive_jax.models import qwen
 
     ids = jnp.zeros(embeds.shape[:2], jnp.int32)
     h, _, _ = qwen.apply_hidden(text_cfg, lm_params, ids, positions, mask_vec, input_embeds=embeds)
@@ -380,7 +380,7 @@ def lm_logits_from_embeds(text_cfg, lm_params, embeds, positions, mask_vec):
 
 
 def _forward_audio_fn(config: AudioModelConfig, encoder_mask: str, params, input_ids, feats, valid):
-    from .attention import causal_vectors
+    from proactive_jax.models.attention import causal_vectors
 
     k = config.chunk
     audio = _encode_fn(config, encoder_mask, "lookahead", k, params, feats, valid)

@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 
-from .audio import forward_audio, output_lengths
-from .audio_config import AudioModelConfig
+from proactive_jax.models.audio import forward_audio, output_lengths
+from proactive_jax.models.audio_config import AudioModelConfig
 
 logger = logging.getLogger(__name__)
 

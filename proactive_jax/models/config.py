@@ -24,10 +24,17 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # rematerialisation of each decoder layer in the backward pass (``model.remat``); True = "full", False = "none"
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention_out")
 # attention implementation (``model.attention``); see models/attention.py
-ATTENTION_IMPLS = ("dense", "splash", "cudnn", "auto")
+ATTENTION_IMPLS = ("dense", "pallas", "cudnn", "auto")
+# former spellings -> the name they have now (a one-line error names the new one)
+RENAMED_ATTENTION_IMPLS = {"splash": "pallas"}
 
 
-from ..errors import ConfigError  # noqa: E402,F401  (re-exported: models.config.ConfigError)
+def renamed_attention_message(name: str) -> str:
+    return (f"attention {name!r} is now called {RENAMED_ATTENTION_IMPLS[name]!r} (this package's block-sparse Pallas "
+            f"kernel; it is not JAX's splash attention): set model.attention={RENAMED_ATTENTION_IMPLS[name]}")
+
+
+from proactive_jax.errors import ConfigError  # noqa: E402,F401  (re-exported: models.config.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +81,8 @@ class ModelConfig:
             raise ConfigError(f"dtype {self.dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"remat {self.remat!r} is not supported; expected true/false or one of {REMAT_POLICIES}")
+        if self.attention in RENAMED_ATTENTION_IMPLS:
+            raise ConfigError(renamed_attention_message(self.attention))
         if self.attention not in ATTENTION_IMPLS:
             raise ConfigError(f"attention {self.attention!r} is not supported; expected one of {ATTENTION_IMPLS}")
         if self.num_attention_heads % self.num_key_value_heads:

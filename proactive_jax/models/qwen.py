@@ -18,9 +18,9 @@ import flax.linen as nn
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from .attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows, source_attention,
+from proactive_jax.models.attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows, source_attention,
                         stream_attention_stats, visibility_mask)
-from .config import ModelConfig, rope_frequencies
+from proactive_jax.models.config import ModelConfig, rope_frequencies
 
 Array = jax.Array
 

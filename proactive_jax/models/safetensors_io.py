@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 
-from ..errors import CheckpointError, CorruptCheckpointError  # noqa: F401  (re-exported)
+from proactive_jax.errors import CheckpointError, CorruptCheckpointError  # noqa: F401  (re-exported)
 
 
 def _np_dtypes() -> dict[str, np.dtype]:

@@ -24,7 +24,6 @@ store opens (orbax's ``cleanup_tmp_directories``; only names orbax itself gives 
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import logging
@@ -34,110 +33,21 @@ from typing import Any
 
 import jax
 
-from ..models.config import ModelConfig, _freeze_rope_scaling
+from proactive_jax.errors import CheckpointError, CorruptCheckpointError
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.kinds import abstract_params_of, model_config_from_dict
+from proactive_jax.training.trees import tree_digests
 
 log = logging.getLogger(__name__)
 
 ITEMS = ("params", "train", "meta")
 
 
-from ..errors import CheckpointError, CorruptCheckpointError  # noqa: E402,F401  (re-exported)
-
 
 def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-def model_config_to_dict(cfg: ModelConfig) -> dict:
-    if getattr(cfg, "model_type", None) == "qwen2_audio":  # AudioModelConfig: its text decoder as below
-        return {"model_type": "qwen2_audio", "text": model_config_to_dict(cfg.text),
-                "encoder": dataclasses.asdict(cfg.encoder), "audio_token_index": cfg.audio_token_index,
-                "chunk_tokens": cfg.chunk_tokens}
-    d = dataclasses.asdict(cfg)
-    if cfg.rope_scaling is not None:
-        d["rope_scaling"] = dict(cfg.rope_scaling)
-    if isinstance(cfg.eos_token_id, tuple):
-        d["eos_token_id"] = list(cfg.eos_token_id)
-    return d
-
-
-def model_config_from_dict(d: dict) -> ModelConfig:
-    if d.get("model_type") == "qwen2_audio":
-        from ..models.audio_config import AudioModelConfig, EncoderConfig
-
-        names = {f.name for f in dataclasses.fields(EncoderConfig)}
-        return AudioModelConfig(text=model_config_from_dict(d["text"]),
-                                encoder=EncoderConfig(**{k: v for k, v in d["encoder"].items() if k in names}),
-                                audio_token_index=int(d["audio_token_index"]), chunk_tokens=d.get("chunk_tokens"))
-    d = dict(d)
-    d["rope_scaling"] = _freeze_rope_scaling(d.get("rope_scaling"))
-    if isinstance(d.get("eos_token_id"), list):
-        d["eos_token_id"] = tuple(d["eos_token_id"])
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in d.items() if k in names})
-
-
-_MIX = (0x9E3779B9, 0x85EBCA6B)
-
-
-def _mix32(v):
-    """lowbias32: a bijection of uint32 with good avalanche (so digests catch any changed bit)."""
-    import jax.numpy as jnp
-
-    v = v ^ (v >> 16)
-    v = v * jnp.uint32(0x7FEB352D)
-    v = v ^ (v >> 15)
-    v = v * jnp.uint32(0x846CA68B)
-    return v ^ (v >> 16)
-
-
-def _leaf_digest(x):
-    import jax.numpy as jnp
-
-    if x.dtype.itemsize == 4:
-        u = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    elif x.dtype.itemsize == 2:
-        u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    elif x.dtype == jnp.bool_ or x.dtype.itemsize == 1:
-        u = x.astype(jnp.uint32)
-    else:  # 8-byte leaves do not occur (x64 is off); fold both halves
-        u = jax.lax.bitcast_convert_type(x, jnp.uint32).sum(-1, dtype=jnp.uint32)
-    pos = jnp.zeros(u.shape, jnp.uint32)
-    stride = 1
-    for d in range(u.ndim - 1, -1, -1):  # the linear index, from iotas (fused, never materialised)
-        pos = pos + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(stride & 0xFFFFFFFF)
-        stride *= u.shape[d]
-    a = _mix32(u + pos * jnp.uint32(_MIX[0]))
-    b = _mix32(u ^ _mix32(pos + jnp.uint32(_MIX[1])))
-    return jnp.stack([jnp.sum(a, dtype=jnp.uint32), jnp.sum(b, dtype=jnp.uint32)])
-
-
-_digest_fn = None
-
-
-def tree_digests(tree) -> dict[str, str]:
-    """``{leaf path: 16 hex digits}`` of a tree of arrays (jitted on the devices the arrays live on)."""
-    global _digest_fn
-    from .state import host_value
-
-    if _digest_fn is None:
-        _digest_fn = jax.jit(lambda t: jax.tree.map(_leaf_digest, t))
-    flat = jax.tree_util.tree_flatten_with_path(_digest_fn(tree))[0]
-    out = {}
-    for path, d in flat:
-        v = host_value(d)
-        out[leaf_name(path)] = f"{int(v[0]):08x}{int(v[1]):08x}"
-    return out
-
-
-def leaf_name(path) -> str:
-    """``layers/mlp/up_proj/kernel`` for a tree path (dict keys, sequence indices, attributes)."""
-    parts = []
-    for k in path:
-        parts.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-    return "/".join(parts)
 
 
 def verify_digests(saved: dict | None, restored, where: str, hint: str = "") -> None:
@@ -372,15 +282,6 @@ class CheckpointStore:
         return out.params, (out.train if abstract_train is not None else None), meta
 
 
-def abstract_params_of(cfg):
-    """The parameter tree's shapes (``ShapeDtypeStruct``) of a text or a qwen2_audio model."""
-    if getattr(cfg, "model_type", None) == "qwen2_audio":
-        from ..models.audio import abstract_params
-    else:
-        from ..models.qwen import abstract_params
-    return abstract_params(cfg)
-
-
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -428,7 +329,7 @@ def export(run_dir: str | Path, step: int | None = None, out_hf_dir: str | Path 
            dtype: str = "float32", tokenizer_dir: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
     """Write the params of ``run_dir`` (a run or checkpoints directory) at ``step`` (default latest) as a
     Hugging Face directory; the tokenizer is copied from ``tokenizer_dir`` or the run's tokenizer."""
-    from ..models.hf import save_pretrained
+    from proactive_jax.models.hf import save_pretrained
 
     if out_hf_dir is None:
         raise ValueError("export: out_hf_dir is required")

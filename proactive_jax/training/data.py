@@ -6,23 +6,15 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
-from ..method.objective import pack_batch
-from ..models.config import ModelConfig
-from .run_config import DataSection, RunConfig, RunConfigError
+from proactive_jax.method.objective import pack_batch
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.errors import ConfigError
+from proactive_jax.training.batches import DataBundle
+from proactive_jax.training.run_config import DataSection, RunConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class DataBundle:
-    train: Any  # data.pipeline.Pipeline
-    valid: Any | None
-    tokenizer_dir: str | None
-    vocab_size: int
 
 
 def _collate(m_cap):
@@ -33,7 +25,7 @@ def _collate(m_cap):
 
 def _text_examples(data: DataSection, split: str, max_rows: int | None, *, n_synthetic: int | None = None):
     """``(dataset key, zero-arg loader of TextExamples)`` for the configured task and ``split``."""
-    from ..data import loaders, synthetic
+    from proactive_jax.data import loaders, synthetic
 
     if data.task == "synthetic":
         syn = data.synthetic
@@ -49,12 +41,12 @@ def _text_examples(data: DataSection, split: str, max_rows: int | None, *, n_syn
         return f"synthetic:{','.join(syn.tasks)}:{n}:{syn.seed}:{split}", load
     if data.task == "custom":
         if data.dataset is None or data.adapter is None:
-            raise RunConfigError("data.task=custom needs data.dataset (a DatasetSpec) and data.adapter")
+            raise ConfigError("data.task=custom needs data.dataset (a DatasetSpec) and data.adapter")
         spec = dataclasses.replace(data.dataset, split=split, max_rows=max_rows)
         adapter, opts = data.adapter, dict(data.adapter_options)
     else:
         if data.task not in loaders.KNOWN_DATASETS:
-            raise RunConfigError(f"data.task={data.task!r}: expected 'synthetic', 'custom' or one of "
+            raise ConfigError(f"data.task={data.task!r}: expected 'synthetic', 'custom' or one of "
                                  f"{sorted(loaders.KNOWN_DATASETS)}")
         spec, adapter, opts = loaders.known_dataset(data.task, split)
         spec = dataclasses.replace(spec, max_rows=max_rows)
@@ -72,17 +64,17 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
     """Tokenizer, rendered + cached examples and the deterministic per-host pipelines (train, valid)."""
     from transformers import AutoTokenizer
 
-    from ..data import pipeline as pl
-    from ..data import synthetic
+    from proactive_jax.data import pipeline as pl
+    from proactive_jax.data import synthetic
 
-    from .run_config import AUDIO_TASKS
+    from proactive_jax.training.run_config import AUDIO_TASKS
 
-    if run.data.task in AUDIO_TASKS:  # speech: waveforms -> log-mel in the collate (training.audio_data)
-        from .audio_data import build_audio_data
+    if run.data.task in AUDIO_TASKS:  # speech: waveforms -> log-mel in the collate (training.audio_batches)
+        from proactive_jax.training.audio_batches import build_audio_data
 
         return build_audio_data(run, model_cfg, host_index=host_index, host_count=host_count, n_devices=n_devices)
     if getattr(model_cfg, "model_type", None) == "qwen2_audio":
-        raise RunConfigError(f"model is qwen2_audio but data.task={run.data.task!r} is a text task; expected one of "
+        raise ConfigError(f"model is qwen2_audio but data.task={run.data.task!r} is a text task; expected one of "
                              f"{list(AUDIO_TASKS)}")
     data = run.data
     tok_dir = data.tokenizer or (str(synthetic.ASSET_DIR) if data.task == "synthetic" else run.model.hf_dir)
@@ -90,12 +82,12 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
         raise FileNotFoundError(f"data.tokenizer={tok_dir}: tokenizer directory does not exist")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     if len(tokenizer) > model_cfg.vocab_size:
-        raise RunConfigError(f"the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's vocab_size "
+        raise ConfigError(f"the tokenizer in {tok_dir} has {len(tokenizer)} tokens but the model's vocab_size "
                              f"is {model_cfg.vocab_size} (model.config.vocab_size)")
     cache_dir = data.cache_dir or str(Path(run.out_dir) / "cache")
     micro = data.micro_batch_size or data.global_batch_size
     if micro % n_devices:
-        raise RunConfigError(f"the (micro)batch of {micro} rows (data.micro_batch_size or data.global_batch_size) "
+        raise ConfigError(f"the (micro)batch of {micro} rows (data.micro_batch_size or data.global_batch_size) "
                              f"must be a multiple of the {n_devices} devices of the mesh")
 
     def pipeline(split, max_rows, batch_size, n_syn=None):
@@ -104,7 +96,7 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
         prepared = pl.prepare_examples(load, tokenizer, data.render, dataset_key=key, cache_dir=cache_dir,
                                        on_bad_example=data.on_bad_example, source_bound=bound)
         if not prepared.examples:
-            raise RunConfigError(f"data.task={data.task!r} split {split!r}: no usable examples (skipped: "
+            raise ConfigError(f"data.task={data.task!r} split {split!r}: no usable examples (skipped: "
                                  f"{prepared.skipped or 'none'}; the largest of data.buckets={list(data.buckets)} "
                                  "bounds the source length)")
         return pl.Pipeline(prepared.examples, [tuple(b) for b in data.buckets], global_batch_size=batch_size,
@@ -119,13 +111,3 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
     if want_valid:
         valid = pipeline(data.valid_split or "valid", data.max_valid_rows, micro, n_syn=data.synthetic.n_valid)
     return DataBundle(train, valid, str(tok_dir), len(tokenizer))
-
-
-def device_batch(host_batch: dict) -> dict:
-    """Pipeline output -> the arrays the step takes (``valid`` folded into ``example_mask``)."""
-    b = {k: v for k, v in host_batch.items() if k not in ("valid", "example_index")}
-    if "valid" in host_batch:
-        b["example_mask"] = (np.asarray(b["example_mask"]) * np.asarray(host_batch["valid"])).astype(np.int32)
-    return b
-
-

@@ -31,19 +31,23 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from ..models.config import ModelConfig
-from .checkpoint import CheckpointStore, model_config_to_dict
-from .data import build_data, device_batch
-from .logs import MetricsLog, SignalFlag, preemption_service, should_stop
-from .mesh import batch_sharding, global_batch, make_mesh, maybe_initialize_distributed
-from .run_config import RunConfig, dump_run_config, to_dict
-from .state import host_value, resolve_model_config, restore_or_init
-from .step import StepSpec, build_eval_sums, build_train_step, make_spec, make_state_optimizer, state_shardings
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.kinds import model_config_to_dict
+from proactive_jax.training.checkpoint import CheckpointStore
+from proactive_jax.training.batches import device_batch
+from proactive_jax.training.data import build_data
+from proactive_jax.training.logs import MetricsLog, SignalFlag, preemption_service, should_stop
+from proactive_jax.training.mesh import batch_sharding, global_batch, make_mesh, maybe_initialize_distributed
+from proactive_jax.config import to_dict
+from proactive_jax.training.run_config import RunConfig, dump_run_config
+from proactive_jax.training.state import resolve_model_config, restore_or_init
+from proactive_jax.training.trees import host_value
+from proactive_jax.training.step import StepSpec, build_eval_sums, build_train_step, make_spec, make_state_optimizer, state_shardings
 
 log = logging.getLogger(__name__)
 
 
-from ..errors import TrainingDiverged  # noqa: E402,F401  (re-exported: loop.TrainingDiverged)
+from proactive_jax.errors import TrainingDiverged  # noqa: E402,F401  (re-exported: loop.TrainingDiverged)
 
 
 @dataclasses.dataclass
@@ -208,7 +212,7 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
         start = int(host_value(state["step"]))
         if start > 0 and source.startswith("resumed") and hasattr(data.train, "restore_stream"):
             # a streamed train set (audio.stream): its state at `start` is in that checkpoint's meta
-            from .audio_data import STREAM_META_KEY
+            from proactive_jax.training.audio_batches import STREAM_META_KEY
 
             data.train.restore_stream(store.restore_meta(start).get(STREAM_META_KEY), start)
     except BaseException:
@@ -233,7 +237,7 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
     def save(step: int, st) -> None:
         meta = {**meta_base, "step": step, "epoch": step / steps_per_epoch}
         if hasattr(data.train, "stream_state"):  # audio.stream: every host's stream state (exact resume)
-            from .audio_data import STREAM_META_KEY
+            from proactive_jax.training.audio_batches import STREAM_META_KEY
 
             meta[STREAM_META_KEY] = data.train.stream_state()
         store.save(step, st["params"], st["opt_state"], meta, state_step=st["step"])

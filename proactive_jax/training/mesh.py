@@ -16,7 +16,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from .run_config import MeshSection, RunConfigError
+from proactive_jax.errors import ConfigError
+
+from proactive_jax.training.run_config import MeshSection
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +70,17 @@ def make_mesh(sec: MeshSection, devices: Sequence | None = None) -> Mesh:
     n = len(devices)
     data, fsdp = sec.data, sec.fsdp
     if data == -1 and fsdp == -1:
-        raise RunConfigError("mesh: at most one of mesh.data, mesh.fsdp may be -1")
+        raise ConfigError("mesh: at most one of mesh.data, mesh.fsdp may be -1")
     if data == -1:
         if fsdp <= 0 or n % fsdp:
-            raise RunConfigError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
+            raise ConfigError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
         data = n // fsdp
     if fsdp == -1:
         if data <= 0 or n % data:
-            raise RunConfigError(f"mesh.data={data} does not divide the {n} devices")
+            raise ConfigError(f"mesh.data={data} does not divide the {n} devices")
         fsdp = n // data
     if data < 1 or fsdp < 1 or data * fsdp != n:
-        raise RunConfigError(f"mesh: data={sec.data} x fsdp={sec.fsdp} does not match the {n} devices "
+        raise ConfigError(f"mesh: data={sec.data} x fsdp={sec.fsdp} does not match the {n} devices "
                              f"(use -1 on one axis to fill)")
     try:
         from jax.experimental import mesh_utils
@@ -183,3 +185,34 @@ def global_batch(host_batch: dict, sharding: NamedSharding, host_count: int) -> 
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Small multi-host collectives on host values
+# ---------------------------------------------------------------------------------------------
+
+def allgather_max(values: np.ndarray) -> np.ndarray:
+    """Elementwise max of an int vector over all processes (one small collective per step, multi-host only)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int64))).max(axis=0)
+
+
+def allgather_json(obj, size: int = 16384) -> list:
+    """Every process's JSON-able ``obj`` (index = process; at most ``size`` bytes of JSON each), e.g. for the
+    checkpoint meta that one process writes."""
+    import json
+
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return [obj]
+    raw = json.dumps(obj, sort_keys=True).encode()
+    if len(raw) > size:
+        raise ValueError(f"a process state of {len(raw)} bytes exceeds {size}")
+    buf = np.zeros(size, np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    got = np.asarray(multihost_utils.process_allgather(buf))
+    return [json.loads(bytes(r).rstrip(b"\0")) for r in got]

@@ -1,4 +1,4 @@
-"""``proactive-jax plan``: compile a run's real train step for a TPU slice on any machine, and read its memory.
+"""Compile a run's real train step (what ``proactive-jax plan`` reports) for a TPU slice on any machine, and read its memory.
 
 No TPU, no weights, no data: with ``libtpu`` installed (the ``tpu`` extra), JAX describes a named TPU
 topology (``jax.experimental.topologies``) and compiles for it on the CPU host. The step is the trainer's
@@ -12,133 +12,16 @@ and temporaries; the report sets them against the chip's capacity and names the 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
-import json
 import logging
-import math
-import os
-import re
-import sys
 import time
 from pathlib import Path
-from typing import Sequence
 
-from ..errors import ProactiveError
+from proactive_jax.models.kinds import text_config
+from proactive_jax.training.tpu import (GIB, DoesNotFit, PlanError, Topology, format_gib, memory_report, oom_error,
+                                       topology_devices)
 
 log = logging.getLogger(__name__)
-
-GIB = 1024 ** 3
-
-# HBM per chip (GiB) and chips per host of each TPU generation (public Cloud TPU figures)
-# (v4 is described as "megacore": one JAX device per chip, as jax.devices() shows on a v4 VM; libtpu's
-# "default" would give one device per TensorCore with half the HBM each)
-CHIPS = {
-    "v4": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 3, "chip_config": "megacore"},
-    "v5e": {"hbm_gib": 16.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
-    "v5p": {"hbm_gib": 95.0, "host": (2, 2, 1), "dims": 3, "chip_config": "default"},
-    "v6e": {"hbm_gib": 32.0, "host": (2, 2, 1), "dims": 2, "chip_config": "default"},
-}
-# accelerator-type aliases (gcloud names): v5litepod-N / v6e-N count chips, v4-N / v5p-N count TensorCores
-_ALIAS = {"v5litepod": ("v5e", 1), "v5e": ("v5e", 1), "v6e": ("v6e", 1), "v4": ("v4", 2), "v5p": ("v5p", 2)}
-_GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-            512: "8x8x8"}
-
-
-class PlanError(ProactiveError, RuntimeError):
-    """The plan cannot be made (bad topology name, missing libtpu, config problem); one-line message."""
-
-
-class DoesNotFit(RuntimeError):
-    """The TPU compiler itself refused the program for lack of HBM (``RESOURCE_EXHAUSTED``)."""
-
-    def __init__(self, message: str, temp_bytes: int | None, available_bytes: int | None):
-        super().__init__(message)
-        self.temp_bytes, self.available_bytes = temp_bytes, available_bytes
-
-
-_OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
-
-
-def _oom(e: Exception) -> DoesNotFit:
-    msg = str(e).strip().splitlines()[0]
-    m = _OOM.search(str(e))
-    unit = lambda v, u: int(float(v) * 1024 ** "KMGT".index(u) * 1024)  # noqa: E731
-    if m is None:
-        return DoesNotFit(msg, None, None)
-    return DoesNotFit(msg, unit(m.group(1), m.group(2)), unit(m.group(3), m.group(4)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    chip: str  # v4 | v5e | v5p | v6e
-    grid: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.chip}:{'x'.join(map(str, self.grid))}"
-
-    @property
-    def chips(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def hbm_bytes(self) -> int:
-        return int(CHIPS[self.chip]["hbm_gib"] * GIB)
-
-
-def parse_topology(name: str) -> Topology:
-    """``v5e:4x8`` / ``v4:2x2x4`` (chip grid), or a gcloud accelerator type (``v5litepod-32``, ``v4-32``)."""
-    name = name.strip().lower()
-    if ":" in name:
-        chip, _, grid = name.partition(":")
-        if chip not in CHIPS:
-            raise PlanError(f"--topology {name!r}: unknown TPU generation {chip!r}; expected one of {sorted(CHIPS)}")
-        try:
-            dims = tuple(int(x) for x in grid.split("x"))
-        except ValueError:
-            raise PlanError(f"--topology {name!r}: the grid must look like 4x8 (or 2x2x4 for v4/v5p)") from None
-        if len(dims) != CHIPS[chip]["dims"] and not (CHIPS[chip]["dims"] == 3 and len(dims) == 2):
-            raise PlanError(f"--topology {name!r}: {chip} slices have a {CHIPS[chip]['dims']}-D chip grid")
-        if any(d < 1 for d in dims):
-            raise PlanError(f"--topology {name!r}: grid sizes must be positive")
-        return Topology(chip, dims)
-    kind, _, count = name.rpartition("-")
-    if kind not in _ALIAS or not count.isdigit():
-        raise PlanError(f"--topology {name!r}: expected CHIP:GRID (e.g. v5e:4x8, v4:2x2x4) or an accelerator type "
-                        f"(v5litepod-32, v6e-16, v4-32, v5p-64)")
-    chip, per_chip = _ALIAS[kind]
-    chips = int(count) // per_chip
-    grids = _GRID_3D if CHIPS[chip]["dims"] == 3 else _GRID_2D
-    if chips not in grids:
-        raise PlanError(f"--topology {name!r}: no standard {chip} slice of {chips} chips; give the grid ({chip}:AxB..)")
-    return Topology(chip, tuple(int(x) for x in grids[chips].split("x")))
-
-
-def require_libtpu() -> None:
-    if importlib.util.find_spec("libtpu") is None:
-        raise PlanError("libtpu is not installed: `pip install -e \".[tpu]\"` (the tpu extra) to compile for TPU")
-
-
-def topology_devices(topo: Topology):
-    """The abstract devices of ``topo`` (compilation only; nothing runs)."""
-    require_libtpu()
-    from jax.experimental import topologies
-
-    host = tuple(min(h, g) for h, g in zip(CHIPS[topo.chip]["host"], topo.grid + (1,) * 3))
-    try:
-        desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name,
-                                            chip_config_name=CHIPS[topo.chip]["chip_config"],
-                                            chips_per_host_bounds=host, num_slices=1)
-    except Exception as e:  # noqa: BLE001 - libtpu's errors are long; keep the first line
-        raise PlanError(f"--topology {topo.name}: libtpu cannot describe it ({str(e).splitlines()[0]})") from None
-    devices = list(desc.devices)
-    if len(devices) != topo.chips:
-        raise PlanError(f"--topology {topo.name}: libtpu describes {len(devices)} devices for {topo.chips} chips")
-    return devices
-
 
 # ---------------------------------------------------------------------------------------------
 # The run's step, abstractly
@@ -169,13 +52,13 @@ def largest_bucket(buckets) -> tuple[int, int]:
 
 def abstract_batch(run, bucket, rows: int, sharding, model_cfg=None) -> dict:
     """The step's batch for ``bucket`` as ``ShapeDtypeStruct`` (shapes from ``pack_batch``, the collate; for a
-    qwen2_audio model ``training.audio_data.empty_batch``: plus the mel features of one encoder window)."""
+    qwen2_audio model ``training.audio_examples.empty_batch``: plus the mel features of one encoder window)."""
     import jax
 
-    from ..method.objective import pack_batch
+    from proactive_jax.method.objective import pack_batch
 
     if getattr(model_cfg, "model_type", None) == "qwen2_audio":
-        from .audio_data import empty_batch
+        from proactive_jax.training.audio_examples import empty_batch
 
         host = empty_batch(model_cfg, bucket, rows, run.data.m_cap)
     else:
@@ -185,9 +68,9 @@ def abstract_batch(run, bucket, rows: int, sharding, model_cfg=None) -> dict:
 
 def build_spec(run, devices):
     """``StepSpec`` of ``run`` on a mesh over ``devices``: what ``training.loop.train`` builds."""
-    from .mesh import make_mesh
-    from .state import resolve_model_config
-    from .step import make_spec
+    from proactive_jax.training.mesh import make_mesh
+    from proactive_jax.training.state import resolve_model_config
+    from proactive_jax.training.step import make_spec
 
     mesh = make_mesh(run.mesh, devices)
     model_cfg = resolve_model_config(shape_model_section(run.model), run.audio)
@@ -199,8 +82,8 @@ def compile_step(spec, run, bucket):
     """``(compiled, seconds)``: the trainer's jitted step, lowered with abstract state and batch, compiled."""
     import jax
 
-    from .mesh import batch_sharding
-    from .step import build_train_step, state_shardings
+    from proactive_jax.training.mesh import batch_sharding
+    from proactive_jax.training.step import build_train_step, state_shardings
 
     sh, abstract = state_shardings(spec)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
@@ -211,7 +94,7 @@ def compile_step(spec, run, bucket):
         compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; only the out-of-HBM one is a verdict
         if "RESOURCE_EXHAUSTED" in str(e):
-            raise _oom(e) from None
+            raise oom_error(e) from None
         raise
     secs = time.perf_counter() - t0
     log.warning("compiled %s rows, bucket %s in %.0f s", run.data.global_batch_size, bucket, secs)
@@ -234,18 +117,6 @@ def state_layout(compiled, n_chips: int) -> dict:
         if shard == nbytes and nbytes > 1024 and n_chips > 1:
             replicated += nbytes
     return {"state_bytes": total, "state_bytes_per_chip": per_chip, "replicated_state_bytes": replicated}
-
-
-def memory_report(compiled, topo: Topology, headroom: float) -> dict:
-    m = compiled.memory_analysis()
-    args, out, alias, temp = (int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
-                              int(m.alias_size_in_bytes), int(m.temp_size_in_bytes))
-    code = int(m.generated_code_size_in_bytes)
-    total = args + out - alias + temp + code
-    budget = topo.hbm_bytes * (1.0 - headroom)
-    return {"argument_bytes": args, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp,
-            "code_bytes": code, "total_bytes": total, "capacity_bytes": topo.hbm_bytes, "headroom": headroom,
-            "fits": total <= budget, "margin_bytes": int(budget - total)}
 
 
 def advice(report: dict, run, model_cfg) -> list[str]:
@@ -320,23 +191,18 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
     return out
 
 
-def _text_config(cfg):
-    """The decoder's config (a qwen2_audio model's ``text``) for the report's layer / vocab / remat fields."""
-    return getattr(cfg, "text", cfg)
-
-
 def _num_params(cfg) -> int:
     """Parameters of the whole model (encoder and projector included)."""
     import jax
 
-    from .checkpoint import abstract_params_of
+    from proactive_jax.models.kinds import abstract_params_of
 
     return sum(int(a.size) for a in jax.tree.leaves(abstract_params_of(cfg)))
 
 
 def refused_report(run, spec, topo: Topology, bucket, headroom: float, e: DoesNotFit) -> dict:
     """The report when the compiler refuses the program: what it said it needed (temporaries alone)."""
-    cfg, n_params = _text_config(spec.model), _num_params(spec.model)
+    cfg, n_params = text_config(spec.model), _num_params(spec.model)
     need = e.temp_bytes or 0
     rep = {"topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
            "bucket": list(bucket), "packed_length": bucket[0] + 2 * bucket[1],
@@ -367,7 +233,7 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
         return refused_report(run, spec, topo, bucket, headroom, e)
     rep = memory_report(compiled, topo, headroom)
     layout = state_layout(compiled, topo.chips)
-    cfg, n_params = _text_config(spec.model), _num_params(spec.model)
+    cfg, n_params = text_config(spec.model), _num_params(spec.model)
     extra = max_global_batch(run, devices, topo, bucket, headroom, rep) if search_batch else {}
     return {
         "topology": topo.name, "chips": topo.chips, "chip": topo.chip, "mesh": dict(spec.mesh.shape),
@@ -384,35 +250,10 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config YAML (e.g. configs/qwen2.5-3b-iwslt-ende.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (as for train)")
-    p.add_argument("--topology", required=True,
-                   help="TPU slice: CHIP:GRID (v4:2x2x4, v5e:4x8, v5p:2x2x2, v6e:4x4) or an accelerator type "
-                        "(v5litepod-32, v4-32)")
-    p.add_argument("--headroom", type=float, default=0.0,
-                   help="fraction of HBM to keep free for the verdict (e.g. 0.25); default 0")
-    p.add_argument("--bucket", default=None, help="S,T bucket to plan (default: the run's largest)")
-    p.add_argument("--max-batch", action="store_true",
-                   help="also find the largest global batch that fits (a few more compiles)")
-    p.add_argument("--decode", default=None, metavar="batch=16,src=288,tgt=64",
-                   help="plan the streaming decode loop (what `eval` runs) instead of the train step; keys "
-                        "batch, src, tgt, prompt, unit, header, units, head (training/plan_decode.py)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2 ** 20:.1f} MiB"
-
-
 def format_report(r: dict) -> str:
     if "compiler_refused" in r:
         return (f"plan: {r['model']['model_type']} on {r['topology']}, global batch {r['global_batch_size']}, bucket "
-                f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {_gib(r['temp_bytes'])} of temporaries alone "
+                f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {format_gib(r['temp_bytes'])} of temporaries alone "
                 f"per chip ({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
     cap = r["capacity_bytes"]
     lines = [
@@ -422,63 +263,23 @@ def format_report(r: dict) -> str:
         f"in {r['accum_steps']} microbatch(es), bucket S,T = {r['bucket'][0]},{r['bucket'][1]} "
         f"(packed {r['packed_length']})",
         f"  compiled in {r['compile_s']:.1f} s; per-chip HBM:",
-        f"    arguments    {_gib(r['argument_bytes'])}  (train state {_gib(r['state_bytes_per_chip'])} of "
-        f"{_gib(r['state_bytes'])} in total; fully replicated state leaves: {_gib(r['replicated_state_bytes'])})",
-        f"    outputs      {_gib(r['output_bytes'])}  (of which {_gib(r['alias_bytes'])} alias the donated state)",
-        f"    temporaries  {_gib(r['temp_bytes'])}"
+        f"    arguments    {format_gib(r['argument_bytes'])}  (train state {format_gib(r['state_bytes_per_chip'])} of "
+        f"{format_gib(r['state_bytes'])} in total; fully replicated state leaves: {format_gib(r['replicated_state_bytes'])})",
+        f"    outputs      {format_gib(r['output_bytes'])}  (of which {format_gib(r['alias_bytes'])} alias the donated state)",
+        f"    temporaries  {format_gib(r['temp_bytes'])}"
         + ("" if r.get("grads_fit_replicated", True) else
-           f"  (< the {_gib(r['fp32_params_bytes'])} of fp32 gradients: never fully replicated)"),
-        f"    total        {_gib(r['total_bytes'])} of {_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)",
+           f"  (< the {format_gib(r['fp32_params_bytes'])} of fp32 gradients: never fully replicated)"),
+        f"    total        {format_gib(r['total_bytes'])} of {format_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)",
     ]
     keep = f" with {100 * r['headroom']:.0f}% headroom" if r["headroom"] else ""
     if "max_global_batch" in r:
         mb = r["max_global_batch"]
         lines.append(f"  largest global batch that fits{keep} (no accumulation): "
-                     + (f"{mb} ({_gib(r['max_batch_total_bytes'])}; ~{_gib(r['bytes_per_row'])} per row)"
+                     + (f"{mb} ({format_gib(r['max_batch_total_bytes'])}; ~{format_gib(r['bytes_per_row'])} per row)"
                         + ("" if r.get("max_batch_exact") else "; the next chip-multiple up was not compiled "
                            "(search budget), so a larger one may fit") if mb else "none found"))
     if r["fits"]:
-        lines.append(f"  verdict: FITS{keep}, {_gib(r['margin_bytes'])} to spare")
+        lines.append(f"  verdict: FITS{keep}, {format_gib(r['margin_bytes'])} to spare")
     else:
-        lines.append(f"  verdict: DOES NOT FIT{keep}: over by {_gib(-r['margin_bytes'])}; try: " + "; ".join(r["advice"]))
+        lines.append(f"  verdict: DOES NOT FIT{keep}: over by {format_gib(-r['margin_bytes'])}; try: " + "; ".join(r["advice"]))
     return "\n".join(lines)
-
-
-def _quiet_tpu_env() -> None:
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")  # quiets libtpu's host probing
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # only the compiler is used: plans may run side by side
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    _quiet_tpu_env()
-    import jax
-
-    jax.config.update("jax_platforms", "cpu")  # compile for TPU, run nothing: never probe for a local TPU
-    from .run_config import RunConfigError, load_run_config
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run = load_run_config(args.config, args.overrides)
-        topo = parse_topology(args.topology)
-        if getattr(args, "decode", None) is not None:
-            from .plan_decode import format_decode_report, parse_decode, plan_decode
-
-            report = plan_decode(run, topo, parse_decode(args.decode, run), headroom=args.headroom)
-            text = format_decode_report
-        else:
-            bucket = None if args.bucket is None else tuple(int(x) for x in args.bucket.split(","))
-            report = plan(run, topo, headroom=args.headroom, bucket=bucket, search_batch=args.max_batch)
-            text = format_report
-    except (PlanError, RunConfigError, FileNotFoundError, ValueError) as e:
-        print(f"proactive-jax plan: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(report) if args.json else text(report))
-    return 0 if report["fits"] else 1
-
-
-def plan_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="proactive-jax plan", description="compile a run's train step for a TPU slice")
-    add_plan_args(p)
-    return run_plan(p.parse_args(argv))

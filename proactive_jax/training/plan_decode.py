@@ -18,7 +18,9 @@ import dataclasses
 import logging
 import time
 
-from .plan import DoesNotFit, PlanError, Topology, _oom, memory_report, shape_model_section, topology_devices
+from proactive_jax.training.plan import shape_model_section
+from proactive_jax.training.tpu import (DoesNotFit, PlanError, Topology, format_gib, memory_report, oom_error,
+                                       topology_devices)
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,9 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from ..method.decode import StepShapes, _decode_impl, _host_batch
-    from ..method.heads import encode_head, parse_head
-    from ..models.qwen import abstract_params
+    from proactive_jax.method.decode import StepShapes, _decode_impl, _host_batch
+    from proactive_jax.method.heads import encode_head, parse_head
+    from proactive_jax.models.qwen import abstract_params
 
     spec = parse_head(shape.head)
     mesh = Mesh(np.asarray(devices, dtype=object), ("data",))
@@ -101,7 +103,7 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
         compiled = fn.lower(*args).compile()
     except Exception as e:  # noqa: BLE001 - only the out-of-HBM refusal is a verdict
         if "RESOURCE_EXHAUSTED" in str(e):
-            raise _oom(e) from None
+            raise oom_error(e) from None
         raise
     secs = time.perf_counter() - t0
     cache = (2 * model_cfg.num_hidden_layers * shape.batch * sh.capacity * model_cfg.num_key_value_heads
@@ -112,7 +114,7 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
 
 def plan_decode(run, topo: Topology, shape: DecodeShape, *, headroom: float = 0.0) -> dict:
     """Compile the decode loop of ``run``'s model for ``topo``; the report (``proactive-jax plan --decode``)."""
-    from .state import resolve_model_config
+    from proactive_jax.training.state import resolve_model_config
 
     if shape.batch % topo.chips:
         raise PlanError(f"--decode batch={shape.batch} is not a multiple of the {topo.chips} chips of {topo.name} "
@@ -143,7 +145,6 @@ def decode_advice(shape: DecodeShape) -> list[str]:
 
 
 def format_decode_report(r: dict) -> str:
-    from .plan import _gib
 
     d = r["decode"]
     head = (f"plan (decode): {r['model']['model_type']} {r['model']['params'] / 1e9:.2f}B params (float32, "
@@ -151,15 +152,15 @@ def format_decode_report(r: dict) -> str:
             f"  slice {r['topology']} ({r['chips']} chips, rows split over them), batch {d['batch']}, source slots "
             f"{d['src']}, max new tokens {d['tgt']}, header {d['header']} -> {r['cache_slots']} cache slots")
     if "compiler_refused" in r:
-        return (head + f"\n  DOES NOT FIT: the TPU compiler needs {_gib(r['temp_bytes'])} of temporaries alone "
+        return (head + f"\n  DOES NOT FIT: the TPU compiler needs {format_gib(r['temp_bytes'])} of temporaries alone "
                 f"({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
     cap = r["capacity_bytes"]
     lines = [head, f"  compiled in {r['compile_s']:.1f} s; per-chip HBM:",
-             f"    arguments    {_gib(r['argument_bytes'])}  (params {_gib(r['fp32_params_bytes'])})",
-             f"    outputs      {_gib(r['output_bytes'])}",
-             f"    temporaries  {_gib(r['temp_bytes'])}  (KV caches {_gib(r['kv_cache_bytes_per_chip'])})",
-             f"    total        {_gib(r['total_bytes'])} of {_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)"]
+             f"    arguments    {format_gib(r['argument_bytes'])}  (params {format_gib(r['fp32_params_bytes'])})",
+             f"    outputs      {format_gib(r['output_bytes'])}",
+             f"    temporaries  {format_gib(r['temp_bytes'])}  (KV caches {format_gib(r['kv_cache_bytes_per_chip'])})",
+             f"    total        {format_gib(r['total_bytes'])} of {format_gib(cap)} ({100 * r['total_bytes'] / cap:.0f}%)"]
     keep = f" with {100 * r['headroom']:.0f}% headroom" if r["headroom"] else ""
-    lines.append(f"  verdict: FITS{keep}, {_gib(r['margin_bytes'])} to spare" if r["fits"] else
-                 f"  verdict: DOES NOT FIT{keep}: over by {_gib(-r['margin_bytes'])}; try: " + "; ".join(r["advice"]))
+    lines.append(f"  verdict: FITS{keep}, {format_gib(r['margin_bytes'])} to spare" if r["fits"] else
+                 f"  verdict: DOES NOT FIT{keep}: over by {format_gib(-r['margin_bytes'])}; try: " + "; ".join(r["advice"]))
     return "\n".join(lines)

@@ -1,330 +1,22 @@
-"""YAML run configs as nested frozen dataclasses, with ``key=value`` overrides.
-
-(About 600 lines on purpose: the generic dataclass <-> YAML machinery and the run config's sections with
-their config-time validation are one schema; splitting them would separate each field from its check.)
-
-The generic part (:func:`from_dict`, :func:`load_config`, :func:`apply_overrides`, :func:`to_dict`) builds
-*any* nested dataclass from a plain dict and is meant to be reused by the eval and demo configs::
-
-    cfg = load_config(MyEvalConfig, "configs/eval.yaml", ["decode.max_len=64", "heads=[wait-k, entropy]"])
-
-Rules (every error names the dotted key and what was expected, see :class:`RunConfigError`):
-
-- an unknown key is an error (with a "did you mean" hint); a missing key takes the field default, and a
-  field without a default is required;
-- values are checked against the field's annotation: ``bool`` takes only true/false, ``int`` only
-  integers, ``float`` integers or floats, ``str`` only strings; ``X | None``, ``Union``, ``Literal``,
-  ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict`` and nested dataclasses are understood (a float
-  field also takes ``1e-3``, which PyYAML reads as a string); a bare
-  ``tuple`` field takes a list (made a tuple, recursively) or a mapping (a sorted tuple of its items);
-- a dataclass's own ``__post_init__`` checks still run; their ``ValueError`` is re-raised with the key.
-
-Overrides are ``a.b.c=value`` strings whose value is parsed as YAML (``steps=10`` is an int, ``x=null``
-is None, ``buckets=[[32,24]]`` a list), applied to the raw dict before validation, so a typo in an override
-key is reported like a typo in the file.
-
-The training run schema, :class:`RunConfig`, is at the bottom; ``configs/tiny-synthetic.yaml`` shows every
-section.
-"""
+"""The training run schema: the sections of a run config (``configs/tiny-synthetic.yaml`` shows every one) and
+their config-time checks; built by the engine in :mod:`proactive_jax.config`."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Literal, Mapping, Sequence
 
 import yaml
 
-from ..errors import ConfigError
-from ..models.config import ModelConfig
-from ..data.loaders import DatasetSpec
-from ..data.render import RenderConfig
-from ..method.objective import ObjectiveConfig
+from proactive_jax.config import check_fields, load_config, to_dict
+from proactive_jax.data.loaders import DatasetSpec
+from proactive_jax.data.render import RenderConfig
+from proactive_jax.method.objective import ObjectiveConfig
+from proactive_jax.models.config import (ATTENTION_IMPLS, COMPUTE_DTYPES, REMAT_POLICIES, RENAMED_ATTENTION_IMPLS,
+                                         ModelConfig, renamed_attention_message)
+from proactive_jax.models.presets import MODEL_PRESETS
 
-
-class RunConfigError(ConfigError):
-    """A config file or override is malformed; the message names the dotted key and the expected type."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Generic: dict -> nested dataclass
-# ---------------------------------------------------------------------------------------------
-
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _type_name(tp) -> str:
-    if tp is type(None):
-        return "null"
-    if isinstance(tp, type):
-        if dataclasses.is_dataclass(tp):
-            return f"a mapping ({tp.__name__})"
-        return tp.__name__
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (tuple, list, Sequence):
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        if args:
-            return f"a list [{', '.join(_type_name(a) for a in args)}]"
-        return "a list"
-    if origin in (dict, Mapping):
-        return "a mapping"
-    return str(tp)
-
-
-def _hints(cls) -> dict:
-    module = sys.modules.get(cls.__module__)
-    ns = dict(vars(module)) if module else {}
-    return typing.get_type_hints(cls, globalns=ns)
-
-
-def _freeze(value):
-    """Lists -> tuples (recursively), mappings -> sorted tuples of (key, value) items."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-# Longer than ~80 lines on purpose: one flat dispatch over the annotation kinds a run config uses, each
-# branch a few lines; splitting it would scatter the type rules.
-def convert(value: Any, tp: Any, path: str) -> Any:
-    """``value`` checked against annotation ``tp`` and converted (lists to tuples, dicts to dataclasses)."""
-    def fail():
-        raise RunConfigError(f"{path or '<root>'}: expected {_type_name(tp)}, got {value!r} "
-                             f"({type(value).__name__})")
-
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        fail()
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return convert(value, a, path)
-            except RunConfigError as e:
-                errors.append(str(e))
-        # a single non-None member: its own (more specific) message
-        non_none = [a for a in args if a is not type(None)]
-        if len(non_none) == 1 and errors:
-            msg = errors[0]
-            raise RunConfigError(msg if type(None) not in args else msg + " (or null)")
-        fail()
-    if origin is Literal:
-        if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
-            return value
-        fail()
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            fail()
-        return from_dict(tp, value, path)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        fail()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string
-        fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        fail()
-    if tp is tuple:
-        if isinstance(value, (list, tuple, Mapping)):
-            return _freeze(value)
-        fail()
-    if tp is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        fail()
-    if tp in (dict, Mapping) or origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            fail()
-        if len(args) == 2:
-            return {convert(k, args[0], f"{path}.{k}"): convert(v, args[1], f"{path}.{k}") for k, v in value.items()}
-        return dict(value)
-    if origin in (tuple, list, Sequence):
-        if not isinstance(value, (list, tuple)):
-            fail()
-        if len(args) == 2 and args[1] is Ellipsis:
-            items = [convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
-        elif args:
-            if len(value) != len(args):
-                raise RunConfigError(f"{path}: expected {_type_name(tp)} ({len(args)} items), got {value!r}")
-            items = [convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            items = list(value)
-        return list(items) if origin is list else tuple(items)
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        fail()
-    return value
-
-
-def check_fields(cls, data: Mapping, path: str = "") -> dict:
-    """Check the keys and value types of ``data`` against the fields of ``cls`` (all optional here);
-    returns the converted values. Used for partial overrides (e.g. ``model.config`` on top of an HF config)."""
-    if not isinstance(data, Mapping):
-        raise RunConfigError(f"{path or '<root>'}: expected a mapping, got {data!r} ({type(data).__name__})")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = _hints(cls)
-    out = {}
-    for key, value in data.items():
-        sub = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RunConfigError(f"{sub}: unknown key{hint}; {cls.__name__} has {sorted(fields)}")
-        out[key] = convert(value, hints[key], sub)
-    return out
-
-
-def from_dict(cls, data: Mapping | None, path: str = ""):
-    """Build dataclass ``cls`` (nested dataclasses included) from a plain mapping, with typed errors."""
-    data = {} if data is None else data
-    values = check_fields(cls, data, path)
-    for f in dataclasses.fields(cls):
-        if f.init and f.name not in values and f.default is dataclasses.MISSING \
-                and f.default_factory is dataclasses.MISSING:
-            sub = f"{path}.{f.name}" if path else f.name
-            raise RunConfigError(f"{sub}: required key missing (expected {_type_name(_hints(cls)[f.name])})")
-    try:
-        return cls(**values)
-    except RunConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise RunConfigError(f"{path or cls.__name__}: {e}") from None
-
-
-def to_dict(obj) -> Any:
-    """A dataclass (nested) as plain YAML/JSON-friendly data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> (["a", "b"], YAML-parsed value)."""
-    if "=" not in item:
-        raise RunConfigError(f"override {item!r}: expected key=value (e.g. steps=100 or mesh.fsdp=4)")
-    key, _, raw = item.partition("=")
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise RunConfigError(f"override {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise RunConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Set ``a.b=value`` items in a (copied) nested dict; intermediate mappings are created."""
-    import copy
-
-    data = copy.deepcopy(dict(data))
-    for item in overrides:
-        keys, value = parse_override(item)
-        cur = data
-        for i, k in enumerate(keys[:-1]):
-            nxt = cur.get(k)
-            if nxt is None:
-                nxt = cur[k] = {}
-            elif not isinstance(nxt, dict):
-                raise RunConfigError(f"override {item!r}: {'.'.join(keys[:i + 1])} is {nxt!r}, not a mapping")
-            cur = nxt
-        cur[keys[-1]] = value
-    return data
-
-
-def read_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise RunConfigError(f"{p}: not valid YAML ({e})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
-def config_and_overrides(path: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
-    """A CLI's optional CONFIG argument and its ``key=value`` list: a first argument that holds ``=`` and is no
-    file is the first override (so ``proactive-jax eval checkpoint=...`` needs no config file)."""
-    overrides = list(overrides)
-    if path is not None and "=" in path and not Path(path).exists():
-        return None, [path] + overrides
-    return path, overrides
-
-
-def load_config(cls, path: str | Path | None, overrides: Sequence[str] = (), *, data: Mapping | None = None):
-    """Read a YAML file (or take ``data``), apply overrides, build ``cls``; errors name file and key."""
-    raw = read_yaml(path) if path is not None else dict(data or {})
-    try:
-        return from_dict(cls, apply_overrides(raw, overrides))
-    except RunConfigError as e:
-        raise RunConfigError(f"{path}: {e}" if path is not None else str(e)) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# The training run schema
-# ---------------------------------------------------------------------------------------------
-
-MODEL_PRESETS: dict[str, dict] = {
-    # a tiny Qwen3 for CPU runs on the synthetic tasks (vocab covers the synthetic tokenizer's 119 ids)
-    "tiny": dict(model_type="qwen3", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                 qk_norm=True, qkv_bias=False, max_position_embeddings=512, eos_token_id=3, pad_token_id=1),
-    # the speech demo's tiny Qwen2-Audio (a HF-style qwen2_audio dict): a 4 s encoder window of 40 mel bins, ids of
-    # the demo's word vocabulary (demo_speech.SPECIALS + the tone-words; <|AUDIO|> = 2, <|im_end|> = 1)
-    "tiny-audio": {"model_type": "qwen2_audio", "audio_token_index": 2,
-                   "audio_config": dict(num_mel_bins=40, d_model=48, encoder_layers=2, encoder_attention_heads=4,
-                                        encoder_ffn_dim=96, max_source_positions=200),
-                   "text_config": dict(model_type="qwen2", vocab_size=24, hidden_size=64, intermediate_size=128,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                       qkv_bias=True, qk_norm=False, tie_word_embeddings=True,
-                                       max_position_embeddings=512, eos_token_id=1)},
-}
 AUDIO_TASKS = ("librispeech", "spoken-squad", "audio-jsonl", "speech-lookup", "speech-transcribe")
 
 
@@ -343,12 +35,11 @@ class ModelSection:
     config_json: str | None = None
     preset: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal[COMPUTE_DTYPES] = "float32"
     # per-layer rematerialisation: true = "full", false = "none", or a policy (models/config.py REMAT_POLICIES)
-    remat: bool | Literal["none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                          "save_attention_out"] = False
+    remat: bool | Literal[REMAT_POLICIES] = False
     scan_layers: bool = True
-    attention: Literal["dense", "splash", "cudnn", "auto"] = "dense"  # models/attention.py
+    attention: Literal[ATTENTION_IMPLS + tuple(RENAMED_ATTENTION_IMPLS)] = "dense"  # models/attention.py
     init: Literal["auto", "hf", "random", "checkpoint"] = "auto"
     init_checkpoint: str | None = None
     init_step: int | None = None
@@ -365,11 +56,13 @@ class ModelSection:
             raise ValueError("init='checkpoint' needs model.init_checkpoint")
         if self.hf_dir is None and self.config_json is None and self.preset is None and not self.config:
             raise ValueError("no model given: set model.hf_dir, model.config_json, model.preset or model.config")
+        if self.attention in RENAMED_ATTENTION_IMPLS:
+            raise ValueError(renamed_attention_message(self.attention))
         bad = [k for k in self.config if k in ("dtype", "remat", "scan_layers", "attention")]
         if bad:
             raise ValueError(f"set {bad} as model.{bad[0]}, not inside model.config")
         check_fields(ModelConfig, self.config, "model.config")
-        from ..models.audio_config import EncoderConfig
+        from proactive_jax.models.audio_config import EncoderConfig
 
         check_fields(EncoderConfig, self.audio_config, "model.audio_config")
 
@@ -382,7 +75,7 @@ class SyntheticSection:
     seed: int = 0
 
     def __post_init__(self):
-        from ..data.synthetic import SYNTHETIC_TASKS
+        from proactive_jax.data.synthetic import SYNTHETIC_TASKS
 
         bad = [t for t in self.tasks if t not in SYNTHETIC_TASKS]
         if bad:
@@ -468,7 +161,7 @@ class AudioStreamSection:
 
 @dataclasses.dataclass(frozen=True)
 class AudioSection:
-    """Speech runs (a ``qwen2_audio`` model and an audio ``data.task``, see ``training.audio_data``).
+    """Speech runs (a ``qwen2_audio`` model and an audio ``data.task``, see ``training.audio_examples``).
 
     ``encoder``: "frozen" (audio tower + projector are constants of the step: no gradients, no optimizer state,
     bit-identical after training) or "train". ``encoder_mask``: "causal" (the streaming default), "block:K" or
@@ -494,7 +187,7 @@ class AudioSection:
     stream: AudioStreamSection | None = None
 
     def __post_init__(self):
-        from ..models.audio_config import parse_encoder_mask
+        from proactive_jax.models.audio_config import parse_encoder_mask
 
         try:
             parse_encoder_mask(self.encoder_mask)

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ..models.config import ModelConfig
-from ..models.hf import load_model_config
-from .checkpoint import CheckpointError, model_config_from_dict, restore_params
-from .mesh import path_keys, place
-from .run_config import MODEL_PRESETS, ModelSection, RunConfig, RunConfigError, check_fields
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.models.hf import load_model_config
+from proactive_jax.errors import CheckpointError
+from proactive_jax.models.kinds import model_config_from_dict
+from proactive_jax.training.checkpoint import restore_params
+from proactive_jax.training.mesh import path_keys, place
+from proactive_jax.config import check_fields
+from proactive_jax.errors import ConfigError
+from proactive_jax.models.presets import MODEL_PRESETS
+from proactive_jax.training.run_config import ModelSection, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def resolve_model_config(sec: ModelSection, audio=None):
     elif sec.preset is not None:
         preset = MODEL_PRESETS[sec.preset]
         if preset.get("model_type") == "qwen2_audio":
-            from ..models.audio_config import from_hf_dict_audio
+            from proactive_jax.models.audio_config import from_hf_dict_audio
 
             cfg = from_hf_dict_audio(preset, source=f"model.preset={sec.preset}")
         else:
@@ -47,38 +51,38 @@ def resolve_model_config(sec: ModelSection, audio=None):
     if getattr(cfg, "model_type", None) == "qwen2_audio":
         return _audio_model_config(cfg, sec, over, compute, audio)
     if sec.audio_config:
-        raise RunConfigError(f"model.audio_config is set but the model is {cfg.model_type}, not qwen2_audio")
+        raise ConfigError(f"model.audio_config is set but the model is {cfg.model_type}, not qwen2_audio")
     try:
         return cfg.replace(**over, **compute)
     except ValueError as e:
-        raise RunConfigError(f"model.config: {e}") from None
+        raise ConfigError(f"model.config: {e}") from None
 
 
 def _audio_model_config(cfg, sec: ModelSection, over: dict, compute: dict, audio):
     import dataclasses
 
-    from ..models.audio_config import EncoderConfig, chunk_tokens_from_ms
+    from proactive_jax.models.audio_config import EncoderConfig, chunk_tokens_from_ms
 
     enc_over = check_fields(EncoderConfig, sec.audio_config, "model.audio_config")
     try:
         text = cfg.text.replace(**over, **compute)
         enc = dataclasses.replace(cfg.encoder, **enc_over, dtype=sec.dtype, scan_layers=sec.scan_layers)
     except ValueError as e:
-        raise RunConfigError(f"model.config / model.audio_config: {e}") from None
+        raise ConfigError(f"model.config / model.audio_config: {e}") from None
     chunk = None
     if audio is not None:
         try:
             chunk = chunk_tokens_from_ms(audio.chunk_ms, enc, "the chunk in tokens")
         except ValueError as e:
-            raise RunConfigError(f"audio.chunk_ms={audio.chunk_ms:g}: {e}") from None
+            raise ConfigError(f"audio.chunk_ms={audio.chunk_ms:g}: {e}") from None
     try:
         return cfg.replace(text=text, encoder=enc, chunk_tokens=chunk)
     except ValueError as e:
-        raise RunConfigError(f"model: {e}") from None
+        raise ConfigError(f"model: {e}") from None
 
 
 def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
-    from ..models.qwen import init_params as random_params
+    from proactive_jax.models.qwen import init_params as random_params
 
     sec = run.model
     if init_params is not None:  # copied: the caller's arrays are not consumed by the donated state
@@ -87,11 +91,11 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
     if mode == "auto":
         mode = "hf" if sec.hf_dir is not None else "random"
     if mode == "hf":
-        from ..models.hf import load_pretrained
+        from proactive_jax.models.hf import load_pretrained
 
         saved = load_model_config(sec.hf_dir)
         if shape_signature(saved) != shape_signature(model_cfg):
-            raise RunConfigError(f"model.config changes the shape of the weights in model.hf_dir={sec.hf_dir} "
+            raise ConfigError(f"model.config changes the shape of the weights in model.hf_dir={sec.hf_dir} "
                                  f"({ {k: sec.config[k] for k in sec.config if k in SHAPE_FIELDS} }); "
                                  "use model.init=random or drop those overrides")
         flat = {}
@@ -106,7 +110,7 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
         return params, f"checkpoint:{sec.init_checkpoint}@{step}"
     seed = run.seed if sec.init_seed is None else sec.init_seed
     if getattr(model_cfg, "model_type", None) == "qwen2_audio":  # numpy init on the host, then placed
-        from ..models.audio import init_params as audio_params
+        from proactive_jax.models.audio import init_params as audio_params
 
         return place(audio_params(model_cfg, seed), p_sh), f"random:{seed}"
     params = jax.jit(lambda: random_params(model_cfg, seed), out_shardings=p_sh)()
@@ -136,13 +140,6 @@ def check_same_shape(saved: ModelConfig, cur: ModelConfig, where: str) -> None:
     if diff:
         raise CheckpointError(f"{where}: the checkpoint's model differs from the configured one "
                               f"(field: saved vs configured): {diff}")
-
-
-def host_value(x) -> np.ndarray:
-    """The value of a replicated array (multi-host safe: read from a local shard)."""
-    if isinstance(x, jax.Array):
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
 
 
 def _restore_state(store, step0: int, model_cfg: ModelConfig, sh, abstract) -> dict:

@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ..method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, packed_loss_sums, weighted_total
-from ..models.config import ModelConfig
-from .mesh import (BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated, stacked,
+from proactive_jax.method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, packed_loss_sums, weighted_total
+from proactive_jax.models.config import ModelConfig
+from proactive_jax.training.mesh import (BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated, stacked,
                    text_path)
-from .run_config import OptimSection, RunConfigError
+from proactive_jax.errors import ConfigError
+from proactive_jax.training.run_config import OptimSection
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def make_spec(run, model_cfg, mesh: Mesh, total_steps: int) -> StepSpec:
         a = run.audio
         audio = AudioOptions(a.encoder, a.encoder_mask, a.conv_edge)
         if not run.packed:
-            raise RunConfigError("packed=false (the naive two-pass reference) is text only; audio runs use packed=true")
+            raise ConfigError("packed=false (the naive two-pass reference) is text only; audio runs use packed=true")
     return StepSpec(model_cfg, run.objective, run.optim, total_steps, run.data.accum_steps, run.packed, run.seed,
                     mesh, run.mesh.param_sharding, audio)
 
@@ -193,7 +194,7 @@ def sums_function(spec: StepSpec) -> Callable:
     encoder inside (``method.audio_objective.audio_loss_sums``)."""
     if spec.audio is None:
         return packed_loss_sums if spec.packed else naive_loss_sums
-    from ..method.audio_objective import audio_loss_sums
+    from proactive_jax.method.audio_objective import audio_loss_sums
 
     a = spec.audio
     return lambda config, obj, p, b, k: audio_loss_sums(config, obj, p, b, k, a.encoder, a.encoder_mask, a.conv_edge)
@@ -202,7 +203,7 @@ def sums_function(spec: StepSpec) -> Callable:
 def frozen_keys(spec: StepSpec) -> tuple[str, ...]:
     """Top-level parameter groups the step holds constant (no gradient, no optimizer state)."""
     if spec.audio is not None and spec.audio.encoder == "frozen":
-        from ..method.audio_objective import FROZEN_PARTS
+        from proactive_jax.method.audio_objective import FROZEN_PARTS
 
         return FROZEN_PARTS
     return ()
@@ -226,7 +227,7 @@ def make_state_optimizer(spec: StepSpec) -> optax.GradientTransformation:
 @functools.lru_cache(maxsize=32)
 def state_shardings(spec: StepSpec):
     """``(state shardings, abstract state)`` for ``{"step", "params", "opt_state"}``."""
-    from .checkpoint import abstract_params_of
+    from proactive_jax.models.kinds import abstract_params_of
 
     abstract_p = abstract_params_of(spec.model)
     p_sh = param_shardings(abstract_p, spec.mesh, spec.param_sharding)

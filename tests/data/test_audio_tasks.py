@@ -86,13 +86,3 @@ def test_spoken_squad_rows():
     assert AT.spoken_squad(row44).waveform.size == 16000
     with pytest.raises(DataError, match="missing field 'instruction'"):
         AT.spoken_squad({"context": row["context"], "answer": "x"})
-
-
-def test_wer_normalisers_are_named():
-    hyps, refs = ["hello world", "it's 10 dollars"], ["HELLO, WORLD!", "it is ten dollars"]
-    basic = AT.wer(hyps, refs, "basic")
-    whisper = AT.wer(hyps, refs, "whisper")
-    assert basic["normaliser"] == "basic" and whisper["normaliser"] == "whisper"
-    assert basic["wer"] > 0 and whisper["wer"] < basic["wer"]
-    with pytest.raises(ValueError, match="WER normalisation 'none'"):
-        AT.normalise_transcript("x", "none")

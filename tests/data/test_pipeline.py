@@ -6,7 +6,7 @@ from proactive_jax.data import pipeline as pl
 from proactive_jax.data import synthetic as syn
 from proactive_jax.data.pipeline import Pipeline, prepare_examples
 from proactive_jax.data.render import RenderConfig, TextExample
-from proactive_jax.method.streaming import ExampleError
+from proactive_jax.data.example import ExampleError
 
 BUCKETS = [(40, 20), (22, 4), (20, 18)]  # lookup: S=22, T=4; word-map: S<=20, T<=18
 

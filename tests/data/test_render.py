@@ -5,7 +5,7 @@ import pytest
 from proactive_jax.data import synthetic
 from proactive_jax.data.render import (RenderConfig, TemplateParts, TextExample, render_example, split_words,
                                        template_parts, word_start_table)
-from proactive_jax.method.streaming import ExampleError, StreamExample
+from proactive_jax.data.example import ExampleError, StreamExample
 from tests.tokenizers_util import qwen_style_tokenizer
 
 QWEN25_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from proactive_jax.data import load_tokenizer, make_task, render_example, template_parts, word_start_table
-from proactive_jax.evaluation import evaluate as E, metrics as M
+from proactive_jax.evaluation import sweep as E, metrics as M
 from proactive_jax.method.session import session_decode
 from proactive_jax.models.qwen import init_params
 from tests.conftest import tiny_qwen3

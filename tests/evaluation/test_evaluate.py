@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from proactive_jax.evaluation import evaluate as E, results as R
+from proactive_jax.evaluation import sweep as E, results as R
 from proactive_jax.data import load_tokenizer, make_task, render_example, template_parts, word_start_table
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.models.qwen import init_params

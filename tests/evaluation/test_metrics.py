@@ -322,3 +322,13 @@ def test_quality_registry_and_length_errors():
     for f in (mt.bleu, mt.squad_scores, mt.accuracy, mt.rouge, mt.wer, mt.choice_accuracy):
         with pytest.raises(ValueError, match=r"\b2\b.*\b3\b"):
             f(["a", "b"], ["a", "b", "c"])
+
+
+def test_wer_normalisers_are_named():
+    hyps, refs = ["hello world", "it's 10 dollars"], ["HELLO, WORLD!", "it is ten dollars"]
+    basic = mt.wer(hyps, refs, "basic")
+    whisper = mt.wer(hyps, refs, "whisper")
+    assert basic > 0 and whisper < basic
+    assert mt.quality("wer-whisper", hyps, refs) == {"wer": whisper, "normaliser": "whisper"}
+    with pytest.raises(ValueError, match="WER normalisation 'none'"):
+        mt.normalise_transcript("x", "none")

@@ -12,9 +12,9 @@ import pytest
 from proactive_jax.cli import main
 from proactive_jax.data.synthetic import ASSET_DIR
 from proactive_jax.errors import EvalError
-from proactive_jax.evaluation import evaluate as E
+from proactive_jax.evaluation import sweep as E
 from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.decode_cli import add_decode_args, run_live
+from proactive_jax.cli.decode import add_decode_args, run_live
 from proactive_jax.method.heads import DecisionState, decide, encode_head, parse_head, write_direction
 from proactive_jax.method.session import session_decode
 from proactive_jax.models.attention import MaskVectors

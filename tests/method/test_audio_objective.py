@@ -7,7 +7,7 @@ import pytest
 from proactive_jax.audio import encode, init_params
 from proactive_jax.method import objective as O
 from proactive_jax.method.audio_objective import audio_loss_fn, audio_source_embeds, pack_audio_batch
-from proactive_jax.method.streaming import ExampleError, StreamExample
+from proactive_jax.data.example import ExampleError, StreamExample
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.audio import output_lengths
 from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig

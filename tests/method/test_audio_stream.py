@@ -10,7 +10,7 @@ from proactive_jax.audio import encode, init_params as init_audio_params
 from proactive_jax.method.audio_stream import AudioStreamExample, audio_embeddings, audio_example
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head
-from proactive_jax.method.streaming import ExampleError
+from proactive_jax.data.example import ExampleError
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits

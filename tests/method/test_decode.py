@@ -12,7 +12,7 @@ from proactive_jax.method.trace import calibrate_tau, format_events, interleave
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.qwen import apply_hidden, forward, hidden_to_logits
-from proactive_jax.method.streaming import StreamExample
+from proactive_jax.data.example import StreamExample
 
 from tests.conftest import tiny_qwen3
 from tests.method.util import MAX_NEW, brute_rows, random_examples, random_params, sharpen, text_setup  # noqa: F401 (re-exported)

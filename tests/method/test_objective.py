@@ -7,7 +7,7 @@ import pytest
 from proactive_jax.models.qwen import init_params
 from proactive_jax.method.objective import (ObjectiveConfig, batch_view_loss_sums, dual_view_loss_sums, loss_fn,
                                             naive_loss_sums, pack_batch, packed_loss_sums, token_logprobs)
-from proactive_jax.method.streaming import ExampleError, StreamExample
+from proactive_jax.data.example import ExampleError, StreamExample
 from tests.conftest import tiny_qwen2, tiny_qwen3
 from tests.streaming_util import random_example, random_phi
 

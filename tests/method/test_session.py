@@ -6,8 +6,9 @@ import pytest
 from proactive_jax import SessionBatch, StreamSession
 from proactive_jax.method import session_programs as progs
 from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.session import SessionError, session_decode
-from proactive_jax.method.streaming import StreamExample
+from proactive_jax.errors import SessionError
+from proactive_jax.method.session import session_decode
+from proactive_jax.data.example import StreamExample
 from tests.method.util import MAX_NEW, compiles, text_setup
 
 M_DEPENDENT = ("batch", "wait-k")  # heads whose score (not decision) uses M, unknown live before finish()

@@ -8,7 +8,7 @@ from proactive_jax.data.audio import log_mel_windows
 from proactive_jax.method import session_programs as progs
 from proactive_jax.method.audio_session import AudioRows, LiveAudio
 from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.session import SessionError
+from proactive_jax.errors import SessionError
 from tests.method.test_audio_decode_cli import FIX, checkpoint  # noqa: F401 (the tiny audio checkpoint fixture)
 from tests.method.util import audio_setup, compiles
 
@@ -256,7 +256,7 @@ def test_bad_audio_input_is_refused_and_the_session_stays_usable(setup):
 def _cli_args(ckpt, *extra):
     import argparse
 
-    from proactive_jax.method.decode_cli import add_decode_args
+    from proactive_jax.cli.decode import add_decode_args
 
     p = argparse.ArgumentParser()
     add_decode_args(p)
@@ -284,7 +284,7 @@ def test_decode_live_audio_equals_offline_decode(checkpoint, capsys):
 
     from proactive_jax.cli import main
     from proactive_jax.data.audio import read_audio
-    from proactive_jax.method.audio_decode_cli import run_live_audio
+    from proactive_jax.cli.decode_audio import run_live_audio
 
     wav = FIX / "tone_b.wav"
     common = ["--head", "wait-k:k=2", "--chunk-ms", "200", "--max-new-tokens", "6"]
@@ -311,7 +311,7 @@ def test_decode_live_audio_bad_input(checkpoint, capsys):
     import io
 
     from proactive_jax.cli import main
-    from proactive_jax.method.audio_decode_cli import run_live_audio
+    from proactive_jax.cli.decode_audio import run_live_audio
 
     assert main(["decode", "--checkpoint", str(checkpoint), "--audio", "-"]) == 2
     assert "SRC '-' = raw PCM on standard input" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from proactive_jax.data.synthetic import ASSET_DIR  # noqa: E402
 from proactive_jax.evaluation import metrics  # noqa: E402
 from proactive_jax.method.session import StreamSession  # noqa: E402
 from proactive_jax.models.hf import save_pretrained  # noqa: E402
-from proactive_jax.models.loading import load_model  # noqa: E402
+from proactive_jax.training.loading import load_model  # noqa: E402
 from proactive_jax.models.qwen import init_params  # noqa: E402
 from tests.conftest import tiny_qwen3  # noqa: E402
 
@@ -31,7 +31,7 @@ def test_simuleval_agent_end_to_end(tmp_path, monkeypatch):
     save_pretrained(cfg, init_params(cfg, 0), ckpt, tokenizer_dir=ASSET_DIR)
     out = tmp_path / "out"
     # the `simuleval` command's own entry point, in this process (so the compiled session step is shared)
-    argv = ["simuleval", "--agent-class", "proactive_jax.method.simuleval_agent.ProactiveAgent",
+    argv = ["simuleval", "--agent-class", "proactive_jax.evaluation.simuleval_agent.ProactiveAgent",
            "--source", str(FIX / "src.txt"), "--target", str(FIX / "tgt.txt"), "--output", str(out),
            "--checkpoint", str(ckpt), "--head", HEAD, "--max-new-tokens", str(MAX_NEW),
            "--latency-metrics", "AL", "LAAL"]

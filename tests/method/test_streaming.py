@@ -6,8 +6,8 @@ import pytest
 
 from proactive_jax.models.attention import visibility_mask
 from proactive_jax.method.objective import ObjectiveConfig, batch_schedules, pack_batch, packed_inputs, stream_limits
-from proactive_jax.method.streaming import (ExampleError, StreamExample, sample_schedule, validate_phi, visible_counts,
-                                     wait_k_schedule)
+from proactive_jax.data.example import ExampleError, StreamExample, visible_counts
+from proactive_jax.method.streaming import sample_schedule, validate_phi, wait_k_schedule
 from tests.streaming_util import random_example, random_phi
 
 L_CAP, M_CAP = 12, 20

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.streaming import StreamExample
+from proactive_jax.data.example import StreamExample
 from proactive_jax.models.qwen import abstract_params
 from tests.conftest import tiny_qwen2, tiny_qwen3
 

@@ -20,9 +20,10 @@ pytest.importorskip("array_record")
 
 from proactive_jax.cli import main  # noqa: E402
 from proactive_jax.data.audio import write_wav  # noqa: E402
-from proactive_jax.training import audio_data as AD, data as TD, state as TSt  # noqa: E402
+from proactive_jax.training import audio_batches as AB, audio_examples as AE, data as TD, state as TSt  # noqa: E402
 from proactive_jax.training.checkpoint import CheckpointStore, restore_params  # noqa: E402
-from proactive_jax.training.run_config import MODEL_PRESETS, load_run_config  # noqa: E402
+from proactive_jax.models.presets import MODEL_PRESETS
+from proactive_jax.training.run_config import load_run_config  # noqa: E402
 from tests.training.util import ROOT, max_diff  # noqa: E402
 
 CONFIG = ROOT / "configs" / "tiny-speech.yaml"
@@ -99,7 +100,7 @@ def test_streamed_batches_equal_the_in_memory_collate_of_the_same_rows(fx, task,
     run = load_run_config(CONFIG, overrides(fx, task, name, out_dir="unused"))
     acfg = TSt.resolve_model_config(run.model, run.audio)
     train = TD.build_data(run, acfg).train
-    assert isinstance(train, AD.StreamedAudioBatches) and train.steps_per_epoch == 1
+    assert isinstance(train, AB.StreamedAudioBatches) and train.steps_per_epoch == 1
     got = train.batch_at(0)
     # the same rows through the in-memory path: manifest items (spoken-squad: the AudioLLMs row schema) ->
     # tokenized_examples -> AudioCollate (features from the waveform, the slow full-window reference)
@@ -114,14 +115,14 @@ def test_streamed_batches_equal_the_in_memory_collate_of_the_same_rows(fx, task,
     stream = train.open_stream(None, 0)
     ids = [next(stream)["id"] for _ in range(8)]
     stream.close()
-    exs, skipped = AD.tokenized_examples([items[i] for i in ids], tok, acfg, system=None, limit=32000)
+    exs, skipped = AE.tokenized_examples([items[i] for i in ids], tok, acfg, system=None, limit=32000)
     assert not skipped
     if task == "spoken-squad":  # the question is in the prompt, the answer is the target
         q = tok.encode("Question: " + items[ids[0]].prompt_text.split("Question: ")[1], add_special_tokens=False)
         p = list(exs[0].prompt)
         assert any(p[i:i + len(q)] == q for i in range(len(p)))
     bucket = next(b for b in train.buckets if b[0] >= max(e.S for e in exs) and b[1] >= max(e.T for e in exs))
-    ref = AD.AudioCollate(acfg, "running")(exs, bucket)
+    ref = AE.AudioCollate(acfg, "running")(exs, bucket)
     assert set(ref) <= set(got)
     for k, v in ref.items():
         if k == "features":
@@ -141,7 +142,7 @@ def test_resume_from_the_saved_stream_state_is_exact(fx, straight, tmp_path):
     losses = _losses(straight)
     assert len(losses) == N and all(np.isfinite(losses))
     meta = CheckpointStore(straight / "checkpoints").restore_meta(K)
-    host = meta[AD.STREAM_META_KEY]["hosts"][0]
+    host = meta[AB.STREAM_META_KEY]["hosts"][0]
     # 11 rows, one silent (read at least once in the first epoch): the first K x 8 examples took more rows, so
     # resuming at position step x batch would be off
     skipped = host["stream"]["skipped"].get("silent", 0)
@@ -253,7 +254,7 @@ def test_two_hosts_agree_on_each_steps_bucket_and_save_both_states(fx):
             return out
         return f
 
-    hosts = [AD.build_audio_stream(run, acfg, tok, host_index=h, host_count=2) for h in (0, 1)]
+    hosts = [AB.build_audio_stream(run, acfg, tok, host_index=h, host_count=2) for h in (0, 1)]
     for h, b in enumerate(hosts):
         b.agree = collective(h, lambda vs: np.max(vs, axis=0))
         b.gather = collective(h, list)

@@ -14,7 +14,7 @@ import pytest
 from proactive_jax.cli import main
 from proactive_jax.method.audio_objective import audio_loss_fn
 from proactive_jax.models.audio import init_params
-from proactive_jax.training import audio_data as AD, data as TD, mesh as TM, state as TSt, step as TS
+from proactive_jax.training import audio_batches as AB, audio_examples as AE, batches as TB, data as TD, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import restore_params
 from proactive_jax.training.run_config import load_run_config
 from tests.training.util import ROOT, max_diff
@@ -69,7 +69,7 @@ def test_trainer_loss_equals_the_audio_objective(straight):
     """Step 1's logged loss == ``audio_loss_fn`` on the pipeline's step-0 batch with the initial params, unsharded."""
     run = load_run_config(CONFIG, TINY_AUDIO + ["out_dir=unused"])
     acfg = TSt.resolve_model_config(run.model, run.audio)
-    batch = TD.device_batch(TD.build_data(run, acfg).train.batch_at(0))
+    batch = TB.device_batch(TD.build_data(run, acfg).train.batch_at(0))
     assert batch["features"].shape == (8, 16, 200) and batch["audio_tokens"].max() <= 50
     batch["row_id"] = np.arange(8, dtype=np.int32)
     params = jax.tree.map(jnp.asarray, init_params(acfg, 0))
@@ -137,9 +137,9 @@ def test_streamed_batches_resume_and_plan_shapes():
 
     run = load_run_config(CONFIG, TINY_AUDIO + ["out_dir=unused"])
     acfg = TSt.resolve_model_config(run.model, run.audio)
-    exs = AD.synthetic_speech_examples(make_speech_task("speech-transcribe", 10, 3, "train", 2.0), acfg)
-    collate = AD.AudioCollate(acfg, "running")
-    sb = AD.StreamedBatches(lambda pos: iter(exs[pos:]), (56, 8), global_batch_size=4, collate=collate,
+    exs = AE.synthetic_speech_examples(make_speech_task("speech-transcribe", 10, 3, "train", 2.0), acfg)
+    collate = AE.AudioCollate(acfg, "running")
+    sb = AB.StreamedBatches(lambda pos: iter(exs[pos:]), (56, 8), global_batch_size=4, collate=collate,
                             steps_per_epoch=3)
     full = list(sb.batches_from(0))
     assert len(full) == 3 and full[2]["valid"].tolist() == [True, True, False, False]

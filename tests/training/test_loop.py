@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax.training import cli as TC, data as TD, loop as T, mesh as TM, state as TSt, step as TS
+from proactive_jax.cli import train as TC
+from proactive_jax.training import batches as TB, data as TD, loop as T, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
 from proactive_jax.training.run_config import load_run_config
 from tests.subprocs import Procs, cpu_env
@@ -210,7 +211,7 @@ def test_nan_guard_and_stop(straight, tmp_path, monkeypatch):
     bad = jax.tree.map(np.array, good)
     bad["norm"]["weight"][0] = np.nan
     data = TD.build_data(cfg, spec.model, n_devices=8)
-    batch = TM.global_batch(TD.device_batch(data.train.batch_at(0)), TM.batch_sharding(spec.mesh), 1)
+    batch = TM.global_batch(TB.device_batch(data.train.batch_at(0)), TM.batch_sharding(spec.mesh), 1)
     params = TM.place(bad, sh["params"])
     opt = jax.jit(TS.make_optimizer(cfg.optim, N).init, out_shardings=sh["opt_state"])(params)
     state = {"step": jax.device_put(jnp.int32(5), sh["step"]), "params": params, "opt_state": opt}

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from proactive_jax.training import plan
+from proactive_jax.training import plan, tpu
 from proactive_jax.training.run_config import ModelSection, load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
     ("v4-32", "v4", (2, 2, 4)), ("v4:2x2x4", "v4", (2, 2, 4)), ("v5p-16", "v5p", (2, 2, 2)), ("V5E:2x2", "v5e", (2, 2)),
 ])
 def test_parse_topology(name, chip, grid):
-    t = plan.parse_topology(name)
+    t = tpu.parse_topology(name)
     assert (t.chip, t.grid) == (chip, grid)
     assert t.chips == int(__import__("math").prod(grid))
 
@@ -29,14 +29,14 @@ def test_parse_topology(name, chip, grid):
 @pytest.mark.parametrize("bad,needle", [("v9:2x2", "unknown TPU generation"), ("v5e:4by8", "grid"),
                                         ("v5litepod-12", "no standard"), ("tpu", "expected CHIP:GRID")])
 def test_parse_topology_errors(bad, needle):
-    with pytest.raises(plan.PlanError, match=needle):
-        plan.parse_topology(bad)
+    with pytest.raises(tpu.PlanError, match=needle):
+        tpu.parse_topology(bad)
 
 
 def test_missing_libtpu_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(plan.PlanError) as e:
-        plan.require_libtpu()
+    with pytest.raises(tpu.PlanError) as e:
+        tpu.require_libtpu()
     assert "[tpu]" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -49,20 +49,20 @@ def test_shipped_configs_fall_back_to_their_config_json():
         sec = plan.shape_model_section(run.model, ROOT)
         assert sec.hf_dir is None and Path(sec.config_json).name == json_name and sec.init == "random"
     missing = ModelSection(hf_dir="/nonexistent/SomeOtherModel", init="hf")
-    with pytest.raises(plan.PlanError, match="model.config_json"):
+    with pytest.raises(tpu.PlanError, match="model.config_json"):
         plan.shape_model_section(missing, ROOT)
 
 
 def test_verdict_and_advice():
-    m = SimpleNamespace(argument_size_in_bytes=2 * plan.GIB, output_size_in_bytes=2 * plan.GIB,
-                        alias_size_in_bytes=2 * plan.GIB, temp_size_in_bytes=13 * plan.GIB,
+    m = SimpleNamespace(argument_size_in_bytes=2 * tpu.GIB, output_size_in_bytes=2 * tpu.GIB,
+                        alias_size_in_bytes=2 * tpu.GIB, temp_size_in_bytes=13 * tpu.GIB,
                         generated_code_size_in_bytes=0)
     compiled = SimpleNamespace(memory_analysis=lambda: m)
-    topo = plan.parse_topology("v5e:4x8")
-    rep = plan.memory_report(compiled, topo, headroom=0.0)
-    assert rep["total_bytes"] == 15 * plan.GIB and rep["fits"] and rep["margin_bytes"] == plan.GIB
-    rep = plan.memory_report(compiled, topo, headroom=0.25)
-    assert not rep["fits"] and rep["margin_bytes"] == -3 * plan.GIB
+    topo = tpu.parse_topology("v5e:4x8")
+    rep = tpu.memory_report(compiled, topo, headroom=0.0)
+    assert rep["total_bytes"] == 15 * tpu.GIB and rep["fits"] and rep["margin_bytes"] == tpu.GIB
+    rep = tpu.memory_report(compiled, topo, headroom=0.25)
+    assert not rep["fits"] and rep["margin_bytes"] == -3 * tpu.GIB
     run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
     from proactive_jax.training.state import resolve_model_config
     tips = plan.advice(rep, run, resolve_model_config(run.model))
@@ -79,8 +79,8 @@ def test_max_batch_search_brackets_the_largest_fitting_batch(monkeypatch, per_ro
     """--max-batch on a fake memory model (affine, or bending upwards so the affine extrapolation from
     batches 64/128 overshoots, as Qwen3-4B did): the answer == the largest fitting chip-multiple (brute
     force over the same model) whenever the search says it is exact, and every compile is counted."""
-    topo = plan.parse_topology("v5e:4x8")  # 32 chips, 16 GiB; 25% headroom -> 12 GiB
-    gib = lambda rows: (1.0 + per_row * rows + kink * max(rows - 128, 0) ** 1.5 / 10) * plan.GIB  # noqa: E731
+    topo = tpu.parse_topology("v5e:4x8")  # 32 chips, 16 GiB; 25% headroom -> 12 GiB
+    gib = lambda rows: (1.0 + per_row * rows + kink * max(rows - 128, 0) ** 1.5 / 10) * tpu.GIB  # noqa: E731
     calls = []
 
     def fake_compile(spec, run, bucket):
@@ -93,7 +93,7 @@ def test_max_batch_search_brackets_the_largest_fitting_batch(monkeypatch, per_ro
     run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
     run = plan._with_batch(run, 64)
     out = plan.max_global_batch(run, None, topo, None, 0.25, {"total_bytes": int(gib(64))}, max_compiles=8)
-    budget = 12 * plan.GIB
+    budget = 12 * tpu.GIB
     brute = max([b for b in range(32, 100_000, 32) if gib(b) <= budget], default=None)
     assert len(calls) == len(out["max_batch_tried"]) - 1 <= 9  # batch 64 came with the first compile
     assert all(gib(b) <= budget for b in [out["max_global_batch"]] if b is not None)
@@ -108,18 +108,18 @@ def test_plan_compiles_tiny_run_for_a_tpu_slice():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     env.pop("XLA_FLAGS", None)
-    cmd = [sys.executable, "-m", "proactive_jax.cli", "plan", "configs/tiny-synthetic.yaml", "mesh.data=1",
-           "mesh.fsdp=-1", "objective.logit_chunk=8", "model.remat=dots_saveable", "model.attention=splash", "--topology", "v5e:2x2", "--json"]
+    cmd = [sys.executable, "-m", "proactive_jax", "plan", "configs/tiny-synthetic.yaml", "mesh.data=1",
+           "mesh.fsdp=-1", "objective.logit_chunk=8", "model.remat=dots_saveable", "model.attention=pallas", "--topology", "v5e:2x2", "--json"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout.strip().splitlines()[-1])
     assert (r["topology"], r["chips"], r["mesh"]) == ("v5e:2x2", 4, {"data": 1, "fsdp": 4})
     assert r["bucket"] == [24, 24] and r["global_batch_size"] == 32 and r["logit_chunk"] == 8
-    assert r["model"]["remat"] == "dots_saveable" and r["model"]["attention"] == "splash"
+    assert r["model"]["remat"] == "dots_saveable" and r["model"]["attention"] == "pallas"
     assert r["pallas_kernels"] >= 3  # the attention kernel compiled by Mosaic: forward, dq, dk/dv
     for k in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes", "capacity_bytes", "compile_s"):
         assert r[k] > 0, k
-    assert r["capacity_bytes"] == 16 * plan.GIB and r["fits"] is True and r["advice"] == []
+    assert r["capacity_bytes"] == 16 * tpu.GIB and r["fits"] is True and r["advice"] == []
     assert r["total_bytes"] == r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + r["temp_bytes"] + r["code_bytes"]
     # FSDP: the train state is split over the 4 chips (norm vectors of 64 may stay whole), never replicated
     assert r["state_bytes_per_chip"] < 0.3 * r["state_bytes"]
@@ -129,12 +129,12 @@ def test_plan_compiles_tiny_run_for_a_tpu_slice():
 def test_compiler_refusal_is_a_does_not_fit_verdict():
     msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (22.86G) "
            "exceeds available HBM (15.25G).")
-    e = plan._oom(RuntimeError(msg))
-    assert e.temp_bytes == int(22.86 * plan.GIB) and e.available_bytes == int(15.25 * plan.GIB)
+    e = tpu.oom_error(RuntimeError(msg))
+    assert e.temp_bytes == int(22.86 * tpu.GIB) and e.available_bytes == int(15.25 * tpu.GIB)
     run = load_run_config(ROOT / "configs" / "tiny-synthetic.yaml")
     from proactive_jax.training.state import resolve_model_config
     spec = SimpleNamespace(model=resolve_model_config(run.model), mesh=SimpleNamespace(shape={"data": 1, "fsdp": 4}))
-    rep = plan.refused_report(run, spec, plan.parse_topology("v5e:2x2"), (24, 24), 0.0, e)
+    rep = plan.refused_report(run, spec, tpu.parse_topology("v5e:2x2"), (24, 24), 0.0, e)
     assert not rep["fits"] and rep["margin_bytes"] < 0 and rep["advice"]
     assert "DOES NOT FIT" in plan.format_report(rep) and "22.86 GiB" in plan.format_report(rep)
 
@@ -148,7 +148,7 @@ def test_decode_shape_keys_and_errors():
     assert d.src == max(b[0] for b in run.data.buckets) and d.units == d.src  # defaults from the run's buckets
     for bad, needle in (("rows=8", "KEY=VALUE"), ("batch=eight", "not an integer"), ("tgt=0", ">= 1"),
                         ("src=8,prompt=16", "exceeds src")):
-        with pytest.raises(plan.PlanError, match=needle):
+        with pytest.raises(tpu.PlanError, match=needle):
             parse_decode(bad, run)
 
 
@@ -158,13 +158,13 @@ def test_plan_compiles_the_decode_loop_for_a_tpu_slice():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     env.pop("XLA_FLAGS", None)
-    cmd = [sys.executable, "-m", "proactive_jax.cli", "plan", "configs/tiny-synthetic.yaml", "--topology", "v5e:2x2",
+    cmd = [sys.executable, "-m", "proactive_jax", "plan", "configs/tiny-synthetic.yaml", "--topology", "v5e:2x2",
            "--decode", "batch=64,src=256,tgt=64,header=8,prompt=8,unit=4,units=32", "--json"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout.strip().splitlines()[-1])
     assert (r["mode"], r["chips"], r["cache_slots"], r["params_layout"]) == ("decode", 4, 328, "replicated")
-    assert r["fits"] is True and r["capacity_bytes"] == 16 * plan.GIB
+    assert r["fits"] is True and r["capacity_bytes"] == 16 * tpu.GIB
     assert r["argument_bytes"] >= r["fp32_params_bytes"]  # the parameters are whole on every chip
     # the KV caches (2 x layers x rows x slots x kv heads x head dim) are split with the rows: a chip's
     # temporaries hold its quarter, not the whole 5.4 MB

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from proactive_jax.method.objective import ObjectiveConfig
-from proactive_jax.training.run_config import (RunConfig, RunConfigError, apply_overrides, dump_run_config, from_dict,
-                                      load_config, load_run_config, to_dict)
+from proactive_jax.config import apply_overrides, from_dict, load_config, to_dict
+from proactive_jax.errors import ConfigError
+from proactive_jax.training.run_config import RunConfig, dump_run_config, load_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["tiny-synthetic.yaml", "qwen2.5-3b-iwslt-ende.yaml", "qwen3-4b-squad.yaml", "tiny-speech.yaml",
@@ -57,7 +58,7 @@ def test_overrides_are_yaml_typed():
     (["steps=[1"], "not valid YAML"),
 ])
 def test_bad_overrides_name_the_key(overrides, needle):
-    with pytest.raises(RunConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         load_run_config(ROOT / "configs" / "tiny-synthetic.yaml", overrides)
     assert needle in str(e.value), str(e.value)
     assert "tiny-synthetic.yaml" in str(e.value)
@@ -66,17 +67,17 @@ def test_bad_overrides_name_the_key(overrides, needle):
 def test_bad_yaml_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("model:\n  preset: tiny\nsteps: 3\noptim:\n  lr: [1, 2]\n")
-    with pytest.raises(RunConfigError, match=r"bad.yaml: optim.lr: expected float"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: optim.lr: expected float"):
         load_run_config(p)
     p.write_text("- just\n- a list\n")
-    with pytest.raises(RunConfigError, match="top level must be a mapping"):
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_run_config(p)
     p.write_text("model: {preset: tiny}\n")
-    with pytest.raises(RunConfigError, match="give steps or epochs"):
+    with pytest.raises(ConfigError, match="give steps or epochs"):
         load_run_config(p)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_run_config(tmp_path / "missing.yaml")
-    with pytest.raises(RunConfigError, match="model: required key missing"):
+    with pytest.raises(ConfigError, match="model: required key missing"):
         load_run_config(None, data={"steps": 3})
 
 
@@ -97,12 +98,12 @@ def test_generic_builder_for_other_configs():
     cfg = load_config(EvalCfg, None, ["decode.heads=[wait-k, entropy]", "decode.temperature=1", "extra.a=1"],
                       data={"checkpoint": "runs/x"})
     assert cfg.decode.heads == ("wait-k", "entropy") and cfg.decode.temperature == 1.0 and cfg.extra == {"a": 1}
-    with pytest.raises(RunConfigError, match=r"decode.max_len: expected int"):
+    with pytest.raises(ConfigError, match=r"decode.max_len: expected int"):
         from_dict(EvalCfg, {"checkpoint": "x", "decode": {"max_len": "long"}})
-    with pytest.raises(RunConfigError, match=r"checkpoint: required key missing"):
+    with pytest.raises(ConfigError, match=r"checkpoint: required key missing"):
         from_dict(EvalCfg, {})
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
-    with pytest.raises(RunConfigError, match=r"a.b is 1, not a mapping"):
+    with pytest.raises(ConfigError, match=r"a.b is 1, not a mapping"):
         apply_overrides({"a": {"b": 1}}, ["a.b.c=2"])
 
 

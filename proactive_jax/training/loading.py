@@ -17,25 +17,14 @@ def load_model(path: str | Path, step: int | None = None, *, dtype: str = "float
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint (expected a Hugging Face directory or a training run)")
     if is_hf_dir(p):
-        from .hf import load_pretrained
+        from proactive_jax.models.hf import load_pretrained
 
         cfg, params = load_pretrained(p, dtype=dtype)
         tok = str(p) if (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists() else None
         return cfg, params, tok
-    from ..training.checkpoint import restore_params
+    from proactive_jax.training.checkpoint import restore_params
 
     cfg, params, meta, _ = restore_params(p, step)
     if dtype != cfg.dtype:
         cfg = cfg.replace(dtype=dtype)
     return cfg, params, meta.get("tokenizer_dir")
-
-
-def eos_ids_for(tokenizer, config) -> list[int]:
-    """End-of-turn ids: ``<|im_end|>`` when the tokenizer has it, plus the config's eos ids."""
-    ids = set(config.eos_ids)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(int(im_end))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(i for i in ids if i < config.vocab_size)

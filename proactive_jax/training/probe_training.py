@@ -1,8 +1,9 @@
-"""`proactive-jax probe train`: fit the learned decision head's probe on a trained run (backbone frozen).
+"""Fit the learned decision head's probe on a trained run (backbone frozen): the probe config, the labelled
+states, the driver behind `proactive-jax probe train`.
 
     proactive-jax probe train checkpoint=runs/x task=lookup num_examples=1000 [labels=oracle] [eps=0.1]
 
-Self-labels by default (:mod:`.probe`); ``labels=oracle`` uses the synthetic tasks' true alignment.
+Self-labels by default (:mod:`proactive_jax.method.probe`); ``labels=oracle`` uses the synthetic tasks' true alignment.
 The probe is written next to the run's checkpoint (``<checkpoint>/probe.safetensors``, or
 ``probe-oracle.safetensors``), never into a Hugging Face export; ``proactive-jax eval`` finds it there.
 """
@@ -12,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 
-from ..data.loaders import DatasetSpec
+from proactive_jax.data.loaders import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def fit_probe(cfg: ProbeConfig, model_cfg, params, texts, streams) -> tuple[dict
     """Collect labelled states of ``streams`` (rendered ``texts``), train; ``(probe, info)``."""
     import numpy as np
 
-    from . import probe as P
+    from proactive_jax.method import probe as P
 
     oracle = None
     if cfg.labels == "oracle":
@@ -76,10 +76,10 @@ def fit_probe(cfg: ProbeConfig, model_cfg, params, texts, streams) -> tuple[dict
 def run_probe_train(cfg: ProbeConfig) -> Path:
     from transformers import AutoTokenizer
 
-    from ..data.render import RenderConfig, render_with_config
-    from ..evaluation.evaluate import text_examples
-    from ..models.loading import load_model
-    from .probe import ProbeError, save_probe
+    from proactive_jax.data.render import RenderConfig, render_with_config
+    from proactive_jax.data.loaders import task_examples
+    from proactive_jax.training.loading import load_model
+    from proactive_jax.method.probe import ProbeError, save_probe
 
     if not cfg.checkpoint:
         raise ProbeError("checkpoint is not set (the training run directory)")
@@ -90,31 +90,11 @@ def run_probe_train(cfg: ProbeConfig) -> Path:
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     rc = RenderConfig()
     parts = rc.parts(tok)
-    texts = text_examples(cfg, cfg.split, cfg.num_examples)
+    texts = task_examples(cfg.task, cfg.split, cfg.num_examples, seed=cfg.seed, dataset=cfg.dataset,
+                          adapter_options=cfg.adapter_options)
     streams = [render_with_config(tok, t, rc, parts) for t in texts]
     probe, info = fit_probe(cfg, model_cfg, params, texts, streams)
     out = Path(cfg.out) if cfg.out else default_probe_path(cfg.checkpoint, cfg.labels)
     save_probe(out, probe, info)
     print(json.dumps({k: v for k, v in info.items()}, indent=1, default=float))
     return out
-
-
-def add_probe_args(p) -> None:
-    p.add_argument("action", choices=("train",), help="train: fit the probe on a trained run")
-    p.add_argument("config", nargs="?", default=None, help="probe config YAML (optional)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/x task=lookup")
-
-
-def run_probe_cli(args) -> int:
-    from ..training.run_config import RunConfigError, config_and_overrides, load_config
-    from .probe import ProbeError
-
-    path, overrides = config_and_overrides(args.config, args.overrides)
-    try:
-        cfg = load_config(ProbeConfig, path, overrides)
-        out = run_probe_train(cfg)
-    except (ProbeError, RunConfigError, FileNotFoundError, ValueError) as e:
-        print(f"proactive-jax probe: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0

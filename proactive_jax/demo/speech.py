@@ -22,12 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from proactive_jax.data.synthetic_audio import EOS, speech_vocabulary
+
 logger = logging.getLogger(__name__)
-
-SPECIALS = ("<pad>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|user_end|>",
-            "<|assistant|>", "<task:transcribe>", "<task:lookup>")
-PAD, EOS, AUDIO, BOS_A, EOS_A, USER_END, ASSISTANT, T_TRANSCRIBE, T_LOOKUP = range(len(SPECIALS))
-
 
 @dataclasses.dataclass(frozen=True)
 class SpeechDemoConfig:
@@ -65,7 +62,7 @@ class SpeechDemoConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"speech: unknown keys {sorted(unknown)}")
-        from .training.run_config import from_dict
+        from proactive_jax.config import from_dict
 
         cfg = from_dict(cls, d, "speech")  # typed: "speech.steps: expected int ..." (heads: a list -> a tuple)
         if cfg.quick:
@@ -76,31 +73,25 @@ class SpeechDemoConfig:
         return cfg
 
 
-def vocabulary() -> list[str]:
-    from .data.synthetic_audio import CATEGORIES, WORDS
-
-    return list(SPECIALS) + list(WORDS) + list(CATEGORIES)
-
-
 def model_config(cfg: SpeechDemoConfig):
     """The run config's ``tiny-audio`` preset with this demo's mel bins, window (``max_seconds``) and chunk."""
     import copy
 
-    from .models.audio_config import from_hf_dict_audio
-    from .training.run_config import MODEL_PRESETS
+    from proactive_jax.models.audio_config import from_hf_dict_audio
+    from proactive_jax.models.presets import MODEL_PRESETS
 
     preset = copy.deepcopy(MODEL_PRESETS["tiny-audio"])
     positions = int(cfg.max_seconds * 50)
     positions += positions % 2
     preset["audio_config"].update(num_mel_bins=cfg.num_mel_bins, max_source_positions=positions)
-    preset["text_config"].update(vocab_size=len(vocabulary()), eos_token_id=EOS)
+    preset["text_config"].update(vocab_size=len(speech_vocabulary()), eos_token_id=EOS)
     return from_hf_dict_audio(preset, source="speech demo").replace(chunk_tokens=cfg.chunk_tokens)
 
 
 def build(items, cfg: SpeechDemoConfig, acfg):
     """Features [N, bins, frames], valid frames [N] and token-level StreamExamples (placeholder units), by the
-    trainer's speech data code (:mod:`.training.audio_data`)."""
-    from .training.audio_data import features_of, synthetic_speech_examples
+    trainer's speech data code (:mod:`proactive_jax.training.audio_examples`)."""
+    from proactive_jax.training.audio_examples import features_of, synthetic_speech_examples
 
     exs = synthetic_speech_examples(items, acfg)
     fv = [features_of(e.waveform, acfg, "running", e.id) for e in exs]
@@ -130,9 +121,9 @@ def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
     import jax.numpy as jnp
     import optax
 
-    from .method.audio_objective import audio_loss_fn, pack_audio_batch
-    from .method.objective import ObjectiveConfig
-    from .models.audio import init_params
+    from proactive_jax.method.audio_objective import audio_loss_fn, pack_audio_batch
+    from proactive_jax.method.objective import ObjectiveConfig
+    from proactive_jax.models.audio import init_params
 
     obj = ObjectiveConfig(kl_lambda=cfg.kl_lambda, kl_topk=100, trailing_reads=True)
     obj_pre = ObjectiveConfig(w_mslm=0.0, kl_lambda=0.0, kl_topk=100, trailing_reads=True)
@@ -174,7 +165,7 @@ def train(cfg: SpeechDemoConfig, acfg, feats, valid, exs, say=print):
 
 def evidence_chunks(item, K: int) -> list[int]:
     """For each target word, the read count (chunks) after which the evidence has been heard."""
-    from .training.audio_data import audio_tokens_for
+    from proactive_jax.training.audio_examples import audio_tokens_for
 
     return [-(-audio_tokens_for(item.word_ends[w]) // K) for w in item.evidence_words]
 
@@ -187,10 +178,10 @@ def transcript(words) -> str:
 
 def evaluate(cfg: SpeechDemoConfig, acfg, params, items, feats, valid, exs) -> list[dict]:
     """Every head on the test items: quality, RCO, AIL (chunks), premature-write rate, AIL in seconds."""
-    from .evaluation import metrics
-    from .method.audio_stream import AudioStreamExample
-    from .method.decode import stream_decode
-    from .models.audio import encode, output_lengths
+    from proactive_jax.evaluation import metrics
+    from proactive_jax.method.audio_stream import AudioStreamExample
+    from proactive_jax.method.decode import stream_decode
+    from proactive_jax.models.audio import encode, output_lengths
 
     fam = (np.arange(feats.shape[2])[None] < valid[:, None]).astype(np.int32)
     emb = np.asarray(encode(acfg, params, feats, fam, mask="causal", conv_edge="zero"))
@@ -198,7 +189,7 @@ def evaluate(cfg: SpeechDemoConfig, acfg, params, items, feats, valid, exs) -> l
     aex = [AudioStreamExample(prompt=e.prompt, units=e.units, end=e.end, header=e.header, target=e.target,
                               unit_embeds=emb[i, :int(n_out[i])], seconds_per_unit=acfg.chunk * 0.04)
            for i, e in enumerate(exs)]
-    vocab = vocabulary()
+    vocab = speech_vocabulary()
     rows = []
     for head in cfg.heads:
         res = stream_decode(acfg.text, params["language_model"], aex, head, 10, eos_ids=[EOS])
@@ -276,7 +267,7 @@ def check_targets(results: dict) -> list[dict]:
 
 def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> dict:
     """Data -> train -> evaluate -> tables; writes ``speech_results.json`` and ``speech_table.md``."""
-    from .data.synthetic_audio import SPEECH_TASKS, make_speech_task
+    from proactive_jax.data.synthetic_audio import SPEECH_TASKS, make_speech_task
 
     cfg = SpeechDemoConfig.from_dict(settings)
     out = Path(out_dir)
@@ -331,7 +322,7 @@ class SpeechProcess:
 
 
 def start_speech_process(settings: dict | None, out_dir: str | Path) -> SpeechProcess:
-    """Start :func:`run_speech_stage` in a child Python (``python -m proactive_jax.demo_speech``); its printed
+    """Start :func:`run_speech_stage` in a child Python (``python -m proactive_jax.demo.speech``); its printed
     lines go to ``out_dir/speech.log``. The settings are validated here first, so a wrong key fails at once."""
     SpeechDemoConfig.from_dict(settings)
     out = Path(out_dir)

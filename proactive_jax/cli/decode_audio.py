@@ -20,35 +20,22 @@ import time
 
 import numpy as np
 
+from proactive_jax.data.render import audio_parts
+
 logger = logging.getLogger(__name__)
-
-AUDIO_SPECIALS = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
-
-
-def audio_parts(tok, question: str = "", system: str | None = "You are a helpful assistant.") -> dict:
-    """Token lists of the audio chat layout: prompt (system, user header, question, ``<|audio_bos|>``),
-    end (``<|audio_eos|>`` + the end of the user turn), header (the assistant turn)."""
-    missing = [t for t in AUDIO_SPECIALS if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
-    if missing:
-        raise ValueError(f"tokenizer has no {missing} tokens (a Qwen2-Audio tokenizer is needed)")
-    sys_turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    q = f"{question.strip()}\n" if question.strip() else ""
-    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    return {"prompt": enc(f"{sys_turn}<|im_start|>user\n{q}<|audio_bos|>"), "end": enc("<|audio_eos|><|im_end|>\n"),
-            "header": enc("<|im_start|>assistant\n"), "audio_id": tok.convert_tokens_to_ids("<|AUDIO|>")}
 
 
 def run_audio_decode(args) -> int:
     from transformers import AutoTokenizer
 
-    from ..data.audio import AudioError, read_audio
-    from ..models.audio_config import chunk_tokens_from_ms
-    from ..models.hf import load_pretrained
-    from ..models.loading import eos_ids_for
-    from .audio_stream import audio_embeddings, audio_example
-    from .decode import stream_decode
-    from .trace import format_events, interleave
-    from .heads import parse_head
+    from proactive_jax.data.audio import AudioError, read_audio
+    from proactive_jax.models.audio_config import chunk_tokens_from_ms
+    from proactive_jax.models.hf import load_pretrained
+    from proactive_jax.data.render import eos_ids_for
+    from proactive_jax.method.audio_stream import audio_embeddings, audio_example
+    from proactive_jax.method.decode import stream_decode
+    from proactive_jax.method.trace import format_events, interleave
+    from proactive_jax.method.heads import parse_head
 
     try:
         parse_head(args.head)
@@ -103,7 +90,7 @@ def pcm_pieces(stream, fmt: str, piece_samples: int):
 def file_pieces(path, piece_samples: int, pace: float, sleep=time.sleep, clock=time.perf_counter):
     """Pieces of an audio file, each yielded when it would have been heard (``pace`` 1 = real time; 0 =
     at once)."""
-    from ..data.audio import read_audio
+    from proactive_jax.data.audio import read_audio
 
     wave, sr = read_audio(path)
     if sr != 16000:
@@ -120,12 +107,13 @@ def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
     """``decode --live --audio SRC``: audio pieces from ``SRC`` (``-``: raw PCM on stdin) into a live session."""
     from transformers import AutoTokenizer
 
-    from ..data.audio import AudioError
-    from ..models.audio_config import chunk_tokens_from_ms
-    from ..models.hf import load_pretrained
-    from ..models.loading import eos_ids_for
-    from .heads import parse_head
-    from .session import SessionError, StreamSession
+    from proactive_jax.data.audio import AudioError
+    from proactive_jax.models.audio_config import chunk_tokens_from_ms
+    from proactive_jax.models.hf import load_pretrained
+    from proactive_jax.data.render import eos_ids_for
+    from proactive_jax.method.heads import parse_head
+    from proactive_jax.errors import SessionError
+    from proactive_jax.method.session import StreamSession
 
     stdout = stdout or sys.stdout
     piece = int(round(args.piece_ms * 16))

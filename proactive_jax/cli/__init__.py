@@ -41,13 +41,13 @@ def _run_hf_check(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .models.hf import load_pretrained
-    from .models.qwen import forward
+    from proactive_jax.models.hf import load_pretrained
+    from proactive_jax.models.qwen import forward
 
     tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
     config, params = load_pretrained(args.dir, dtype=args.dtype)  # errors: one line via main
     if getattr(config, "model_type", None) == "qwen2_audio":
-        from .models.audio_check import hf_check_audio
+        from proactive_jax.models.audio_check import hf_check_audio
 
         return hf_check_audio(args, config, params, tol)
     ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
@@ -123,23 +123,23 @@ def _lazy_args(module: str, fn: str) -> Callable[[argparse.ArgumentParser], None
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("the embedded default: train a tiny streaming model on built-in tasks, evaluate the heads, "
-                    "print the paper-style table", _lazy_args("proactive_jax.demo", "add_demo_args"),
-                    "proactive_jax.demo:run_demo_cli"),
+                    "print the paper-style table", _lazy_args("proactive_jax.demo.text", "add_demo_args"),
+                    "proactive_jax.demo.text:run_demo_cli"),
     "train": Command("train a streaming LLM (batch + MSLM + SPSD) from a YAML run config",
-                     _lazy_args("proactive_jax.training.cli", "add_train_args"), "proactive_jax.training.cli:run_train"),
+                     _lazy_args("proactive_jax.cli.train", "add_train_args"), "proactive_jax.cli.train:run_train"),
     "export": Command("write a training run's checkpoint as a Hugging Face directory",
-                      _lazy_args("proactive_jax.training.cli", "add_export_args"), "proactive_jax.training.cli:run_export"),
+                      _lazy_args("proactive_jax.cli.train", "add_export_args"), "proactive_jax.cli.train:run_export"),
     "decode": Command("stream one text through a checkpoint with a decision head; show READs and WRITEs",
-                      _lazy_args("proactive_jax.method.decode_cli", "add_decode_args"),
-                      "proactive_jax.method.decode_cli:run_decode_cli"),
+                      _lazy_args("proactive_jax.cli.decode", "add_decode_args"),
+                      "proactive_jax.cli.decode:run_decode_cli"),
     "eval": Command("evaluate decision heads with threshold sweeps: results.json, table, plots",
-                    _lazy_args("proactive_jax.evaluation.evaluate", "add_eval_args"), "proactive_jax.evaluation.evaluate:run_eval_cli"),
+                    _lazy_args("proactive_jax.cli.eval", "add_eval_args"), "proactive_jax.cli.eval:run_eval_cli"),
     "probe": Command("train the learned decision head's probe on a trained run (self-labels or oracle labels)",
-                     _lazy_args("proactive_jax.method.probe_cli", "add_probe_args"),
-                     "proactive_jax.method.probe_cli:run_probe_cli"),
+                     _lazy_args("proactive_jax.cli.probe", "add_probe_args"),
+                     "proactive_jax.cli.probe:run_probe_cli"),
     "plan": Command("compile a run's train step for a TPU slice (no TPU, weights or data needed) and report its "
-                    "per-chip memory", _lazy_args("proactive_jax.training.plan", "add_plan_args"),
-                    "proactive_jax.training.plan:run_plan"),
+                    "per-chip memory", _lazy_args("proactive_jax.cli.plan", "add_plan_args"),
+                    "proactive_jax.cli.plan:run_plan"),
     "prepare-audio": Command("copy audio rows (a datasets / tfds split or a WAV + JSONL manifest) once into ArrayRecord "
                              "shards for the bounded-memory training stream (audio.stream.dir)",
                              _prepare_audio_args,
@@ -202,7 +202,7 @@ def run_guarded(prog: str, fn: Callable[[], int | None]) -> int:
     """Run ``fn``; a :class:`~proactive_jax.errors.ProactiveError`, an OS error the user caused or Ctrl-C
     becomes one line on stderr and an exit code (2; ``TrainingDiverged`` 3; Ctrl-C 130). Anything else is
     a bug and keeps its traceback. The one place where the CLI turns errors into exit codes."""
-    from .errors import ProactiveError
+    from proactive_jax.errors import ProactiveError
 
     try:
         return int(fn() or 0)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import jax
 
-from .demo_report import (HAND_CRAFTED, QUALITY_NAME, check_targets, curve_areas, issue14_targets,  # noqa: F401
+from proactive_jax.demo.report import (HAND_CRAFTED, QUALITY_NAME, check_targets, curve_areas, issue14_targets,  # noqa: F401
                           paper_table)
-from .evaluation import evaluate as E, results as R
-from .method.heads import parse_head
+from proactive_jax.evaluation import sweep as E, results as R
+from proactive_jax.method.heads import parse_head
 
 
 
@@ -83,7 +83,7 @@ class DemoConfig:
 
 
 def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> DemoConfig:
-    from .training.run_config import load_config, to_dict
+    from proactive_jax.config import load_config, to_dict
 
     cfg = load_config(DemoConfig, path, overrides)
     if quick:
@@ -95,35 +95,35 @@ def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> Dem
 
 
 def validate_demo_config(cfg: DemoConfig) -> None:
-    """Task names and head sweeps are checked before anything trains (RunConfigError naming the key)."""
-    from .data.synthetic import SYNTHETIC_TASKS
-    from .training.run_config import RunConfigError
+    """Task names and head sweeps are checked before anything trains (ConfigError naming the key)."""
+    from proactive_jax.data.synthetic import SYNTHETIC_TASKS
+    from proactive_jax.errors import ConfigError
 
     for task in cfg.tasks:
         if task not in SYNTHETIC_TASKS:
-            raise RunConfigError(f"tasks: unknown synthetic task {task!r}; expected some of {sorted(SYNTHETIC_TASKS)}")
+            raise ConfigError(f"tasks: unknown synthetic task {task!r}; expected some of {sorted(SYNTHETIC_TASKS)}")
         if task not in cfg.heads:
-            raise RunConfigError(f"heads: no sweep list for task {task!r}")
+            raise ConfigError(f"heads: no sweep list for task {task!r}")
         for sweep in cfg.heads[task]:
             try:
                 E.expand_sweep(sweep)
             except E.EvalError as e:
-                raise RunConfigError(f"heads.{task}: {e}") from None
+                raise ConfigError(f"heads.{task}: {e}") from None
             if parse_head(E.expand_sweep(sweep)[0].spec).needs_probe:
-                raise RunConfigError(f"heads.{task}: probe heads go in probe_heads (they need a trained probe)")
+                raise ConfigError(f"heads.{task}: probe heads go in probe_heads (they need a trained probe)")
     for sweep in cfg.probe_heads:
         try:
             specs = E.expand_sweep(sweep)
         except E.EvalError as e:
-            raise RunConfigError(f"probe_heads: {e}") from None
+            raise ConfigError(f"probe_heads: {e}") from None
         if not parse_head(specs[0].spec).needs_probe:
-            raise RunConfigError(f"probe_heads: {sweep!r} is not a probe head")
-    from .demo_speech import SpeechDemoConfig
+            raise ConfigError(f"probe_heads: {sweep!r} is not a probe head")
+    from proactive_jax.demo.speech import SpeechDemoConfig
 
     try:
         SpeechDemoConfig.from_dict(dict(cfg.speech))
     except (TypeError, ValueError) as e:
-        raise RunConfigError(str(e) if str(e).startswith("speech") else f"speech: {e}") from None
+        raise ConfigError(str(e) if str(e).startswith("speech") else f"speech: {e}") from None
 
 
 def _say(msg: str) -> None:
@@ -131,7 +131,7 @@ def _say(msg: str) -> None:
 
 
 def _run_config(cfg: DemoConfig, name: str, *, steps: int, lr: float, objective: dict):
-    from .training.run_config import load_run_config
+    from proactive_jax.training.run_config import load_run_config
 
     out = Path(cfg.out_dir) / "runs" / name
     data = {
@@ -152,7 +152,7 @@ def _run_config(cfg: DemoConfig, name: str, *, steps: int, lr: float, objective:
 
 
 def _eval_items(cfg: DemoConfig, task: str, split: str, n: int, tok, parts):
-    from .data import make_task, render_example
+    from proactive_jax.data import make_task, render_example
 
     return [E.EvalItem(t.id, render_example(tok, t, parts), list(t.references) or [t.target_text])
             for t in make_task(task, n, seed=cfg.seed, split=split)]
@@ -168,8 +168,8 @@ def evaluate_runs(cfg: DemoConfig, model_cfg, params: dict, probes: dict, tok, p
     ``heads``, the proactive model also with ``probe_heads`` and each probe (``probes``: ``self`` /
     ``oracle``); ``(results[task][model], decode seconds)``. Records resume from ``eval_dir`` (default
     ``out_dir/eval``), so re-evaluating saved runs with more heads decodes only the new settings."""
-    from .data import word_start_table
-    from .models.loading import eos_ids_for
+    from proactive_jax.data import word_start_table
+    from proactive_jax.data.render import eos_ids_for
 
     eval_dir = Path(cfg.out_dir) / "eval" if eval_dir is None else Path(eval_dir)
     eos = eos_ids_for(tok, model_cfg)
@@ -212,9 +212,9 @@ ABLATION_FAMILIES = ("batch", "entropy", "attention")
 def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int) -> dict:
     """The learned probe on the proactive model (self-labels) and the same probe on oracle labels, trained
     on ``probe_examples`` training examples per task; saved next to the run's checkpoint."""
-    from .data import make_task, render_example
-    from .method.probe import save_probe
-    from .method.probe_cli import ProbeConfig, default_probe_path, fit_probe
+    from proactive_jax.data import make_task, render_example
+    from proactive_jax.method.probe import save_probe
+    from proactive_jax.training.probe_training import ProbeConfig, default_probe_path, fit_probe
 
     t0 = time.perf_counter()
     texts = [t for task in cfg.tasks for t in make_task(task, cfg.probe_examples, seed=cfg.seed + 1, split="train")]
@@ -236,7 +236,7 @@ def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int)
 def run_demo(cfg: DemoConfig) -> dict:
     """All stages; the speech stage (full demo) in a second process beside the text stages unless
     ``speech.parallel`` is false (then after them, in this process)."""
-    from .demo_speech import SpeechDemoConfig, start_speech_process, stop_speech_process
+    from proactive_jax.demo.speech import SpeechDemoConfig, start_speech_process, stop_speech_process
 
     speech_cfg = SpeechDemoConfig.from_dict(dict(cfg.speech))
     speech_on = speech_cfg.enabled
@@ -254,13 +254,13 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 # Longer than ~80 lines on purpose: the five demo stages in the order they print, each a short block.
 def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
-    from .data import load_tokenizer, template_parts, word_start_table
-    from .demo_speech import finish_speech_process, run_speech_stage
-    from .data.synthetic import ASSET_DIR
-    from .method.decode import stream_decode
-    from .method.trace import format_events, interleave
-    from .models.loading import eos_ids_for
-    from .training.loop import train
+    from proactive_jax.data import load_tokenizer, template_parts, word_start_table
+    from proactive_jax.demo.speech import finish_speech_process, run_speech_stage
+    from proactive_jax.data.synthetic import ASSET_DIR
+    from proactive_jax.method.decode import stream_decode
+    from proactive_jax.method.trace import format_events, interleave
+    from proactive_jax.data.render import eos_ids_for
+    from proactive_jax.training.loop import train
 
     t_start = time.perf_counter()
     out = Path(cfg.out_dir)
@@ -375,12 +375,12 @@ def add_demo_args(p) -> None:
 
 
 def run_demo_cli(args) -> int:
-    from .training.run_config import RunConfigError
+    from proactive_jax.errors import ConfigError
 
     overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
     try:
         cfg = load_demo_config(args.config, overrides, quick=args.quick)
-    except (RunConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError) as e:
         print(f"proactive-jax demo: {e}", file=sys.stderr)
         return 2
     run_demo(cfg)

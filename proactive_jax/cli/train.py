@@ -10,10 +10,10 @@ from typing import Sequence
 
 import jax
 
-from ..cli import run_guarded
-from .checkpoint import export
-from .loop import train
-from .run_config import load_run_config
+from proactive_jax.cli import run_guarded
+from proactive_jax.training.checkpoint import export
+from proactive_jax.training.loop import train
+from proactive_jax.training.run_config import load_run_config
 
 log = logging.getLogger(__name__)
 

@@ -40,8 +40,8 @@ def _model_and_tokenizer(args: argparse.Namespace):
     """``(config, params, tokenizer)`` for ``--checkpoint`` / ``--step`` / ``--tokenizer``; the head is checked first."""
     from transformers import AutoTokenizer
 
-    from ..models.loading import load_model
-    from .heads import parse_head
+    from proactive_jax.training.loading import load_model
+    from proactive_jax.method.heads import parse_head
 
     parse_head(args.head)
     cfg, params, tok_dir = load_model(args.checkpoint, args.step)
@@ -57,11 +57,11 @@ def run_decode_cli(args: argparse.Namespace) -> int:
               "live audio; SRC '-' = raw PCM on standard input)", file=sys.stderr)
         return 2
     if args.live and args.audio is not None:
-        from .audio_decode_cli import run_live_audio
+        from proactive_jax.cli.decode_audio import run_live_audio
 
         return run_live_audio(args)
     if args.audio is not None:
-        from .audio_decode_cli import run_audio_decode
+        from proactive_jax.cli.decode_audio import run_audio_decode
 
         return run_audio_decode(args)
     if args.live:
@@ -71,10 +71,10 @@ def run_decode_cli(args: argparse.Namespace) -> int:
               "source from standard input)", file=sys.stderr)
         return 2
 
-    from ..data import TextExample, render_example, split_words, template_parts, word_start_table
-    from .decode import stream_decode
-    from .trace import format_events, interleave
-    from ..models.loading import eos_ids_for
+    from proactive_jax.data import TextExample, render_example, split_words, template_parts, word_start_table
+    from proactive_jax.method.decode import stream_decode
+    from proactive_jax.method.trace import format_events, interleave
+    from proactive_jax.data.render import eos_ids_for
 
     try:
         cfg, params, tok = _model_and_tokenizer(args)
@@ -107,7 +107,8 @@ def _live_units(stream, unit: str):
 
 def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     """``decode --live``: a :class:`.session.StreamSession` fed from standard input, writes printed at once."""
-    from .session import SessionError, StreamSession
+    from proactive_jax.errors import SessionError
+    from proactive_jax.method.session import StreamSession
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     try:

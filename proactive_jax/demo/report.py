@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .evaluation import results as R
-from .method.heads import parse_head
+from proactive_jax.evaluation import results as R
+from proactive_jax.method.heads import parse_head
 
 QUALITY_NAME = {"lookup": "acc", "word-map": "BLEU"}
 

@@ -1,6 +1,6 @@
 """A SimulEval (1.1.x) text-to-text agent on :class:`.session.StreamSession` (the ``simuleval`` extra).
 
-    simuleval --agent-class proactive_jax.method.simuleval_agent.ProactiveAgent \\
+    simuleval --agent-class proactive_jax.evaluation.simuleval_agent.ProactiveAgent \\
         --source src.txt --target tgt.txt --checkpoint CKPT --head wait-k:k=3 --output OUT
 
 SimulEval sends the source one word per call (``states.source``) and records, for every target word the
@@ -26,7 +26,7 @@ import logging
 from simuleval.agents import TextToTextAgent
 from simuleval.agents.actions import ReadAction, WriteAction
 
-from .session import StreamSession
+from proactive_jax.method.session import StreamSession
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ProactiveAgent(TextToTextAgent):
     def __init__(self, args):
         from transformers import AutoTokenizer
 
-        from ..models.loading import load_model
+        from proactive_jax.training.loading import load_model
 
         self.config, self.params, tok_dir = load_model(args.checkpoint, args.step)
         tok_dir = args.tokenizer or tok_dir

@@ -1,0 +1,29 @@
+"""``proactive-jax probe train``: fit the learned decision head's probe on a trained run (backbone frozen)."""
+
+from __future__ import annotations
+
+import sys
+
+from proactive_jax.training.probe_training import ProbeConfig, run_probe_train
+
+
+def add_probe_args(p) -> None:
+    p.add_argument("action", choices=("train",), help="train: fit the probe on a trained run")
+    p.add_argument("config", nargs="?", default=None, help="probe config YAML (optional)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/x task=lookup")
+
+
+def run_probe_cli(args) -> int:
+    from proactive_jax.config import config_and_overrides, load_config
+    from proactive_jax.errors import ConfigError
+    from proactive_jax.method.probe import ProbeError
+
+    path, overrides = config_and_overrides(args.config, args.overrides)
+    try:
+        cfg = load_config(ProbeConfig, path, overrides)
+        out = run_probe_train(cfg)
+    except (ProbeError, ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"proactive-jax probe: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
