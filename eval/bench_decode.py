@@ -27,6 +27,7 @@ from proactive_jax.models.config import ModelConfig  # noqa: E402
 from proactive_jax.method.decode import stream_decode  # noqa: E402
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head  # noqa: E402
 from proactive_jax.models.attention import MaskVectors  # noqa: E402
+from proactive_jax.method.attention_stats import HeadStatistics  # noqa: E402
 from proactive_jax.models.qwen import abstract_params, apply_hidden, hidden_to_logits  # noqa: E402
 from proactive_jax.data.example import StreamExample  # noqa: E402
 
@@ -68,8 +69,9 @@ class Naive:
         stats_on = self.needs_stats
 
         def fwd(params, ids, pos, seg, idx, lim, ss, row):
-            h, _, st = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim),
-                                    stream_start=ss if stats_on else None)
+            out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim),
+                               hook=HeadStatistics() if stats_on else None, probe_args=ss)
+            h, st = out.hidden, (out.attention_probe[0] if stats_on else None)
             b = jnp.arange(ids.shape[0])
             logits = hidden_to_logits(cfg, params, h[b, row][:, None])[:, 0]
             if stats_on:

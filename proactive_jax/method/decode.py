@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.models.config import ModelConfig
+from proactive_jax.method.attention_stats import HeadStatistics
 from proactive_jax.method.probe import check_probe, probe_prob, uses_stats
 from proactive_jax.method.shapes import bucket
 from proactive_jax.method.heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
@@ -125,13 +126,13 @@ def _model(sh: StepShapes, params, chunk, cache, row, plen, embeds=None):
     ids, pos, seg, idx, lim = chunk
     B = ids.shape[0]
     bi = jnp.arange(B)
-    out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache,
-                       stream_start=plen if sh.with_stats else None, input_embeds=embeds,
-                       source_attention=sh.with_src_attn)
-    hidden, cache, stats = out[:3]
-    src = None
+    hook = HeadStatistics(sh.with_stats, sh.with_src_attn) if (sh.with_stats or sh.with_src_attn) else None
+    out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache, input_embeds=embeds, hook=hook,
+                       probe_args=plen)
+    hidden, cache = out.hidden, out.cache
+    stats, src = out.attention_probe if hook is not None else (None, None)
     if sh.with_src_attn:  # [layers, B, T, C] -> the decision row's source slots [B, layers, S_cap]
-        src = jnp.transpose(out[3][:, bi, row, :sh.source_cap], (1, 0, 2)).astype(jnp.float32)
+        src = jnp.transpose(src[:, bi, row, :sh.source_cap], (1, 0, 2)).astype(jnp.float32)
     h = hidden[bi, row]
     logits = hidden_to_logits(cfg, params, h[:, None])[:, 0]
     if sh.with_stats:
@@ -165,7 +166,7 @@ def prefill(sh: StepShapes, params, head_vals, rows, prompt):
     p_ok = valid[:, None] & (p < plen[:, None])
     h_ok = valid[:, None] & (h < hlen[:, None])
     cache = init_cache(sh.config, B, sh.capacity)
-    cache["segment"] = jnp.broadcast_to((jnp.arange(sh.capacity) >= S_cap).astype(i32), (B, sh.capacity))
+    cache = cache.replace(segment=jnp.broadcast_to((jnp.arange(sh.capacity) >= S_cap).astype(i32), (B, sh.capacity)))
     chunk = (jnp.concatenate([prompt, rows["header"]], 1),
              jnp.concatenate([jnp.broadcast_to(p, (B, P)), off[:, None] + h], 1),
              jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),

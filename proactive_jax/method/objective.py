@@ -341,7 +341,7 @@ def dual_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batch
     tokens, positions, mv = packed_inputs(batch, limits, obj)
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
     embeds = _source_embeds(config, params, batch, tokens, s_cap)
-    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
+    hidden = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds).hidden
     if obj.logit_chunk:
         return chunked_sums(config, params, hidden[:, s_cap:s_cap + t_cap], hidden[:, s_cap + t_cap:], batch, obj)
     logits = hidden_to_logits(config, params, hidden[:, s_cap:])
@@ -359,7 +359,7 @@ def batch_view_loss_sums(config: ModelConfig, obj: ObjectiveConfig, params, batc
     s_cap = batch["source"].shape[1]
     tokens, positions, mv = single_view_inputs(batch, batch["source_len"], obj)
     embeds = _source_embeds(config, params, batch, tokens, s_cap)
-    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds)
+    hidden = apply_hidden(config, params, tokens, positions, mv, input_embeds=embeds).hidden
     h = hidden[:, s_cap:]
     if obj.logit_chunk:  # stream_hidden None: the chunk loop applies the head once and uses it for both views
         return chunked_sums(config, params, h, None, batch, obj)
@@ -397,7 +397,7 @@ def single_view_inputs(batch, limits, obj: ObjectiveConfig):
 def single_view_logits(config: ModelConfig, obj: ObjectiveConfig, params, batch, limits):
     """Target-row logits of ``[source | target]`` as its own sequence, target rows seeing ``limits``."""
     tokens, positions, mv = single_view_inputs(batch, limits, obj)
-    hidden, _, _ = apply_hidden(config, params, tokens, positions, mv)
+    hidden = apply_hidden(config, params, tokens, positions, mv).hidden
     return hidden_to_logits(config, params, hidden[:, batch["source"].shape[1]:])
 
 

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.models.config import ModelConfig
-from proactive_jax.models.qwen import apply_hidden, hidden_to_logits
+from proactive_jax.models.qwen import hidden_to_logits
+from proactive_jax.method.attention_stats import hidden_and_stats
 from proactive_jax.method.heads import normalised_entropy
 from proactive_jax.method.objective import ObjectiveConfig, loss_rows, pack_batch, packed_inputs, stream_limits
 from proactive_jax.method.shapes import stream_bucket
@@ -138,7 +139,7 @@ def dual_view_states(config: ModelConfig, obj: ObjectiveConfig, params, batch, p
     the row predicts a target token and n <= M (n = M+1 is a forced WRITE)."""
     limits = stream_limits(batch, phi)
     tokens, positions, mv = packed_inputs(batch, limits, obj)
-    hidden, _, stats = apply_hidden(config, params, tokens, positions, mv, stream_start=batch["prompt_len"])
+    hidden, stats = hidden_and_stats(config, params, tokens, positions, mv, batch["prompt_len"])
     s_cap, t_cap = batch["source"].shape[1], batch["target"].shape[1]
     h = hidden[:, s_cap:]
     logits = hidden_to_logits(config, params, h)

@@ -78,7 +78,7 @@ def rejoin(sh: StepShapes, params, head_vals, rows, state, prompt, mask):
     new = prefill(sh, params, head_vals, rows, prompt)
 
     def pick(path, a, b):
-        axis = 1 if getattr(path[0], "key", None) == "cache" and getattr(path[-1], "key", None) in ("k", "v") else 0
+        axis = 1 if getattr(path[0], "key", None) == "cache" and getattr(path[-1], "name", None) in ("k", "v") else 0
         shape = [1] * a.ndim
         shape[axis] = -1
         return jnp.where(mask.reshape(shape), a, b)

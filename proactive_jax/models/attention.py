@@ -95,36 +95,6 @@ def dense_attention(q: Array, keys: Array, values: Array, mask: Array) -> tuple[
     return out, probs
 
 
-def stream_attention_stats(probs: Array, mask: Array, k_segment: Array, k_index: Array,
-                           stream_start: Array) -> Array:
-    """Statistics of one query's attention over the streamed source tokens (units, not the prompt).
-
-    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]. The probabilities on visible source keys
-    with ``index >= stream_start`` are renormalised; returns ``[B, Tq, H, 2]``: the normalised entropy
-    (entropy / log(count); 0 when fewer than two such keys) and the largest renormalised probability.
-    """
-    b, kv, g, tq, tk = probs.shape
-    stream = mask & ((k_segment == 0) & (k_index >= stream_start[:, None]))[:, None, :]  # [B,Tq,Tk]
-    p = jnp.where(stream[:, None, None], probs, 0.0)
-    mass = jnp.sum(p, axis=-1, keepdims=True)
-    q = p / jnp.maximum(mass, 1e-30)
-    ent = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.maximum(q, 1e-30)), 0.0), axis=-1)
-    count = jnp.sum(stream, axis=-1).astype(jnp.float32)[:, None, None, :]  # [B,1,1,Tq]
-    norm_ent = jnp.where(count > 1, ent / jnp.log(jnp.maximum(count, 2.0)), 0.0)
-    mx = jnp.max(q, axis=-1)
-    out = jnp.stack([norm_ent, mx], axis=-1)  # [B,KV,G,Tq,2]
-    return out.reshape(b, kv * g, tq, 2).transpose(0, 2, 1, 3)
-
-
-def source_attention(probs: Array, mask: Array, k_segment: Array) -> Array:
-    """Each query's attention probabilities over the visible source keys, summed over heads.
-
-    ``probs`` [B, KV, G, Tq, Tk] (fp32), ``mask`` [B, Tq, Tk]; returns ``[B, Tq, Tk]`` float32, zero on
-    target and invisible keys (not renormalised: the alignatt head only takes an argmax of it)."""
-    src = mask & (k_segment == 0)[:, None, :]
-    return jnp.where(src, jnp.sum(probs, axis=(1, 2)), 0.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fused attention paths (model.attention); each takes the mask vectors and must equal dense_attention
 # ---------------------------------------------------------------------------------------------

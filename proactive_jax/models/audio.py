@@ -375,7 +375,7 @@ def lm_logits_from_embeds(text_cfg, lm_params, embeds, positions, mask_vec):
     from proactive_jax.models import qwen
 
     ids = jnp.zeros(embeds.shape[:2], jnp.int32)
-    h, _, _ = qwen.apply_hidden(text_cfg, lm_params, ids, positions, mask_vec, input_embeds=embeds)
+    h = qwen.apply_hidden(text_cfg, lm_params, ids, positions, mask_vec, input_embeds=embeds).hidden
     return qwen.hidden_to_logits(text_cfg, lm_params, h)
 
 

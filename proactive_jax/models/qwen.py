@@ -10,19 +10,57 @@ are always stacked along a leading axis (``layers``), scanned or unrolled by ``c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from proactive_jax.models.attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows, source_attention,
-                        stream_attention_stats, visibility_mask)
+from proactive_jax.models.attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows,
+                                            visibility_mask)
 from proactive_jax.models.config import ModelConfig, rope_frequencies
 
 Array = jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+    """A fixed-capacity KV cache: ``k``, ``v`` [layers, B, C, KV, hd] and ``segment`` [B, C], the segment of every
+    slot (-1 empty, 0 source, 1/2 target) after the call's writes; a slot's index is its position in the cache."""
+
+    k: Array
+    v: Array
+    segment: Array
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, capacity: int, dtype=None) -> "KVCache":
+        """An empty cache of ``capacity`` slots (every segment -1)."""
+        dt = jnp.dtype(dtype or config.dtype)
+        shape = (config.num_hidden_layers, batch, capacity, config.num_key_value_heads, config.head_dim)
+        return cls(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.full((batch, capacity), -1, jnp.int32))
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+    """What the decoder returns: final normed ``hidden`` [B, T, D], the updated ``cache`` (None without one) and
+    ``attention_probe``: the attention hook's output stacked over layers (leading axis ``layers``; None without a
+    hook)."""
+
+    hidden: Array
+    cache: KVCache | None = None
+    attention_probe: Any = None
+
+
+# The attention hook: ``hook(probs, mask, k_segment, k_index, probe_args) -> pytree``, called in every layer with
+# the dense attention probabilities ``probs`` [B, KV, G, Tq, Tk] (fp32), the boolean visibility ``mask`` [B, Tq, Tk],
+# the keys' ``k_segment`` / ``k_index`` [B, Tk] and the call's ``probe_args``. A model built with a hook runs the
+# dense attention path (the kernels never materialise the probabilities) and returns the hook's outputs, stacked
+# over layers, as ``DecoderOutput.attention_probe``. The decision heads' statistics are such a hook
+# (``proactive_jax.method.attention_stats``); the model itself knows nothing of them.
+AttentionHook = Callable[..., Any]
 
 
 
@@ -63,11 +101,11 @@ def remat_policy(name: str):
 
 class Attention(nn.Module):
     config: ModelConfig
-    source_attention: bool = False  # also return the head-summed attention over source keys (alignatt)
+    hook: AttentionHook | None = None  # see AttentionHook
 
     @nn.compact
     def __call__(self, x, positions, mask_vec: MaskVectors, layer_cache=None, cache_segment=None,
-                 stream_start=None):
+                 probe_args=None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -102,20 +140,17 @@ class Attention(nn.Module):
             k_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
             new_cache = (ck, cv)
 
-        stats = src = None
-        if stream_start is not None or self.source_attention or cfg.attention == "dense":
-            # the heads' statistics need the dense probs
+        probe = None
+        if self.hook is not None or cfg.attention == "dense":  # a hook reads the dense probabilities
             mask = visibility_mask(mask_vec, k_segment, k_index)  # [B,Tq,Tk]
             out, probs = dense_attention(q, keys, values, mask)
-            if stream_start is not None:
-                stats = stream_attention_stats(probs, mask, k_segment, k_index, stream_start)
-            if self.source_attention:
-                src = source_attention(probs, mask, k_segment)
+            if self.hook is not None:
+                probe = self.hook(probs, mask, k_segment, k_index, probe_args)
         else:
             out = attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index)
         out = checkpoint_name(shard_rows(out.reshape(b, t, h * hd)), "attention_out")
         y = shard_rows(dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out))
-        return y, new_cache, (stats, src)
+        return y, new_cache, probe
 
 
 class MLP(nn.Module):
@@ -133,29 +168,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer; a scan body: ``(x, layer_cache) -> (x, (new_cache, (stats, source_attention)))``."""
+    """One decoder layer; a scan body: ``(x, layer_cache) -> (x, (new_layer_cache, hook output))``."""
 
     config: ModelConfig
-    source_attention: bool = False
+    hook: AttentionHook | None = None
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, stream_start):
+    def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, probe_args):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = shard_rows(x)  # the scan carry: rows sharded over the mesh (see shard_rows)
-        hsa, new_cache, stats = Attention(cfg, self.source_attention, name="self_attn")(
+        hsa, new_cache, probe = Attention(cfg, self.hook, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
-            layer_cache, cache_segment, stream_start)
+            layer_cache, cache_segment, probe_args)
         x = x + hsa
         x = shard_rows(x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x)))
-        return x, (new_cache, stats)
+        return x, (new_cache, probe)
 
 
 class Transformer(nn.Module):
     """The decoder. ``__call__`` returns final normed hidden states; :meth:`logits` maps them to logits."""
 
     config: ModelConfig
-    source_attention: bool = False  # static: __call__ also returns the source attention (see there)
+    hook: AttentionHook | None = None  # static: the attention hook (see AttentionHook)
 
     def setup(self):
         cfg = self.config
@@ -172,35 +207,30 @@ class Transformer(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_hidden_layers,
             unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
-        )(cfg, self.source_attention)
+        )(cfg, self.hook)
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                                     kernel_init=nn.initializers.normal(0.02))
 
-    def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache=None, stream_start=None,
-                 input_embeds=None):
-        """Returns ``(hidden [B,T,D], new_cache, stats)``, and a fourth element ``src_attn`` when the module
-        was built with ``source_attention=True``.
+    def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache: KVCache | None = None, probe_args=None,
+                 input_embeds=None) -> DecoderOutput:
+        """The decoder over one chunk of tokens (see :class:`DecoderOutput`).
 
         ``input_embeds`` [B, T, D]: input embeddings used instead of embedding ``input_ids`` (which is then
         ignored): e.g. projected audio features; :meth:`embed` gives the table rows of token ids.
-
-        ``cache``: None, or a dict ``{"k", "v": [layers, B, C, KV, hd], "segment": [B, C]}`` where
-        ``segment`` already holds the segment of every slot after this call's writes. ``stats``:
-        ``[layers, B, T, H, 2]`` attention statistics over streamed source keys (see
-        :func:`stream_attention_stats`) when ``stream_start`` ([B] int) is given, else None. ``src_attn``:
-        ``[layers, B, T, K]`` each query's attention over the source keys summed over heads (K = the cache
-        capacity, or T without a cache; see :func:`.attention.source_attention`).
+        ``cache``: a :class:`KVCache` whose ``segment`` already holds the segment of every slot after this
+        call's writes (the fed tokens are written at their ``index``; padding is dropped), or None.
+        ``probe_args``: passed to the attention hook (see :data:`AttentionHook`).
         """
         x = self.embed(input_ids) if input_embeds is None else input_embeds.astype(self.embed_tokens.dtype)
         x = shard_rows(x)
-        layer_cache = None if cache is None else (cache["k"], cache["v"])
-        cache_segment = None if cache is None else cache["segment"]
-        x, (new_kv, (stats, src)) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, stream_start)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        cache_segment = None if cache is None else cache.segment
+        x, (new_kv, probe) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, probe_args)
         x = shard_rows(self.norm(x))
-        new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "segment": cache_segment}
-        return (x, new_cache, stats, src) if self.source_attention else (x, new_cache, stats)
+        new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], cache_segment)
+        return DecoderOutput(x, new_cache, probe)
 
     def embed(self, input_ids):
         """Input embeddings of token ids (the embedding-table rows, in the compute dtype)."""
@@ -216,16 +246,15 @@ class Transformer(nn.Module):
     def init_all(self, input_ids):
         """Initialise every parameter (the lm head included)."""
         b, t = input_ids.shape
-        h, _, _ = self(input_ids, jnp.zeros((b, t), jnp.int32), causal_vectors(b, t))
-        return self.logits(h)
+        return self.logits(self(input_ids, jnp.zeros((b, t), jnp.int32), causal_vectors(b, t)).hidden)
 
 
 # ---------------------------------------------------------------------------------------------
 # Functional entry points
 # ---------------------------------------------------------------------------------------------
 
-def make_model(config: ModelConfig, source_attention: bool = False) -> Transformer:
-    return Transformer(config, source_attention)
+def make_model(config: ModelConfig, hook: AttentionHook | None = None) -> Transformer:
+    return Transformer(config, hook)
 
 
 def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
@@ -237,7 +266,7 @@ def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
 
 def _init_fn(config: ModelConfig, rng):
     variables = make_model(config).init(rng, jnp.zeros((1, 2), jnp.int32), method=Transformer.init_all)
-    return jax.tree_util.tree_map(lambda x: x, dict(variables["params"]))
+    return dict(variables["params"])
 
 
 _init_jit = jax.jit(_init_fn, static_argnums=0)
@@ -248,12 +277,13 @@ def abstract_params(config: ModelConfig) -> dict:
     return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
 
 
-def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors, cache=None,
-                 stream_start=None, input_embeds=None, source_attention: bool = False):
-    """``(hidden, new_cache, stats)``; ``input_embeds`` [B, T, D] replaces the embedding of ``input_ids``.
-    ``source_attention`` (static): also return ``src_attn`` (a fourth element; see :meth:`Transformer.__call__`)."""
-    return make_model(config, source_attention).apply({"params": params}, input_ids, positions, mask_vec, cache,
-                                                      stream_start, input_embeds)
+def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors,
+                 cache: KVCache | None = None, *, input_embeds=None, hook: AttentionHook | None = None,
+                 probe_args=None) -> DecoderOutput:
+    """The decoder's :class:`DecoderOutput` under arbitrary mask vectors and positions; ``input_embeds`` [B, T, D]
+    replaces the embedding of ``input_ids``; ``hook`` (static) / ``probe_args``: see :data:`AttentionHook`."""
+    return make_model(config, hook).apply({"params": params}, input_ids, positions, mask_vec, cache, probe_args,
+                                          input_embeds)
 
 
 def embed_ids(config: ModelConfig, params, input_ids):
@@ -267,8 +297,7 @@ def hidden_to_logits(config: ModelConfig, params, hidden):
 
 def apply_logits(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors):
     """Logits ``[B, T, V]`` (float32) under arbitrary mask vectors and positions."""
-    h, _, _ = apply_hidden(config, params, input_ids, positions, mask_vec)
-    return hidden_to_logits(config, params, h)
+    return hidden_to_logits(config, params, apply_hidden(config, params, input_ids, positions, mask_vec).hidden)
 
 
 def forward(config: ModelConfig, params, input_ids, positions=None):
@@ -294,9 +323,6 @@ def _forward_fn(config, params, input_ids, positions):
 _forward_jit = jax.jit(_forward_fn, static_argnums=0)
 
 
-def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> dict:
-    """An empty KV cache of ``capacity`` slots (all segments -1)."""
-    dt = jnp.dtype(dtype or config.dtype)
-    shape = (config.num_hidden_layers, batch, capacity, config.num_key_value_heads, config.head_dim)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
-            "segment": jnp.full((batch, capacity), -1, jnp.int32)}
+def init_cache(config: ModelConfig, batch: int, capacity: int, dtype=None) -> KVCache:
+    """An empty :class:`KVCache` of ``capacity`` slots (all segments -1)."""
+    return KVCache.empty(config, batch, capacity, dtype)

@@ -19,6 +19,7 @@ from proactive_jax.method.heads import DecisionState, decide, encode_head, parse
 from proactive_jax.method.session import session_decode
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.hf import save_pretrained
+from proactive_jax.method.attention_stats import HeadStatistics
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits, init_params
 from tests.conftest import tiny_qwen2, tiny_qwen3
 from tests.method.test_decode import MAX_NEW, T_PAD, random_examples, random_params, sharpen
@@ -170,7 +171,8 @@ def test_eval_sweeps_f_as_separate_specs_and_refuses_tau():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _brute(cfg, params, ids, pos, seg, idx, lim, row):
-    h, _, _, src = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), source_attention=True)
+    out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), hook=HeadStatistics(False, True))
+    h, src = out.hidden, out.attention_probe[1]
     logits = hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0]
     return logits, src[:, 0, row]  # [V], [layers, T]
 

@@ -42,8 +42,8 @@ def _ref_logp(text, lm, seq, idx, seg, lim):
 
 
 def _ref(text, lm, seq, idx, seg, lim):
-    h, _, _ = apply_hidden(text, lm, jnp.zeros(seq.shape[:2], jnp.int32), idx, MaskVectors(seg, idx, lim),
-                           input_embeds=seq)
+    h = apply_hidden(text, lm, jnp.zeros(seq.shape[:2], jnp.int32), idx, MaskVectors(seg, idx, lim),
+                     input_embeds=seq).hidden
     return jax.nn.log_softmax(hidden_to_logits(text, lm, h), -1)
 
 

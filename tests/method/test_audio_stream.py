@@ -13,7 +13,8 @@ from proactive_jax.method.heads import DecisionState, decide_encoded, encode_hea
 from proactive_jax.data.example import ExampleError
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig
-from proactive_jax.models.qwen import apply_hidden, hidden_to_logits
+from proactive_jax.method.attention_stats import hidden_and_stats
+from proactive_jax.models.qwen import hidden_to_logits
 
 from tests.conftest import tiny_qwen2
 from tests.method.test_decode import random_params, sharpen
@@ -46,8 +47,7 @@ def setup():
 @functools.partial(jax.jit, static_argnums=0)
 def _brute(cfg, params, embeds, pos, seg, idx, lim, stream_start, row):
     ids = jnp.zeros(embeds.shape[:2], jnp.int32)
-    h, _, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start=stream_start,
-                               input_embeds=embeds)
+    h, stats = hidden_and_stats(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start, input_embeds=embeds)
     return hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0], stats[:, 0, row]
 
 

@@ -14,7 +14,8 @@ from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.heads import DecisionState, decide, parse_head
 from proactive_jax.method.probe import full_kl, init_probe, probe_prob
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import apply_hidden, hidden_to_logits
+from proactive_jax.method.attention_stats import hidden_and_stats
+from proactive_jax.models.qwen import hidden_to_logits
 from tests.conftest import tiny_qwen3
 from tests.method.test_decode import random_examples, random_params, sharpen
 
@@ -38,7 +39,7 @@ def setup():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _brute(cfg, params, ids, pos, seg, idx, lim, stream_start, row):
-    h, _, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start=stream_start)
+    h, stats = hidden_and_stats(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start)
     logits = hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0]
     return h[0, row], logits, stats[:, 0, row]
 

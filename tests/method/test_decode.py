@@ -11,7 +11,8 @@ from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.trace import calibrate_tau, format_events, interleave
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import apply_hidden, forward, hidden_to_logits
+from proactive_jax.method.attention_stats import hidden_and_stats
+from proactive_jax.models.qwen import forward, hidden_to_logits
 from proactive_jax.data.example import StreamExample
 
 from tests.conftest import tiny_qwen3
@@ -26,7 +27,7 @@ T_PAD = 48  # the brute force pads every sequence to this length (one compilatio
 
 @functools.partial(jax.jit, static_argnums=0)
 def _brute(cfg, params, ids, pos, seg, idx, lim, stream_start, row):
-    h, _, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start=stream_start)
+    h, stats = hidden_and_stats(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start)
     logits = hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0]
     return logits, stats[:, 0, row]  # [V], [layers, H, 2]
 

@@ -13,7 +13,8 @@ from proactive_jax.method.decode import stream_decode
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head
 from proactive_jax.method.objective import ObjectiveConfig, batch_schedules, pack_batch, single_view_logits, stream_limits
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import apply_hidden, hidden_to_logits
+from proactive_jax.method.attention_stats import hidden_and_stats
+from proactive_jax.models.qwen import hidden_to_logits
 from tests.conftest import tiny_qwen3
 from tests.method.test_decode import random_examples, random_params, sharpen
 from tests.streaming_util import random_example
@@ -114,7 +115,7 @@ def test_oracle_read_counts():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _brute(cfg, params, ids, pos, seg, idx, lim, stream_start, row):
-    h, _, stats = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start=stream_start)
+    h, stats = hidden_and_stats(cfg, params, ids, pos, MaskVectors(seg, idx, lim), stream_start)
     return h[0, row], hidden_to_logits(cfg, params, h[:, row][:, None])[0, 0], stats[:, 0, row]
 
 

@@ -99,11 +99,11 @@ def test_never_reencodes_what_it_read(setup):
                       max_new_tokens=MAX_NEW, eos_ids=[], **CAPS)
     sb.push([ex.units[0]])
     V = len(ex.prompt) + len(ex.units[0])
-    before = np.asarray(jax.device_get(sb.state["cache"]["k"]))[:, :, :V]
+    before = np.asarray(jax.device_get(sb.state["cache"].k))[:, :, :V]
     for u in ex.units[1:]:
         sb.push([u])
     sb.finish()
-    after = np.asarray(jax.device_get(sb.state["cache"]["k"]))[:, :, :V]
+    after = np.asarray(jax.device_get(sb.state["cache"].k))[:, :, :V]
     np.testing.assert_array_equal(after, before)
 
 

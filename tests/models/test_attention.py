@@ -129,8 +129,8 @@ def test_attend_dispatch_and_model_equality():
     params = init_params(cfg, 0)
     tokens = jnp.zeros(qv.segment.shape, jnp.int32) + 5
     pos = qv.index % 24
-    h_dense = jax.jit(apply_hidden, static_argnums=0)(cfg, params, tokens, pos, qv)[0]
-    h_kern = jax.jit(apply_hidden, static_argnums=0)(cfg.replace(attention="pallas"), params, tokens, pos, qv)[0]
+    h_dense = jax.jit(apply_hidden, static_argnums=0)(cfg, params, tokens, pos, qv).hidden
+    h_kern = jax.jit(apply_hidden, static_argnums=0)(cfg.replace(attention="pallas"), params, tokens, pos, qv).hidden
     ok = np.asarray(qv.segment >= 0)
     np.testing.assert_allclose(np.asarray(h_kern)[ok], np.asarray(h_dense)[ok], atol=2e-5, rtol=2e-5)
 
