@@ -275,7 +275,8 @@ def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max
     """``(rows iterable, label)`` of a ``proactive-jax prepare-audio`` SPEC: a ``.jsonl`` manifest, ``tfds:NAME``,
     ``disk:DIR``, ``openslr:DIR`` (the LibriSpeech tree as downloaded from OpenSLR: ``LibriSpeech/``, a split
     inside it, or the directory holding it; ``split`` names the split directory, e.g. ``dev-clean``, a Hub split
-    name such as ``train.clean.360``, ``a+b``, or ``train`` = every train-* split present) or ``[hub:]ID`` (a Hub
+    name such as ``train.clean.360``, ``a+b``, ``train`` = every train-* split present; with ``config`` clean /
+    other / all, the Hub dataset's names of that config, e.g. ``--config clean --split test``) or ``[hub:]ID`` (a Hub
     id or a local dataset directory), with ``config`` / ``split``."""
     from .audio_tasks import load_audio_rows
     from .loaders import DatasetSpec
@@ -286,8 +287,9 @@ def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max
         root = spec[len("openslr:"):]
         if not root:
             raise DataError(f"prepare-audio SPEC {spec!r}: empty directory", reason="bad spec")
-        dirs = split_dirs(root, split)  # errors now, before any shard is written
-        return librispeech_rows(root, split, max_rows=max_rows), f"LibriSpeech {'+'.join(d.name for d in dirs)}"
+        dirs = split_dirs(root, split, config=config)  # errors now, before any shard is written
+        return (librispeech_rows(root, split, config=config, max_rows=max_rows),
+                f"LibriSpeech {'+'.join(d.name for d in dirs)}")
 
     if spec.endswith(".jsonl"):
         src = ManifestSource(spec)  # FileNotFoundError / DataError: one line naming the file

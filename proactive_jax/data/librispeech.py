@@ -36,7 +36,34 @@ SPLITS = ("dev-clean", "dev-other", "test-clean", "test-other", "train-clean-100
 HUB_SPLITS = {"train.clean.100": "train-clean-100", "train.clean.360": "train-clean-360",
               "train.other.500": "train-other-500", "validation.clean": "dev-clean", "validation.other": "dev-other",
               "test.clean": "test-clean", "test.other": "test-other"}
+# the Hub dataset's configs: (config, split) -> the tree's directories (joined with "+")
+CONFIG_SPLITS = {
+    "clean": {"train.100": "train-clean-100", "train.360": "train-clean-360",
+              "train": "train-clean-100+train-clean-360", "validation": "dev-clean", "test": "test-clean"},
+    "other": {"train.500": "train-other-500", "train": "train-other-500", "validation": "dev-other",
+              "test": "test-other"},
+    "all": {**HUB_SPLITS, "train": "train", "validation": "dev-clean+dev-other", "test": "test-clean+test-other"},
+}
+_SPLIT_ALIASES = {"valid": "validation", "dev": "validation"}
 _ID = re.compile(r"(\d+)-(\d+)-(\d+)")
+
+
+def resolve_split(split: str | None, config: str | None = None) -> str | None:
+    """``split`` in the tree's names: with ``config`` (``clean`` / ``other`` / ``all``, as the Hub dataset's
+    configs) ``test`` -> ``test-clean`` etc. (``valid`` / ``dev`` = ``validation``); without, as given."""
+    if config is None or split is None:
+        return split
+    if config not in CONFIG_SPLITS:
+        raise DataError(f"LibriSpeech config {config!r}: expected one of {sorted(CONFIG_SPLITS)} or none",
+                        reason="bad split")
+    table = CONFIG_SPLITS[config]
+    key = _SPLIT_ALIASES.get(split, split)
+    if key in table:
+        return table[key]
+    if key in SPLITS or key in HUB_SPLITS.values():
+        return key
+    raise DataError(f"LibriSpeech config {config!r} has no split {split!r} (expected one of {sorted(table)} or a "
+                    f"directory name such as dev-clean)", reason="bad split")
 
 
 def _is_split_dir(d: Path) -> bool:
@@ -49,14 +76,16 @@ def _is_split_dir(d: Path) -> bool:
     return False
 
 
-def split_dirs(root: str | Path, split: str | None = None) -> list[Path]:
+def split_dirs(root: str | Path, split: str | None = None, *, config: str | None = None) -> list[Path]:
     """The split directories of ``root`` that ``split`` names.
 
     ``root``: a split directory itself (``LibriSpeech/dev-clean``), the ``LibriSpeech`` directory holding
     splits, or the directory holding ``LibriSpeech``. ``split``: a directory name (``dev-clean``), a Hub
     split name (``validation.clean``), several joined with ``+``, ``train`` (every ``train-*`` split present),
-    or None (``root`` itself when it is a split, else the only split under it).
+    or None (``root`` itself when it is a split, else the only split under it); with ``config``, the Hub
+    dataset's split names of that config (:func:`resolve_split`).
     """
+    split = resolve_split(split, config)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: LibriSpeech directory does not exist", reason="missing dataset")
@@ -150,11 +179,12 @@ def _chapter_rows(ch: Path, speaker: str) -> list[dict]:
     return rows
 
 
-def librispeech_rows(root: str | Path, split: str | None = None, *, max_rows: int | None = None) -> Iterator[dict]:
+def librispeech_rows(root: str | Path, split: str | None = None, *, config: str | None = None,
+                     max_rows: int | None = None) -> Iterator[dict]:
     """Rows ``{"id", "audio": {"path"}, "text", "speaker_id", "chapter_id", "file"}`` of the LibriSpeech tree
     under ``root`` (see :func:`split_dirs` for ``root`` and ``split``), in a fixed order, lazily: one chapter's
     transcript in memory at a time; ``max_rows`` stops after that many rows."""
-    dirs = split_dirs(root, split)
+    dirs = split_dirs(root, split, config=config)
     if max_rows is not None and max_rows < 1:
         raise DataError(f"max_rows={max_rows}: expected >= 1", reason="bad option")
     n = 0
@@ -171,6 +201,8 @@ def librispeech_rows(root: str | Path, split: str | None = None, *, max_rows: in
                         reason="empty dataset")
 
 
-def load_librispeech(root: str | Path, split: str | None = None, *, max_rows: int | None = None) -> list[dict]:
-    """:func:`librispeech_rows` as a list (random access: ``data.audio_sources.RowSource``, the eval's rows)."""
-    return list(librispeech_rows(root, split, max_rows=max_rows))
+def load_librispeech(root: str | Path, split: str | None = None, *, config: str | None = None,
+                     max_rows: int | None = None) -> list[dict]:
+    """:func:`librispeech_rows` as a list (random access: ``data.audio_sources.RowSource``, the eval's rows,
+    ``data.audio_tasks.adapt_audio_rows``)."""
+    return list(librispeech_rows(root, split, config=config, max_rows=max_rows))

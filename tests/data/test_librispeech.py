@@ -73,6 +73,19 @@ def test_split_selection_errors(tmp_path):
     make_tree(tmp_path, [("train-clean-100", 19, 198, (0,)), ("train-other-500", 20, 205, (0,))])
     assert [d.name for d in split_dirs(ls, "train")] == ["train-clean-100", "train-other-500"]
     assert [d.name for d in split_dirs(ls / "train-clean-100", "train")] == ["train-clean-100"]
+    # the Hub dataset's configs and split names (dataset.name / prepare-audio --config)
+    make_tree(tmp_path, [("train-clean-360", 21, 206, (0,)), ("dev-other", 22, 207, (0,))])
+    names = lambda split, config: [d.name for d in split_dirs(ls, split, config=config)]  # noqa: E731
+    assert names("test", "clean") == ["test-clean"] and names("valid", "clean") == ["dev-clean"]
+    assert names("train", "clean") == ["train-clean-100", "train-clean-360"]
+    assert names("train", "other") == ["train-other-500"] and names("validation", "other") == ["dev-other"]
+    assert names("validation", "all") == ["dev-clean", "dev-other"]
+    assert names("train", "all") == ["train-clean-100", "train-clean-360", "train-other-500"]
+    assert names("train.clean.360", "all") == ["train-clean-360"] and names("dev-clean", "other") == ["dev-clean"]
+    with pytest.raises(DataError, match=r"LibriSpeech config 'clean' has no split 'train.500'"):
+        split_dirs(ls, "train.500", config="clean")
+    with pytest.raises(DataError, match=r"LibriSpeech config 'noisy'"):
+        split_dirs(ls, "test", config="noisy")
 
 
 def _one_line(exc) -> str:
