@@ -234,10 +234,16 @@ class SyntheticAudioSource:
 
 
 def as_source(source):
-    """A random-access source: a :func:`prepare_audio` directory, a ``.jsonl`` manifest, or map-style rows."""
+    """A random-access source: a :func:`prepare_audio` directory, a ``.jsonl`` manifest, a LibriSpeech split
+    directory as OpenSLR ships it (:mod:`.librispeech`; its rows are listed up front, the FLACs read when
+    streamed), or map-style rows."""
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
+            if not (p / "index.json").exists() and _is_librispeech_tree(p):
+                from .librispeech import load_librispeech
+
+                return RowSource(load_librispeech(p), str(p))
             return ArrayRecordAudioSource(p)
         if p.suffix == ".jsonl":
             return ManifestSource(p)
@@ -252,14 +258,38 @@ def as_source(source):
                     reason="bad source")
 
 
+def _is_librispeech_tree(p: Path) -> bool:
+    from .librispeech import split_dirs
+
+    try:
+        split_dirs(p)
+    except DataError as e:
+        return getattr(e, "reason", None) == "bad split"  # a tree, but several splits: let split_dirs say so
+    return True
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max_rows: int | None = None,
               cache_dir: str | None = None, data_dir: str | None = None):
     """``(rows iterable, label)`` of a ``proactive-jax prepare-audio`` SPEC: a ``.jsonl`` manifest, ``tfds:NAME``,
-    ``disk:DIR`` or ``[hub:]ID`` (a Hub id or a local dataset directory), with ``config`` / ``split``."""
+    ``disk:DIR``, ``openslr:DIR`` (the LibriSpeech tree as downloaded from OpenSLR: ``LibriSpeech/``, a split
+    inside it, or the directory holding it; ``split`` names the split directory, e.g. ``dev-clean``, a Hub split
+    name such as ``train.clean.360``, ``a+b``, ``train`` = every train-* split present; with ``config`` clean /
+    other / all, the Hub dataset's names of that config, e.g. ``--config clean --split test``) or ``[hub:]ID`` (a Hub
+    id or a local dataset directory), with ``config`` / ``split``."""
     from .audio_tasks import load_audio_rows
     from .loaders import DatasetSpec
+
+    if spec.startswith("openslr:"):
+        from .librispeech import librispeech_rows, split_dirs
+
+        root = spec[len("openslr:"):]
+        if not root:
+            raise DataError(f"prepare-audio SPEC {spec!r}: empty directory", reason="bad spec")
+        dirs = split_dirs(root, split, config=config)  # errors now, before any shard is written
+        return (librispeech_rows(root, split, config=config, max_rows=max_rows),
+                f"LibriSpeech {'+'.join(d.name for d in dirs)}")
 
     if spec.endswith(".jsonl"):
         src = ManifestSource(spec)  # FileNotFoundError / DataError: one line naming the file

@@ -146,7 +146,8 @@ def from_hf_dict_audio(hf: Mapping[str, Any], *, dtype: str = "float32", source:
     """An :class:`AudioModelConfig` from a parsed Qwen2-Audio ``config.json``.
 
     Both sub-configs must be present: transformers silently fills a missing one with the 7B default,
-    which is never what a small checkpoint holds.
+    which is never what a small checkpoint holds. ``text.tie_word_embeddings`` is ``text_config``'s (a top-level
+    ``tie_word_embeddings`` is ignored, as transformers does).
     """
     for key in ("audio_config", "text_config"):
         if not isinstance(hf.get(key), Mapping):
@@ -160,7 +161,10 @@ def from_hf_dict_audio(hf: Mapping[str, Any], *, dtype: str = "float32", source:
                         scan_layers=compute.get("scan_layers", True))
     text_hf = dict(hf["text_config"])
     text_hf.setdefault("model_type", "qwen2")
-    text_hf.setdefault("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+    # the decoder's declared tie is text_config's (Qwen2Config default false); a top-level tie_word_embeddings is
+    # not it: transformers 4 ties by get_text_config(decoder=True) = text_config, and transformers 5's
+    # Qwen2AudioForConditionalGeneration ties nothing (models.hf.resolve_tie then follows the tensors in the file)
+    text_hf.setdefault("tie_word_embeddings", False)
     text = from_hf_dict(text_hf, dtype=dtype, source=f"{source} text_config", **compute)
     token = hf.get("audio_token_index", hf.get("audio_token_id", 151646))
     return AudioModelConfig(text=text, encoder=enc, audio_token_index=int(token))

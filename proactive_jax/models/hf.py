@@ -9,6 +9,12 @@ leaf to ``place`` (by default ``jax.device_put``), so host memory peaks at about
 model plus one tensor. bf16/f16 checkpoints are read through ``ml_dtypes`` (a JAX dependency).
 Exporting streams the tensors into ``.safetensors`` files one at a time, in a temporary directory that
 replaces the target only once everything is written.
+
+Tied embeddings (:func:`resolve_tie`) follow what ``transformers`` (5.x) does with the tensors in the file, not
+only the config flag: an output projection stored in the file is used unless it equals the embeddings of a
+model that declares the tie; a missing one is the embeddings when the config declares the tie, else an error.
+Every tensor in the file is either read or checked equal to the embeddings it stands for (or on the named
+allow-list :data:`UNUSED_TENSOR_PATTERNS`); anything else is an error naming the tensor and its file.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .config import ModelConfig, load_hf_config, to_hf_dict
-from .hf_names import (TensorSpec, _flatten, _get, _is_audio, _set, _table, _text_config, expected_tensors,
-                       tensor_layout)
-from .safetensors_io import (_READERS, _ST_NAME, CheckpointError, _np_dtypes, parse_size, remove_stale,
-                             write_safetensors)
+from .hf_names import (TIED_LM_HEAD, TensorSpec, _flatten, _get, _is_audio, _set, _table, _text_config,
+                       expected_tensors, tensor_layout)
+from .safetensors_io import (_READERS, _ST_NAME, CheckpointError, SafetensorsFile, _np_dtypes, parse_size,
+                             remove_stale, write_safetensors)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,11 @@ TOKENIZER_FILES = (
     "added_tokens.json", "chat_template.jinja", "chat_template.json", "tokenizer.model",
 )
 PICKLE_WEIGHT_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json", "*.pt", "*.pth", "*.ckpt")
-# buffers that some exporters write and that carry no parameters
-IGNORED_TENSOR_SUFFIXES = ("rotary_emb.inv_freq",)
+# The only tensors a checkpoint may hold that the loader does not read: rotary ``inv_freq`` buffers that some
+# (older) exporters write; they carry no parameters (recomputed from rope_theta / rope scaling).
+UNUSED_TENSOR_PATTERNS: tuple[re.Pattern, ...] = (
+    re.compile(r"(language_model\.)?model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"),
+)
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
@@ -122,35 +131,119 @@ def _tensor_index(files, weight_map, index_path, open_file, handles: list) -> di
     return where
 
 
+def _embed_name(config) -> str:
+    """The HF name of the input embeddings of ``config``'s model."""
+    _, head = _table(config)
+    return head[: -len(TIED_LM_HEAD)] + "model.embed_tokens.weight"
+
+
+def _with_tie(config, tie: bool):
+    if _is_audio(config):
+        return config.replace(text=config.text.replace(tie_word_embeddings=tie))
+    return config.replace(tie_word_embeddings=tie)
+
+
+def _rows_f32(h, name: str, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of a 2-D tensor of a :class:`SafetensorsFile` as float32 (one pread, no whole read)."""
+    dtype, shape, begin, _ = h.entries[name]
+    npd = _np_dtypes()[dtype]
+    row = math.prod(shape[1:]) * npd.itemsize
+    n, off = (r1 - r0) * row, h._data_start + begin + r0 * row
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.preadv(h._f.fileno(), [view[got:]], off + got)
+        if k <= 0:
+            raise CheckpointError(f"{h.path}: unexpected end of file reading tensor {name!r}")
+        got += k
+    return np.frombuffer(buf, npd).astype(np.float32)
+
+
+def _same_values(ha, a: str, hb, b: str, block_bytes: int = 64 << 20) -> bool:
+    """Whether tensors ``a`` and ``b`` hold the same values (as ``torch.equal`` after the cast to float32:
+    NaN differs from everything, -0.0 equals 0.0), compared block by block (bounded host memory)."""
+    (da, sa), (db, sb) = ha.info(a), hb.info(b)
+    if sa != sb or da not in _np_dtypes() or db not in _np_dtypes():
+        return False
+    if not (isinstance(ha, SafetensorsFile) and isinstance(hb, SafetensorsFile)) or len(sa) != 2:
+        return bool(np.array_equal(np.asarray(ha.read(a), np.float32), np.asarray(hb.read(b), np.float32)))
+    rows = max(1, block_bytes // (4 * max(1, sa[1])))
+    for r0 in range(0, sa[0], rows):
+        r1 = min(sa[0], r0 + rows)
+        if not np.array_equal(_rows_f32(ha, a, r0, r1), _rows_f32(hb, b, r0, r1)):
+            return False
+    return True
+
+
+def resolve_tie(config, where: Mapping[str, Any], *, warn: bool = True):
+    """``config`` with ``tie_word_embeddings`` as ``transformers`` resolves it for the tensors in the file.
+
+    ``config``'s flag is the *declared* tie (Qwen2/Qwen3: config.json's ``tie_word_embeddings``, default false;
+    Qwen2-Audio: ``text_config.tie_word_embeddings``, default false, see
+    :func:`~.audio_config.from_hf_dict_audio`). transformers 5 loads the output projection from the file whenever
+    the file holds it: a declared tie is kept only when that tensor equals the embeddings (then the two are one
+    parameter, as transformers ties equal tensors); a distinct one unties the model (transformers warns "both are
+    present in the checkpoints with different values, so we will NOT tie them"; Qwen2-Audio's composite model
+    never ties at all in transformers 5, so a distinct head is always its head). A file without the tensor keeps
+    the declared tie; an undeclared tie then fails as a missing tensor (:func:`_check_tensors`).
+    """
+    text = _text_config(config)
+    _, head = _table(config)
+    if head not in where:
+        return config
+    v, d = text.vocab_size, text.hidden_size
+    shape = where[head].info(head)[1]
+    if shape != (v, d):
+        raise CheckpointError(f"{where[head].path}: tensor {head!r} has shape {list(shape)}, expected {[v, d]} "
+                              f"(the output projection, vocab_size x hidden_size)")
+    if not text.tie_word_embeddings:
+        return config
+    embed = _embed_name(config)
+    if embed in where and _same_values(where[embed], embed, where[head], head):
+        return config
+    if warn:
+        log.warning("%s: config.json ties the word embeddings but tensor %s differs from %s; using it as the "
+                    "output projection, untied (as transformers does)", where[head].path, head, embed)
+    return _with_tie(config, False)
+
+
+def _unused(name: str) -> bool:
+    return any(p.fullmatch(name) for p in UNUSED_TENSOR_PATTERNS)
+
+
 def _check_tensors(root: Path, config: ModelConfig, layout, where: Mapping[str, Any], files) -> None:
-    """Every expected tensor is present with its shape and a floating dtype; nothing unexpected is there."""
+    """Every expected tensor is present with its shape and a floating dtype; nothing unexpected is there.
+
+    ``config`` is already :func:`resolve_tie`'d: a tied config may still find the output projection in the file
+    (checked equal to the embeddings there); every other tensor must be read or on the allow-list.
+    """
     expected = expected_tensors(config, layout)
     text = _text_config(config)
-    _, tied_head = _table(config)  # the table's name of the tied LM head
-    d, v = text.hidden_size, text.vocab_size
-    if text.tie_word_embeddings and tied_head in where:
-        shape = where[tied_head].info(tied_head)[1]
-        if shape != (v, d):
-            raise CheckpointError(
-                f"{where[tied_head].path}: tensor {tied_head!r} has shape {list(shape)}, expected "
-                f"{[v, d]} (tie_word_embeddings=true; the tensor is otherwise ignored)")
-    ignored = {n for n in where if n.endswith(IGNORED_TENSOR_SUFFIXES)}
+    _, head = _table(config)
+    allowed = {n for n in where if _unused(n)}
     if text.tie_word_embeddings:
-        ignored.add(tied_head)
-    unexpected = sorted(set(where) - set(expected) - ignored)
+        allowed.add(head)
+    unexpected = sorted(set(where) - set(expected) - allowed)
     if unexpected:
         listed = ", ".join(f"{n!r} (in {where[n].path.name})" for n in unexpected[:8])
         more = f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""
-        raise CheckpointError(f"{root}: unexpected tensors for {config.model_type} with "
-                              f"{text.num_hidden_layers} layers: {listed}{more}")
+        raise CheckpointError(f"{root}: tensors that {config.model_type} with {text.num_hidden_layers} layers does "
+                              f"not use: {listed}{more} (a checkpoint may hold only the model's tensors and the "
+                              f"rotary inv_freq buffers)")
     missing = [n for n in expected if n not in where]
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
         what = "missing tensors"
         if _is_audio(config) and any(n.startswith(("audio_tower.", "multi_modal_projector.")) for n in missing):
             what = "missing audio encoder/projector tensors (a qwen2_audio checkpoint needs them)"
+        hint = ""
+        if head in missing:
+            key = "text_config.tie_word_embeddings" if _is_audio(config) else "tie_word_embeddings"
+            hint = (f"; {head!r} is the output projection and config.json does not tie it to the embeddings "
+                    f"({key} is false or unset" + (", and transformers reads Qwen2-Audio's tie only there"
+                                                   if _is_audio(config) else "") + ")")
         raise CheckpointError(f"{root}: {what} {missing[:8]}{more} "
-                              f"(looked in {', '.join(f.name for f in files)})")
+                              f"(looked in {', '.join(f.name for f in files)}){hint}")
     for name, shape in expected.items():
         st_dtype, actual = where[name].info(name)
         if actual != shape:
@@ -185,9 +278,8 @@ def _read_leaves(config: ModelConfig, layout, where: Mapping[str, Any], place) -
     return params
 
 
-def load_model_config(path: str | Path, **kw):
-    """The model config of a config.json (the file, or the directory holding it): a ModelConfig, or an
-    AudioModelConfig for ``model_type: qwen2_audio``."""
+def _declared_config(path: str | Path, **kw):
+    """The model config exactly as config.json declares it (no look at the weights)."""
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
     if p.is_file():
@@ -200,6 +292,33 @@ def load_model_config(path: str | Path, **kw):
 
             return from_hf_dict_audio(hf, source=str(p), **kw)
     return load_hf_config(path, **kw)
+
+
+def _has_weights(root: Path) -> bool:
+    return (root / SAFE_WEIGHTS_INDEX_NAME).is_file() or (root / SAFE_WEIGHTS_NAME).is_file()
+
+
+def load_model_config(path: str | Path, **kw):
+    """The model config of a config.json (the file, or the directory holding it): a ModelConfig, or an
+    AudioModelConfig for ``model_type: qwen2_audio``.
+
+    For a directory that also holds safetensors weights, ``tie_word_embeddings`` is :func:`resolve_tie`'d
+    against the tensors in the files (the headers; the output projection and embeddings are compared only
+    when config.json declares the tie and the file holds both), so it equals the config that
+    :func:`load_pretrained` returns for the same directory.
+    """
+    config = _declared_config(path, **kw)
+    root = Path(path)
+    if root.is_dir() and _has_weights(root):
+        files, weight_map, index_path = _weight_files(root)
+        handles: list = []
+        try:
+            config = resolve_tie(config, _tensor_index(files, weight_map, index_path, SafetensorsFile, handles),
+                                 warn=False)
+        finally:
+            for h in handles:
+                h.close()
+    return config
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32", *,
@@ -221,15 +340,17 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
 
     Returns ``(config, params)``; ``params`` is the nested dict of :mod:`proactive_jax.models.qwen`
     (for ``model_type: qwen2_audio``: an :class:`~.audio_config.AudioModelConfig` and the tree of
-    :mod:`proactive_jax.models.audio`).
+    :mod:`proactive_jax.models.audio`). ``config.tie_word_embeddings`` is the tie transformers resolves for
+    these files (:func:`resolve_tie`): an output projection in the file that differs from the embeddings is
+    loaded (``params`` then has ``lm_head``) even when config.json declares the tie. A tensor the model does not
+    use is an error (:data:`UNUSED_TENSOR_PATTERNS` excepted).
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: checkpoint directory does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: expected a Hugging Face checkpoint directory, got a file")
-    config = load_model_config(root, dtype=dtype, **compute)
-    layout = tensor_layout(config)
+    config = _declared_config(root, dtype=dtype, **compute)
     files, weight_map, index_path = _weight_files(root)
     place = place or _default_place
     if reader not in _READERS:
@@ -239,6 +360,8 @@ def load_pretrained(path: str | Path, dtype: str = "float32", *,
     handles: list = []
     try:
         where = _tensor_index(files, weight_map, index_path, open_file, handles)
+        config = resolve_tie(config, where)
+        layout = tensor_layout(config)
         _check_tensors(root, config, layout, where, files)
         params = _read_leaves(config, layout, where, place)
     finally:
@@ -332,6 +455,9 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     plus ``model.safetensors.index.json`` (metadata ``{"format": "pt"}``), ``generation_config.json``
     (the one in ``tokenizer_dir`` if any, else bos/eos/pad from the config), and the tokenizer files
     found in ``tokenizer_dir``. ``dtype`` is the stored dtype ("float32", "bfloat16", "float16").
+    A tied Qwen2-Audio model also writes ``language_model.lm_head.weight`` (a copy of the embeddings) with
+    ``text_config.tie_word_embeddings: true``: transformers 5 never ties Qwen2-Audio and would otherwise
+    initialize its head randomly; transformers 4 and :func:`load_pretrained` tie it again.
 
     Everything is written to a temporary sibling directory first, which then replaces ``out_dir``; a
     failure leaves an existing checkpoint at ``out_dir`` untouched. An existing non-empty ``out_dir``
@@ -364,6 +490,13 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     rest = [(s, sh, None) for s, sh in layout_ if not s.per_layer and not is_embed(s)]
     specs = {spec.name(i): (spec, i) for spec, _, i in first + layers + rest}
     order = [(spec.name(i), spec.hf_shape(shape)) for spec, shape, i in first + layers + rest]
+    if _is_audio(config) and config.text.tie_word_embeddings:
+        # transformers 5's Qwen2AudioForConditionalGeneration never ties: a tied model is written with its output
+        # projection = a copy of the embeddings (reloaded here as tied again: equal tensors, resolve_tie)
+        _, head = _table(config)
+        (embed_spec, embed_shape, _), = first
+        specs[head] = (embed_spec, None)
+        order.append((head, embed_spec.hf_shape(embed_shape)))
 
     shards = _split_shards(order, itemsize, shard_limit)
 

@@ -1,4 +1,5 @@
-"""Log-mel features against WhisperFeatureExtractor; clamp modes; windows; bad audio; offline WAV decoding."""
+"""Log-mel features against WhisperFeatureExtractor; clamp modes; windows; bad audio; offline decoding (undecodable
+files, 24-bit WAV, the stdlib fallback); silence."""
 import numpy as np
 import pytest
 
@@ -84,3 +85,132 @@ def test_wav_round_trip_and_fixtures(tmp_path):
     except ImportError:
         with pytest.raises(AudioError, match="needs soundfile"):
             read_audio(tmp_path / "x.flac")
+    else:
+        with pytest.raises(AudioError, match=r"x.flac: cannot decode audio"):
+            read_audio(tmp_path / "x.flac")
+
+
+# ---------------------------------------------------------------------------------------------
+# undecodable files, 24-bit WAV, the stdlib fallback, silence
+# ---------------------------------------------------------------------------------------------
+
+def _wav_bytes(pcm: bytes, rate: int, channels: int, bits: int) -> bytes:
+    """A plain (WAVE_FORMAT_PCM, 16-byte fmt chunk) RIFF/WAVE file, written by hand."""
+    import struct
+
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(pcm)) + pcm
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _pcm24(x: np.ndarray) -> bytes:
+    q = np.round(np.clip(x, -1, 1 - 2 ** -23) * 2 ** 23).astype("<i4")
+    return q.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+
+
+def _undecodable(tmp_path) -> dict:
+    good = _wav_bytes(np.full(800, 1000, "<i2").tobytes(), 16000, 1, 16)
+    files = {
+        "text.wav": b"this is a text file, not audio\n" * 3,
+        "empty.wav": b"",
+        "cut_header.wav": good[:30],  # inside the fmt chunk
+        "header_only.wav": good[:44],  # a whole header, no samples
+        "movie.m4a": b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00M4A isomiso2" + bytes(64),
+    }
+    for k, b in files.items():
+        (tmp_path / k).write_bytes(b)
+    return files
+
+
+def test_undecodable_files_are_one_audio_error(tmp_path):
+    pytest.importorskip("soundfile")
+    _undecodable(tmp_path)
+    cases = {
+        "text.wav": r"text.wav: cannot decode audio \(.*Format not recognised\); it starts with b'this is a te'",
+        "empty.wav": r"empty.wav: empty file \(0 bytes\), not audio",
+        "cut_header.wav": r"cut_header.wav: cannot decode audio \(.*No 'data' chunk marker\)",
+        "header_only.wav": r"header_only.wav: no audio samples \(0 frames at 16000 Hz\)",
+        "movie.m4a": r"movie.m4a: cannot decode audio \(.*Format not recognised\)",
+    }
+    for fname, pattern in cases.items():
+        with pytest.raises(AudioError, match=pattern):
+            read_audio(tmp_path / fname)
+        with pytest.raises(AudioError, match=pattern.replace(fname, "row 7")):
+            read_audio(data=(tmp_path / fname).read_bytes(), name="row 7")
+    with pytest.raises(AudioError, match="not a file"):
+        read_audio(tmp_path)
+    # AudioError is a DataError (one line from the CLI) and a ValueError
+    from proactive_jax.errors import DataError
+
+    assert issubclass(AudioError, DataError) and issubclass(AudioError, ValueError)
+
+
+def test_24_bit_wav_decodes(tmp_path):
+    pytest.importorskip("soundfile")
+    x = (0.6 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
+    p = tmp_path / "pcm24.wav"
+    p.write_bytes(_wav_bytes(_pcm24(x), 16000, 1, 24))
+    y, sr = read_audio(p)
+    assert sr == 16000 and np.abs(y - x).max() < 2 ** -22
+    stereo = np.stack([x, -0.5 * x], axis=1).reshape(-1)
+    p2 = tmp_path / "pcm24_stereo.wav"
+    p2.write_bytes(_wav_bytes(_pcm24(stereo), 16000, 2, 24))
+    y2, _ = read_audio(p2)
+    assert np.abs(y2 - 0.25 * x).max() < 2 ** -22
+
+
+def test_stdlib_fallback_without_soundfile(tmp_path, monkeypatch):
+    """Without soundfile: integer PCM WAV (8/16/24/32-bit) decodes like soundfile does; others are one error."""
+    import sys
+
+    x = (0.6 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)).astype(np.float32)
+    pcm = {
+        8: np.round(x * 127 + 128).astype(np.uint8).tobytes(),
+        16: np.round(x * 32767).astype("<i2").tobytes(),
+        24: _pcm24(x),
+        32: np.round(x.astype(np.float64) * (2 ** 31 - 1)).astype("<i4").tobytes(),
+    }
+    want = {}
+    try:
+        import soundfile  # noqa: F401
+
+        for bits, b in pcm.items():
+            (tmp_path / f"p{bits}.wav").write_bytes(_wav_bytes(b, 16000, 1, bits))
+            want[bits] = read_audio(tmp_path / f"p{bits}.wav")[0]
+    except ImportError:
+        pass
+    _undecodable(tmp_path)
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile -> ImportError
+    for bits, b in pcm.items():
+        p = tmp_path / f"p{bits}.wav"
+        p.write_bytes(_wav_bytes(b, 16000, 1, bits))
+        y, sr = read_audio(p)
+        assert sr == 16000 and np.abs(y - x).max() < 1.0 / 50, bits
+        if bits in want:
+            np.testing.assert_array_equal(y, want[bits], err_msg=f"{bits}-bit")
+    with pytest.raises(AudioError, match=r"text.wav: decoding this format needs soundfile"):
+        read_audio(tmp_path / "text.wav")
+    with pytest.raises(AudioError, match=r"cut_header.wav: cannot decode audio"):
+        read_audio(tmp_path / "cut_header.wav")
+    with pytest.raises(AudioError, match=r"header_only.wav: no audio samples"):
+        read_audio(tmp_path / "header_only.wav")
+
+
+def test_silence_is_refused_by_check_waveform_but_has_features():
+    """Silence: an all-zero *utterance* is an AudioError where rows are checked (check_waveform's default);
+    the feature functions take it (silent live chunks and silent windows are ordinary) and give -1.5, as
+    WhisperFeatureExtractor does."""
+    zeros = np.zeros(16000, np.float32)
+    with pytest.raises(AudioError, match=r"clip: silent audio \(all 16000 samples are zero\)"):
+        A.check_waveform(zeros, 16000, name="clip")
+    assert A.check_waveform(zeros, 16000, allow_silent=True).size == 16000
+    feats = log_mel(zeros, num_mel_bins=80)
+    np.testing.assert_array_equal(feats, np.full((80, 3000), -1.5, np.float32))
+    np.testing.assert_array_equal(log_mel(zeros, num_mel_bins=80, clamp="running"), feats)
+    w, m = log_mel_windows(zeros, num_mel_bins=80)
+    np.testing.assert_array_equal(w[0], feats)
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.WhisperFeatureExtractor(feature_size=80)(zeros, sampling_rate=16000,
+                                                               return_tensors="np").input_features[0]
+    np.testing.assert_allclose(feats, ref, atol=1e-6, rtol=0)

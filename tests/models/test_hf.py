@@ -206,6 +206,43 @@ def test_tied_with_and_without_lm_head(qwen2_tied, tmp_path):
         load_pretrained(d)
 
 
+def test_tie_resolves_as_transformers_with_a_distinct_head(qwen2_tied, ids, tmp_path):
+    """tie_word_embeddings: true with a *different* lm_head.weight in the file: transformers 5 does not tie
+    (it warns) and uses the head; so do we, and the export keeps that meaning."""
+    def distinct_head(t):
+        t["lm_head.weight"] = np.random.default_rng(3).standard_normal(t["model.embed_tokens.weight"].shape,
+                                                                      ).astype(np.float32)
+
+    d = rewrite(qwen2_tied["dir"], tmp_path / "distinct", distinct_head)
+    assert json.loads((d / "config.json").read_text())["tie_word_embeddings"] is True
+    ref = torch_logits(hf_load(d), ids)
+    assert not np.allclose(ref, qwen2_tied["ref"], atol=1e-2)  # transformers did use the head
+    config, params = load_pretrained(d)
+    assert config.tie_word_embeddings is False and "lm_head" in params
+    assert hf.load_model_config(d) == config  # the config alone resolves the same way (training builds on it)
+    _, rel = diff_stats(forward(config, params, ids), ref)
+    print(f"PARITY qwen2 tie=true + distinct lm_head: relative {rel:.3g}")
+    assert rel <= 1e-4
+    out = save_pretrained(config, params, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    np.testing.assert_allclose(torch_logits(hf_load(out), ids), ref, atol=1e-6, rtol=0)
+    config2, params2 = load_pretrained(out)
+    assert config2 == config and tree_equal(params, params2)
+
+
+def test_qwen3_declared_tie_with_distinct_head(qwen3_untied, ids, tmp_path):
+    def tie(cfg):
+        cfg["tie_word_embeddings"] = True
+
+    d = rewrite(qwen3_untied["dir"], tmp_path / "q3", config_edit=tie)
+    ref = torch_logits(hf_load(d), ids)
+    np.testing.assert_allclose(ref, qwen3_untied["ref"], atol=1e-6, rtol=0)  # transformers keeps the head
+    config, params = load_pretrained(d)
+    assert config.tie_word_embeddings is False and "lm_head" in params
+    _, rel = diff_stats(forward(config, params, ids), ref)
+    assert rel <= 1e-4
+
+
 # ---------------------------------------------------------------------------------------------
 # bf16 checkpoints and the two readers
 # ---------------------------------------------------------------------------------------------
@@ -343,8 +380,28 @@ def test_unexpected_tensor(qwen2_tied, tmp_path):
         t["model.extra.weight"] = np.zeros(3, np.float32)
 
     d = rewrite(qwen2_tied["dir"], tmp_path / "u", add)
-    with pytest.raises(CheckpointError, match=r"unexpected tensors for qwen2 with 2 layers: 'model.extra.weight' "
+    with pytest.raises(CheckpointError, match=r"tensors that qwen2 with 2 layers does not use: 'model.extra.weight' "
                                               r"\(in model.safetensors\), 'model.layers.2.mlp.up_proj.weight'"):
+        load_pretrained(d)
+
+
+def test_unused_tensor_allow_list(qwen2_tied, tmp_path):
+    """Only rotary inv_freq buffers (named patterns, hf.UNUSED_TENSOR_PATTERNS) may sit in a file unread."""
+    config, params = load_pretrained(qwen2_tied["dir"])
+
+    def add_inv_freq(t):
+        t["model.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+        t["model.layers.1.self_attn.rotary_emb.inv_freq"] = np.ones(8, np.float32)
+
+    d = rewrite(qwen2_tied["dir"], tmp_path / "inv", add_inv_freq)
+    config2, params2 = load_pretrained(d)
+    assert config2 == config and tree_equal(params, params2)
+
+    def add_other(t):
+        t["model.layers.1.mlp.inv_freq"] = np.ones(8, np.float32)
+
+    d = rewrite(qwen2_tied["dir"], tmp_path / "other", add_other)
+    with pytest.raises(CheckpointError, match=r"does not use: 'model.layers.1.mlp.inv_freq' \(in model.safetensors\)"):
         load_pretrained(d)
 
 
