@@ -1,19 +1,40 @@
 """proactive_jax: ProactiveLLM (streaming LLMs that decide when to write) in JAX/Flax.
 
-Subpackages follow the data flow: ``models`` (decoders, HF I/O) -> ``method`` (streaming examples, the
-objective, decision heads, the decode loop) -> ``training`` (mesh, step, loop, checkpoints) ->
-``evaluation`` (metrics, sweeps, tables); ``data`` turns datasets into streaming examples.
-"""
-from proactive_jax.evaluation import metrics
-from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.objective import token_logprobs
-from proactive_jax.method.session import SessionBatch, StreamSession
-from proactive_jax.data.example import StreamExample
-from proactive_jax.models.config import ModelConfig
-from proactive_jax.models.hf import load_pretrained, save_pretrained
-from proactive_jax.models.qwen import forward, init_params
-from proactive_jax.models.audio import forward_audio
+The package is a one-way stack (each layer imports only those before it; ``tests/test_architecture.py`` keeps it so):
+``errors`` < ``config`` < ``models`` (decoders, HF I/O) < ``data`` (rows -> ``StreamExample``) < ``method`` (the
+paper: schedules, objective, heads, decode loop, sessions) < ``training`` (mesh, step, loop, checkpoints, plans) <
+``evaluation`` (metrics, sweeps, tables) < the front: ``cli`` (one module per command) and ``demo``.
 
-__all__ = ["ModelConfig", "SessionBatch", "StreamExample", "StreamSession", "forward", "forward_audio", "init_params",
-           "load_pretrained", "metrics", "save_pretrained", "stream_decode", "token_logprobs"]
+The public names below are imported on first use, so ``import proactive_jax`` (and ``proactive-jax --help``) does
+not load JAX.
+"""
+import importlib
+
+_PUBLIC = {
+    "ModelConfig": "proactive_jax.models.config",
+    "SessionBatch": "proactive_jax.method.session",
+    "StreamExample": "proactive_jax.data.example",
+    "StreamSession": "proactive_jax.method.session",
+    "forward": "proactive_jax.models.qwen",
+    "forward_audio": "proactive_jax.models.audio",
+    "init_params": "proactive_jax.models.qwen",
+    "load_pretrained": "proactive_jax.models.hf",
+    "save_pretrained": "proactive_jax.models.hf",
+    "stream_decode": "proactive_jax.method.decode",
+    "token_logprobs": "proactive_jax.method.objective",
+}
+
+__all__ = sorted([*_PUBLIC, "metrics"])
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "metrics":
+        return importlib.import_module("proactive_jax.evaluation.metrics")
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'proactive_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

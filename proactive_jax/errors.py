@@ -32,7 +32,12 @@ class CorruptCheckpointError(CheckpointError):
 
 
 class DataError(ProactiveError, ValueError):
-    """Data (a dataset, a row, an example, a cache) cannot be used; the message names where."""
+    """Data (a dataset, a row, an example, a cache) cannot be used; the message names where. ``reason``: a short
+    category (``"bad row"``, ``"bad audio"``, ...) that skip counters group by."""
+
+    def __init__(self, message: str = "", *, reason: str = "bad row"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class OfflineError(DataError):

@@ -99,7 +99,7 @@ def test_decode_cli(synthetic_ckpt, capsys):
 def test_errors_are_one_hierarchy():
     from proactive_jax import errors as E
     from proactive_jax.data.loaders import LoaderError
-    from proactive_jax.data.tasks import DataError
+    from proactive_jax.errors import DataError
     from proactive_jax.evaluation.results import EvalError
     from proactive_jax.data.example import ExampleError
     from proactive_jax.models.config import ConfigError

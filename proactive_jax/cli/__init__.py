@@ -22,98 +22,6 @@ class Command(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------
-# hf-check
-# ---------------------------------------------------------------------------------------------
-
-def _hf_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", help="Hugging Face checkpoint directory (config.json + safetensors)")
-    p.add_argument("--batch", type=int, default=2, help="batch size of the random token ids (default 2)")
-    p.add_argument("--length", type=int, default=16, help="sequence length (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random token ids (default 0)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="compute dtype of the JAX model (transformers always runs float32)")
-    p.add_argument("--tol", type=float, default=None,
-                   help="fail if max|diff| / max|logit| exceeds this (default 1e-4 for float32, 5e-2 otherwise)")
-
-
-def _run_hf_check(args: argparse.Namespace) -> int:
-    import gc
-
-    import numpy as np
-
-    from proactive_jax.models.hf import load_pretrained
-    from proactive_jax.models.qwen import forward
-
-    tol = args.tol if args.tol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
-    config, params = load_pretrained(args.dir, dtype=args.dtype)  # errors: one line via main
-    if getattr(config, "model_type", None) == "qwen2_audio":
-        from proactive_jax.models.audio_check import hf_check_audio
-
-        return hf_check_audio(args, config, params, tol)
-    ids = np.random.default_rng(args.seed).integers(0, config.vocab_size, (args.batch, args.length))
-    ours = np.asarray(forward(config, params, ids), np.float32)
-    if not np.all(np.isfinite(ours)):
-        bad = _nonfinite_tensors(params)
-        print(f"FAIL: this package's logits hold NaN/Inf; the checkpoint has non-finite weights in "
-              f"{', '.join(bad[:8]) or 'no tensor (check --dtype)'}", file=sys.stderr)
-        return 1
-    del params
-    gc.collect()
-    print(f"proactive_jax: {config.model_type}, {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-          f"vocab {config.vocab_size}; logits {list(ours.shape)} ({args.dtype} compute), "
-          f"max|logit| {float(np.abs(ours).max()):.6g}")
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        print(f"transformers comparison SKIPPED: torch/transformers not importable ({e})")
-        return 0
-    try:
-        model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32, attn_implementation="eager")
-    except TypeError:  # transformers < 4.56 names it torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(args.dir, torch_dtype=torch.float32,
-                                                     attn_implementation="eager")
-    model.eval()
-    with torch.no_grad():
-        ref = model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
-    diff = float(np.abs(ours - ref).max())
-    scale = float(np.abs(ref).max())
-    rel = diff / max(scale, 1e-30)
-    agree = float((ours.argmax(-1) == ref.argmax(-1)).mean())
-    ok = rel <= tol
-    print(f"transformers (float32): max|logit| {scale:.6g}")
-    print(f"max |logit diff| = {diff:.6g}  relative = {rel:.3g}  (tol {tol:g})  argmax agreement = {agree:.4f}")
-    print("OK" if ok else "FAIL: difference above tolerance")
-    return 0 if ok else 1
-
-
-def _nonfinite_tensors(params) -> list[str]:
-    import jax
-    import numpy as np
-
-    return [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-            if not np.all(np.isfinite(np.asarray(x)))]
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare-audio (the run is data.audio_stream.run_prepare_audio)
-# ---------------------------------------------------------------------------------------------
-
-def _prepare_audio_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", metavar="SPEC",
-                   help="the rows: a WAV + JSONL manifest (FILE.jsonl), a datasets Hub id or local dataset directory "
-                        "([hub:]openslr/librispeech_asr), disk:DIR (save_to_disk) or tfds:NAME")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="where to write the ArrayRecord shards + index.json")
-    p.add_argument("--config", default=None, help="dataset config / builder config (e.g. clean, other, all)")
-    p.add_argument("--split", default="train", help="split (default train; e.g. train.clean.360)")
-    p.add_argument("--max-rows", type=int, default=None, help="copy only the first N rows")
-    p.add_argument("--rows-per-shard", type=int, default=2048, help="rows per ArrayRecord shard (default 2048)")
-    p.add_argument("--cache-dir", default=None, help="datasets cache directory")
-    p.add_argument("--data-dir", default=None, help="tfds data directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared set in OUT_DIR")
-
-
-# ---------------------------------------------------------------------------------------------
 # registry and entry point
 # ---------------------------------------------------------------------------------------------
 
@@ -123,12 +31,12 @@ def _lazy_args(module: str, fn: str) -> Callable[[argparse.ArgumentParser], None
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("the embedded default: train a tiny streaming model on built-in tasks, evaluate the heads, "
-                    "print the paper-style table", _lazy_args("proactive_jax.demo.text", "add_demo_args"),
-                    "proactive_jax.demo.text:run_demo_cli"),
+                    "print the paper-style table", _lazy_args("proactive_jax.cli.demo", "add_demo_args"),
+                    "proactive_jax.cli.demo:run_demo_cli"),
     "train": Command("train a streaming LLM (batch + MSLM + SPSD) from a YAML run config",
                      _lazy_args("proactive_jax.cli.train", "add_train_args"), "proactive_jax.cli.train:run_train"),
     "export": Command("write a training run's checkpoint as a Hugging Face directory",
-                      _lazy_args("proactive_jax.cli.train", "add_export_args"), "proactive_jax.cli.train:run_export"),
+                      _lazy_args("proactive_jax.cli.export", "add_export_args"), "proactive_jax.cli.export:run_export"),
     "decode": Command("stream one text through a checkpoint with a decision head; show READs and WRITEs",
                       _lazy_args("proactive_jax.cli.decode", "add_decode_args"),
                       "proactive_jax.cli.decode:run_decode_cli"),
@@ -142,10 +50,11 @@ COMMANDS: dict[str, Command] = {
                     "proactive_jax.cli.plan:run_plan"),
     "prepare-audio": Command("copy audio rows (a datasets / tfds split or a WAV + JSONL manifest) once into ArrayRecord "
                              "shards for the bounded-memory training stream (audio.stream.dir)",
-                             _prepare_audio_args,
-                             "proactive_jax.data.audio_stream:run_prepare_audio"),
+                             _lazy_args("proactive_jax.cli.prepare_audio", "add_prepare_audio_args"),
+                             "proactive_jax.cli.prepare_audio:run_prepare_audio"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
-                        _hf_check_args, _run_hf_check),
+                        _lazy_args("proactive_jax.cli.hf_check", "add_hf_check_args"),
+                        "proactive_jax.cli.hf_check:run_hf_check"),
 }
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="HF directory or training run directory")
@@ -107,6 +105,8 @@ def _live_units(stream, unit: str):
 
 def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     """``decode --live``: a :class:`.session.StreamSession` fed from standard input, writes printed at once."""
+    import numpy as np
+
     from proactive_jax.errors import SessionError
     from proactive_jax.method.session import StreamSession
 

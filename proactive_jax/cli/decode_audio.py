@@ -18,14 +18,13 @@ import logging
 import sys
 import time
 
-import numpy as np
-
-from proactive_jax.data.render import audio_parts
 
 logger = logging.getLogger(__name__)
 
 
 def run_audio_decode(args) -> int:
+    from proactive_jax.data.render import audio_parts
+
     from transformers import AutoTokenizer
 
     from proactive_jax.data.audio import AudioError, read_audio
@@ -71,6 +70,8 @@ PCM_FORMATS = {"s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
 
 def pcm_pieces(stream, fmt: str, piece_samples: int):
     """Float32 pieces of raw mono PCM read from a binary stream as it arrives (``fmt``: s16le | f32le)."""
+    import numpy as np
+
     dtype, scale = PCM_FORMATS[fmt]
     width = np.dtype(dtype).itemsize
     rest = b""
@@ -92,9 +93,7 @@ def file_pieces(path, piece_samples: int, pace: float, sleep=time.sleep, clock=t
     at once)."""
     from proactive_jax.data.audio import read_audio
 
-    wave, sr = read_audio(path)
-    if sr != 16000:
-        raise ValueError(f"{path}: sampling rate {sr} Hz; live audio needs 16000 Hz (resample the file)")
+    wave, _ = read_audio(path)  # any rate and channel count: mixed to mono, resampled to 16 kHz
     t0 = clock()
     for start in range(0, wave.size, piece_samples):
         piece = wave[start:start + piece_samples]
@@ -105,6 +104,9 @@ def file_pieces(path, piece_samples: int, pace: float, sleep=time.sleep, clock=t
 
 def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
     """``decode --live --audio SRC``: audio pieces from ``SRC`` (``-``: raw PCM on stdin) into a live session."""
+    from proactive_jax.data.render import audio_parts
+    import numpy as np
+
     from transformers import AutoTokenizer
 
     from proactive_jax.data.audio import AudioError

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from proactive_jax.config import config_and_overrides
-from proactive_jax.errors import ConfigError
-from proactive_jax.evaluation.evaluate import load_eval_config, run_eval
-from proactive_jax.evaluation.results import EvalError, markdown_table
-
 
 def add_eval_args(p) -> None:
     p.add_argument("config", nargs="?", default=None, help="eval config YAML (optional: all keys may be overrides)")
@@ -17,6 +12,13 @@ def add_eval_args(p) -> None:
 
 
 def run_eval_cli(args) -> int:
+    from proactive_jax.config import config_and_overrides
+    from proactive_jax.errors import ConfigError
+    from proactive_jax.evaluation.evaluate import load_eval_config
+    from proactive_jax.evaluation.evaluate import run_eval
+    from proactive_jax.evaluation.results import EvalError
+    from proactive_jax.evaluation.results import markdown_table
+
     path, overrides = config_and_overrides(args.config, args.overrides)
     try:
         cfg = load_eval_config(path, overrides)

@@ -9,9 +9,6 @@ import logging
 import os
 import sys
 
-from proactive_jax.training.plan import format_report, plan
-from proactive_jax.training.tpu import PlanError, parse_topology
-
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config YAML (e.g. configs/qwen2.5-3b-iwslt-ende.yaml)")
@@ -38,6 +35,11 @@ def _quiet_tpu_env() -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from proactive_jax.training.plan import format_report
+    from proactive_jax.training.plan import plan
+    from proactive_jax.training.tpu import PlanError
+    from proactive_jax.training.tpu import parse_topology
+
     _quiet_tpu_env()
     import jax
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from proactive_jax.training.probe_training import ProbeConfig, run_probe_train
-
 
 def add_probe_args(p) -> None:
     p.add_argument("action", choices=("train",), help="train: fit the probe on a trained run")
@@ -14,6 +12,9 @@ def add_probe_args(p) -> None:
 
 
 def run_probe_cli(args) -> int:
+    from proactive_jax.training.probe_training import ProbeConfig
+    from proactive_jax.training.probe_training import run_probe_train
+
     from proactive_jax.config import config_and_overrides, load_config
     from proactive_jax.errors import ConfigError
     from proactive_jax.method.probe import ProbeError

@@ -12,7 +12,7 @@ from proactive_jax.data.render import (RenderConfig, TemplateParts, TextExample,
                      word_start_table)
 from proactive_jax.data.synthetic import (WORD_MAP_MAX_LOOKAHEAD, LookupConfig, WordMapConfig, build_tokenizer, load_tokenizer,
                         make_task)
-from proactive_jax.data.tasks import TASKS, AdaptReport, DataError, RowRef, adapt_rows
+from proactive_jax.data.tasks import TASKS, AdaptReport, RowRef, adapt_rows
 
 __all__ = [
     "KNOWN_DATASETS", "PARQUET_REVISION", "DatasetSpec", "LoaderError", "TfdsRows", "hub_parquet_spec",
@@ -22,5 +22,5 @@ __all__ = [
     "RenderConfig", "TemplateParts", "TextExample", "render_example", "split_words", "template_parts",
     "word_start_table",
     "WORD_MAP_MAX_LOOKAHEAD", "LookupConfig", "WordMapConfig", "build_tokenizer", "load_tokenizer", "make_task",
-    "TASKS", "AdaptReport", "DataError", "RowRef", "adapt_rows",
+    "TASKS", "AdaptReport", "RowRef", "adapt_rows",
 ]

@@ -31,7 +31,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from ..errors import DataError
+from proactive_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 

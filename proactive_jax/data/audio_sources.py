@@ -6,16 +6,19 @@ magic + u32 header length + JSON header + the audio payload (never pickles)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from .tasks import DataError
-from .audio import SAMPLING_RATE
+from proactive_jax.errors import DataError
+from proactive_jax.data.audio import SAMPLING_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +98,35 @@ def _librispeech_row(row: Mapping) -> dict:
 
 
 def prepare_audio(rows: Iterable[Mapping], out_dir: str | Path, *, rows_per_shard: int = 2048,
-                  name: str = "audio") -> dict:
+                  name: str = "audio", overwrite: bool = False) -> dict:
     """Copy rows (an iterable, e.g. a streaming ``datasets`` split with ``Audio(decode=False)``, tfds rows,
     manifest rows) into ArrayRecord shards ``<out_dir>/<name>-NNNNN.array_record`` + ``index.json``.
 
-    One pass, one row in memory at a time; audio bytes are copied, not decoded (checks happen when
-    streaming, under ``on_bad_audio``). Returns the index (shard names and row counts)."""
+    One pass, one row in memory at a time; audio bytes are copied, not decoded (each file's header is read to
+    refuse what no decoder reads; the samples are checked when streaming, under ``on_bad_audio``). The set is
+    built in a staging directory beside ``out_dir`` and moved into place only when complete, so a failure (a bad
+    row, a full disk) leaves no partial set and, with ``overwrite``, the previous set intact. Returns the index."""
+    out = Path(out_dir)
+    if (out / "index.json").exists() and not overwrite:
+        raise DataError(f"{out}: already holds a prepared set (index.json); choose another OUT_DIR or --overwrite",
+                        reason="exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        index = _write_shards(rows, stage, rows_per_shard, name, out)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    logger.info("prepare_audio: %d rows in %d ArrayRecord shards under %s", index["rows"], len(index["shards"]), out)
+    return index
+
+
+def _write_shards(rows, stage: Path, rows_per_shard: int, name: str, out: Path) -> dict:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     shards, counts, writer, n = [], [], None, 0
     try:
         for row in rows:
@@ -112,20 +134,66 @@ def prepare_audio(rows: Iterable[Mapping], out_dir: str | Path, *, rows_per_shar
                 if writer is not None:
                     writer.close()
                 shards.append(f"{name}-{len(shards):05d}.array_record")
-                writer = ArrayRecordWriter(str(out / shards[-1]), "group_size:1")
+                writer = ArrayRecordWriter(str(stage / shards[-1]), "group_size:1")
                 counts.append(0)
-            writer.write(encode_record(_librispeech_row(row)))
+            stored = _librispeech_row(row)
+            _check_audio_header(stored.get("audio"), f"row {n} ({stored.get('id', 'no id')})")
+            writer.write(encode_record(stored))
             counts[-1] += 1
             n += 1
-    finally:
         if writer is not None:
             writer.close()
+            writer = None
+    except RuntimeError as e:  # ArrayRecord's write errors (a full disk among them) are RuntimeErrors, not OSErrors
+        raise DataError(f"{out}: writing the ArrayRecord shards failed ({' '.join(str(e).split())[:300]}); no set was "
+                        "written and any existing set is intact", reason="write failed") from None
+    finally:
+        if writer is not None:
+            try:
+                writer.close()
+            except RuntimeError:
+                pass
     if n == 0:
         raise DataError(f"prepare_audio: no rows to write to {out}", reason="empty source")
     index = {"format": 1, "rows": n, "shards": shards, "counts": counts}
-    (out / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-    logger.info("prepare_audio: %d rows in %d ArrayRecord shards under %s", n, len(shards), out)
+    (stage / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return index
+
+
+def _check_audio_header(audio, where: str) -> None:
+    """Refuse stored audio bytes that no decoder reads (a text file named .wav, an empty or cut file), naming the
+    row; arrays and rows without audio pass (their checks run when streaming)."""
+    if not (isinstance(audio, Mapping) and audio.get("bytes")):
+        return
+    try:
+        import soundfile as sf
+    except ImportError:
+        return
+    try:
+        sf.info(io.BytesIO(bytes(audio["bytes"])))
+    except Exception as e:  # soundfile raises its own error types (LibsndfileError, RuntimeError, ...)
+        raise DataError(f"{where}: audio is not decodable ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
+                        reason="bad audio") from None
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the complete set in ``stage`` to ``out``; an existing set there is replaced only now."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        os.replace(stage, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if (out / "index.json").exists():  # a previous set: swap whole directories, then drop the old one
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for p in stage.iterdir():  # out holds other files (no set): add the shards and the index last
+        if p.name != "index.json":
+            os.replace(p, out / p.name)
+    os.replace(stage / "index.json", out / "index.json")
+    stage.rmdir()
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -241,7 +309,7 @@ def as_source(source):
         p = Path(source)
         if p.is_dir():
             if not (p / "index.json").exists() and _is_librispeech_tree(p):
-                from .librispeech import load_librispeech
+                from proactive_jax.data.librispeech import load_librispeech
 
                 return RowSource(load_librispeech(p), str(p))
             return ArrayRecordAudioSource(p)
@@ -259,7 +327,7 @@ def as_source(source):
 
 
 def _is_librispeech_tree(p: Path) -> bool:
-    from .librispeech import split_dirs
+    from proactive_jax.data.librispeech import split_dirs
 
     try:
         split_dirs(p)
@@ -278,11 +346,11 @@ def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max
     name such as ``train.clean.360``, ``a+b``, ``train`` = every train-* split present; with ``config`` clean /
     other / all, the Hub dataset's names of that config, e.g. ``--config clean --split test``) or ``[hub:]ID`` (a Hub
     id or a local dataset directory), with ``config`` / ``split``."""
-    from .audio_tasks import load_audio_rows
-    from .loaders import DatasetSpec
+    from proactive_jax.data.audio_tasks import load_audio_rows
+    from proactive_jax.data.loaders import DatasetSpec
 
     if spec.startswith("openslr:"):
-        from .librispeech import librispeech_rows, split_dirs
+        from proactive_jax.data.librispeech import librispeech_rows, split_dirs
 
         root = spec[len("openslr:"):]
         if not root:
@@ -312,25 +380,3 @@ def spec_rows(spec: str, *, config: str | None = None, split: str = "train", max
     if hasattr(rows, "__len__") and hasattr(rows, "__getitem__"):
         return (rows[i] for i in range(len(rows))), ds.label
     return iter(rows), ds.label
-
-
-def run_prepare_audio(args) -> int:
-    out = Path(args.out_dir)
-    if args.rows_per_shard < 1:
-        raise DataError(f"--rows-per-shard={args.rows_per_shard}: expected >= 1", reason="bad option")
-    if args.max_rows is not None and args.max_rows < 1:
-        raise DataError(f"--max-rows={args.max_rows}: expected >= 1", reason="bad option")
-    if (out / "index.json").exists() and not args.overwrite:
-        raise DataError(f"{out}: already holds a prepared set (index.json); choose another OUT_DIR or --overwrite",
-                        reason="exists")
-    rows, label = spec_rows(args.spec, config=args.config, split=args.split, max_rows=args.max_rows,
-                            cache_dir=args.cache_dir, data_dir=args.data_dir)
-    if args.overwrite and (out / "index.json").exists():
-        old = json.loads((out / "index.json").read_text())
-        for s in old.get("shards", []):
-            (out / s).unlink(missing_ok=True)
-        (out / "index.json").unlink()
-    index = prepare_audio(rows, out, rows_per_shard=args.rows_per_shard)
-    print(f"prepare-audio: {index['rows']} rows of {label} in {len(index['shards'])} ArrayRecord shards under {out} "
-          f"(stream it with audio.stream.dir={out})")
-    return 0

@@ -50,13 +50,13 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from proactive_jax.data.tasks import DataError  # errors.DataError with a `reason` (the skip counts use it)
+from proactive_jax.errors import DataError
 from proactive_jax.models.audio import output_lengths
 from proactive_jax.data.audio import HOP, SAMPLING_RATE, AudioError, check_waveform, log_mel_windows, read_audio, window_features
 # the row sources and the prepare-audio CLI live in .audio_sources (re-exported here: one import for users)
 from proactive_jax.data.audio_sources import (RECORD_MAGIC, ArrayRecordAudioSource, ManifestSource, RowSource,  # noqa: F401
                             SyntheticAudioSource, as_source, decode_record, encode_record, prepare_audio,
-                            run_prepare_audio, spec_rows)
+                            spec_rows)
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def row_waveform(row: Mapping, where: str, features: AudioFeatures) -> np.ndarra
     if isinstance(audio, Mapping) and audio.get("array") is not None:
         x, sr = np.asarray(audio["array"]), int(audio.get("sampling_rate") or SAMPLING_RATE)
     elif isinstance(audio, Mapping) and audio.get("bytes"):
-        x, sr = read_audio(data=bytes(audio["bytes"]))
+        x, sr = read_audio(data=bytes(audio["bytes"]), name=where)
     elif isinstance(audio, Mapping) and audio.get("path"):
-        x, sr = read_audio(Path(audio["path"]))
+        x, sr = read_audio(Path(audio["path"]), name=where)
     elif isinstance(audio, (np.ndarray, list)):
         x, sr = np.asarray(audio), SAMPLING_RATE
     else:

@@ -35,7 +35,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from proactive_jax.data.audio import AudioError, check_waveform, read_audio
-from proactive_jax.data.tasks import DataError, RowRef, get_field, text_field
+from proactive_jax.data.tasks import RowRef, get_field, text_field
+from proactive_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def decode_audio_field(value: Any, ref: RowRef, field: str = "audio", *, base: P
         if isinstance(value, Mapping) and value.get("array") is not None:
             x, sr = np.asarray(value["array"]), int(value.get("sampling_rate") or 16000)
         elif isinstance(value, Mapping) and value.get("bytes"):
-            x, sr = read_audio(data=bytes(value["bytes"]))
+            x, sr = read_audio(data=bytes(value["bytes"]), name=f"field {field!r} (audio bytes)")
         elif isinstance(value, Mapping) and value.get("path"):
             x, sr = read_audio(Path(base or ".") / value["path"])
         elif isinstance(value, (str, Path)):
@@ -150,6 +151,10 @@ def load_audio_rows(spec, cache_dir: str | None = None):
     here offline with soundfile / the WAV reader); tfds rows as they come."""
     from proactive_jax.data.loaders import load_rows
 
+    if spec.source == "openslr":  # the raw LibriSpeech tree (FLAC + trans.txt), read directly
+        from proactive_jax.data.librispeech import load_librispeech
+
+        return load_librispeech(spec.path, spec.split, config=spec.name, max_rows=spec.max_rows)
     rows = load_rows(spec, cache_dir)
     cast = getattr(rows, "cast_column", None)
     if cast is not None:

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from .tasks import DataError
+from proactive_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 

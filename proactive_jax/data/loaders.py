@@ -52,7 +52,7 @@ from proactive_jax.data.render import TextExample
 from proactive_jax.data.tasks import AdaptReport, adapt_rows
 
 PARQUET_REVISION = "refs/convert/parquet"
-SOURCES = ("hub", "files", "disk", "tfds")
+SOURCES = ("hub", "files", "disk", "tfds", "openslr")  # openslr: the raw LibriSpeech tree (speech tasks only)
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
 
 
@@ -96,7 +96,7 @@ class DatasetSpec:
     def key(self) -> str:
         """A stable string identifying the rows (local files: also their sizes and mtimes)."""
         d = dataclasses.asdict(self)
-        if self.source in ("files", "disk") or (self.source == "hub" and os.path.isdir(self.path)):
+        if self.source in ("files", "disk", "openslr") or (self.source == "hub" and os.path.isdir(self.path)):
             d["_stat"] = _stat_fingerprint(self)
         return json.dumps(d, sort_keys=True)
 
@@ -420,6 +420,9 @@ def load_tfds(spec: DatasetSpec) -> TfdsRows:
 
 def load_rows(spec: DatasetSpec, cache_dir: str | None = None):
     """Rows of ``spec`` as a random-access sequence of dicts (a ``datasets.Dataset`` or ``TfdsRows``)."""
+    if spec.source == "openslr":
+        raise LoaderError(f"dataset.source=openslr ({spec.path}) is the raw LibriSpeech tree: speech tasks only "
+                          "(task=librispeech)")
     if spec.source == "tfds":
         return load_tfds(spec)
     return load_hf(spec, cache_dir=cache_dir)

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
-from proactive_jax.errors import DataError as _DataError
+from proactive_jax.errors import DataError
 from proactive_jax.data.render import TextExample, split_words
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,6 @@ MCTEST_INSTRUCTION = ("Read the story and answer the question by choosing one of
                       "Reply with the option letter only.")
 DIALOGSUM_INSTRUCTION = "Summarize the following dialogue."
 MCTEST_LETTERS = ("A", "B", "C", "D")
-
-
-class DataError(_DataError):
-    """A dataset row cannot be turned into an example; the message names dataset, split and row index."""
-
-    def __init__(self, message: str, *, reason: str = "bad row"):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)

@@ -365,23 +365,3 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
          + ", ".join(f"{t}_quality_latency.png" for t in cfg.tasks)
          + f" in {timings['total']:.0f}s")
     return summary
-
-
-def add_demo_args(p) -> None:
-    p.add_argument("--config", default=None, help="demo config YAML (default: configs/demo.yaml values built in)")
-    p.add_argument("--out", default=None, help="output directory (default: demo_out)")
-    p.add_argument("--quick", action="store_true", help="smaller and faster, same stages (at most ~3 minutes)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune_steps=300")
-
-
-def run_demo_cli(args) -> int:
-    from proactive_jax.errors import ConfigError
-
-    overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
-    try:
-        cfg = load_demo_config(args.config, overrides, quick=args.quick)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"proactive-jax demo: {e}", file=sys.stderr)
-        return 2
-    run_demo(cfg)
-    return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from .config import COMPUTE_DTYPES, ConfigError, ModelConfig, from_hf_dict, to_hf_dict
+from proactive_jax.models.config import COMPUTE_DTYPES, ConfigError, ModelConfig, from_hf_dict, to_hf_dict
 
 ENCODER_MASKS = ("bidirectional", "causal", "block:K")
 CONV_EDGES = ("zero", "lookahead")

@@ -31,10 +31,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .config import ModelConfig, load_hf_config, to_hf_dict
-from .hf_names import (TIED_LM_HEAD, TensorSpec, _flatten, _get, _is_audio, _set, _table, _text_config,
+from proactive_jax.models.config import ModelConfig, load_hf_config, to_hf_dict
+from proactive_jax.models.hf_names import (TIED_LM_HEAD, TensorSpec, _flatten, _get, _is_audio, _set, _table, _text_config,
                        expected_tensors, tensor_layout)
-from .safetensors_io import (_READERS, _ST_NAME, CheckpointError, SafetensorsFile, _np_dtypes, parse_size,
+from proactive_jax.models.safetensors_io import (_READERS, _ST_NAME, CheckpointError, SafetensorsFile, _np_dtypes, parse_size,
                              remove_stale, write_safetensors)
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def _declared_config(path: str | Path, **kw):
         except json.JSONDecodeError:
             hf = None  # load_hf_config reports it
         if isinstance(hf, dict) and hf.get("model_type") == "qwen2_audio":
-            from .audio_config import from_hf_dict_audio
+            from proactive_jax.models.audio_config import from_hf_dict_audio
 
             return from_hf_dict_audio(hf, source=str(p), **kw)
     return load_hf_config(path, **kw)
@@ -473,7 +473,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     layout_ = tensor_layout(config)
     _check_params({spec.path: shape for spec, shape in layout_}, params)
     if _is_audio(config):
-        from .audio_config import to_hf_dict_audio
+        from proactive_jax.models.audio_config import to_hf_dict_audio
 
         hf_config = to_hf_dict_audio(config, layout=layout, torch_dtype=dtype)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-from .config import ModelConfig
+from proactive_jax.models.config import ModelConfig
 
 
 LAYER = "{layer}"
@@ -117,9 +117,9 @@ def _num_layers(config, spec: TensorSpec) -> int:
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat ``{path: shape}`` of the model's parameter tree (via ``jax.eval_shape``; nothing allocated)."""
     if _is_audio(config):
-        from .audio import abstract_params
+        from proactive_jax.models.audio import abstract_params
     else:
-        from .qwen import abstract_params
+        from proactive_jax.models.qwen import abstract_params
 
     return {path: tuple(leaf.shape) for path, leaf in _flatten(abstract_params(config))}
 

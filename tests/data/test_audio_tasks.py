@@ -6,7 +6,8 @@ import pytest
 
 from proactive_jax.data import audio_tasks as AT
 from proactive_jax.data.audio import write_wav
-from proactive_jax.data.tasks import DataError, RowRef
+from proactive_jax.data.tasks import RowRef
+from proactive_jax.errors import DataError
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
 

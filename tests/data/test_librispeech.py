@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from proactive_jax.data.librispeech import librispeech_rows, load_librispeech, split_dirs
-from proactive_jax.data.tasks import DataError
+from proactive_jax.errors import DataError
 
 sf = pytest.importorskip("soundfile")
 

@@ -11,7 +11,8 @@ import pytest
 from proactive_jax.data import loaders, tasks
 from proactive_jax.data.loaders import DatasetSpec, hub_parquet_spec, load_rows, load_task
 from proactive_jax.data.render import render_example, template_parts
-from proactive_jax.data.tasks import DataError, RowRef, adapt_rows
+from proactive_jax.data.tasks import RowRef, adapt_rows
+from proactive_jax.errors import DataError
 from tests.tokenizers_util import qwen_style_tokenizer
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "data"

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proactive_jax.cli import train as TC
+from proactive_jax.cli import export as TE, train as TC
 from proactive_jax.training import batches as TB, data as TD, loop as T, mesh as TM, state as TSt, step as TS
 from proactive_jax.training.checkpoint import CheckpointError, CheckpointStore, restore_params
 from proactive_jax.training.run_config import load_run_config
@@ -134,12 +134,12 @@ def test_cli_train_lowers_loss_and_exports(straight, tmp_path):
     # export -> a HF directory that hf.load_pretrained reads back, tokenizer included
     from proactive_jax.models.hf import keep_on_host, load_pretrained
 
-    assert TC.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
+    assert TE.export_main(["--checkpoint", str(straight), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     cfg, params = load_pretrained(tmp_path / "hf", place=keep_on_host)
     _, ref, _, step = restore_params(straight)
     assert step == N and cfg.num_hidden_layers == 1 and _max_diff(params, ref) == 0.0
-    assert TC.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert TE.export_main(["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     # the three ways to start: from the HF export, from the checkpoint, from given params
     p_sh = TS.state_shardings(_spec_of(_cfg("x")))[0]["params"]
     for src in ([f"model.hf_dir={tmp_path / 'hf'}", "model.init=hf"],
