@@ -99,7 +99,8 @@ def phase(kind: str, ckpt: Path, out: Path | None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from proactive_jax.models.hf import keep_on_host, load_pretrained, save_pretrained
+    from proactive_jax.models.hf import keep_on_host, load_pretrained
+    from proactive_jax.models.hf_export import save_pretrained
 
     jnp.zeros(1).block_until_ready()  # backend up
     base = _rss_mib()

@@ -45,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from proactive_jax.method.decode import stream_decode  # noqa: E402
-from proactive_jax.method.session import SessionBatch  # noqa: E402
+from proactive_jax.method.session_batch import SessionBatch  # noqa: E402
 from proactive_jax.data.example import StreamExample  # noqa: E402
 from proactive_jax.models.config import ModelConfig  # noqa: E402
 from proactive_jax.models.qwen import abstract_params  # noqa: E402

@@ -241,7 +241,8 @@ def _saved_before_full_disk_intact(d: Path, p) -> str | None:
 
 
 def _nan_hf(h: Path) -> None:
-    from proactive_jax.models.hf import keep_on_host, load_pretrained, save_pretrained
+    from proactive_jax.models.hf import keep_on_host, load_pretrained
+    from proactive_jax.models.hf_export import save_pretrained
 
     cfg, params = load_pretrained(h, place=keep_on_host)
     params["norm"]["weight"][0] = float("nan")

@@ -12,14 +12,14 @@ import importlib
 
 _PUBLIC = {
     "ModelConfig": "proactive_jax.models.config",
-    "SessionBatch": "proactive_jax.method.session",
+    "SessionBatch": "proactive_jax.method.session_batch",
     "StreamExample": "proactive_jax.data.example",
     "StreamSession": "proactive_jax.method.session",
     "forward": "proactive_jax.models.qwen",
     "forward_audio": "proactive_jax.models.audio",
     "init_params": "proactive_jax.models.qwen",
     "load_pretrained": "proactive_jax.models.hf",
-    "save_pretrained": "proactive_jax.models.hf",
+    "save_pretrained": "proactive_jax.models.hf_export",
     "stream_decode": "proactive_jax.method.decode",
     "token_logprobs": "proactive_jax.method.objective",
 }

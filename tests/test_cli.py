@@ -6,7 +6,7 @@ import pytest
 
 from proactive_jax.cli import main
 from proactive_jax.data.synthetic import ASSET_DIR
-from proactive_jax.models.hf import save_pretrained
+from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.models.qwen import init_params
 from tests.conftest import tiny_qwen3
 

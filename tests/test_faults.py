@@ -228,7 +228,8 @@ def test_rollback_makes_the_restored_step_the_live_line(trained, tmp_path, capsy
 
 
 def test_export_load_verify_truncated_and_nan_safetensors(trained, tmp_path, capsys, caplog):
-    from proactive_jax.models.hf import keep_on_host, load_pretrained, save_pretrained
+    from proactive_jax.models.hf import keep_on_host, load_pretrained
+    from proactive_jax.models.hf_export import save_pretrained
 
     hf = tmp_path / "hf"
     assert cli.main(["export", "--checkpoint", str(trained), "--out", str(hf)]) == 0

@@ -329,7 +329,7 @@ def export(run_dir: str | Path, step: int | None = None, out_hf_dir: str | Path 
            dtype: str = "float32", tokenizer_dir: str | Path | None = None, max_shard_size: str = "5GB") -> Path:
     """Write the params of ``run_dir`` (a run or checkpoints directory) at ``step`` (default latest) as a
     Hugging Face directory; the tokenizer is copied from ``tokenizer_dir`` or the run's tokenizer."""
-    from proactive_jax.models.hf import save_pretrained
+    from proactive_jax.models.hf_export import save_pretrained
 
     if out_hf_dir is None:
         raise ValueError("export: out_hf_dir is required")

@@ -331,4 +331,4 @@ def test_wer_normalisers_are_named():
     assert basic > 0 and whisper < basic
     assert mt.quality("wer-whisper", hyps, refs) == {"wer": whisper, "normaliser": "whisper"}
     with pytest.raises(ValueError, match="WER normalisation 'none'"):
-        mt.normalise_transcript("x", "none")
+        mt.normalize_transcript("x", "none")

@@ -18,7 +18,7 @@ from proactive_jax.cli.decode import add_decode_args, run_live
 from proactive_jax.method.heads import DecisionState, decide, encode_head, parse_head, write_direction
 from proactive_jax.method.session import session_decode
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.hf import save_pretrained
+from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.method.attention_stats import HeadStatistics
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits, init_params
 from tests.conftest import tiny_qwen2, tiny_qwen3

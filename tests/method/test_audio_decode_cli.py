@@ -14,7 +14,7 @@ def checkpoint(tmp_path_factory):
 
     from proactive_jax.audio import AudioModelConfig, EncoderConfig, init_params
     from proactive_jax.models.config import ModelConfig
-    from proactive_jax.models.hf import save_pretrained
+    from proactive_jax.models.hf_export import save_pretrained
     from tests.tokenizers_util import qwen_style_tokenizer_dir
 
     root = tmp_path_factory.mktemp("audio_cli")

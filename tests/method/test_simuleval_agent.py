@@ -13,7 +13,7 @@ pytest.importorskip("simuleval", reason="SimulEval is not installed: pip install
 from proactive_jax.data.synthetic import ASSET_DIR  # noqa: E402
 from proactive_jax.evaluation import metrics  # noqa: E402
 from proactive_jax.method.session import StreamSession  # noqa: E402
-from proactive_jax.models.hf import save_pretrained  # noqa: E402
+from proactive_jax.models.hf_export import save_pretrained  # noqa: E402
 from proactive_jax.training.loading import load_model  # noqa: E402
 from proactive_jax.models.qwen import init_params  # noqa: E402
 from tests.conftest import tiny_qwen3  # noqa: E402

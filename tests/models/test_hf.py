@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from proactive_jax import cli
-from proactive_jax.models import hf
+from proactive_jax.models import hf, hf_export
 from proactive_jax.models.config import ConfigError, load_hf_config
-from proactive_jax.models.hf import CheckpointError, expected_tensors, keep_on_host, load_pretrained, save_pretrained
+from proactive_jax.models.hf import CheckpointError, expected_tensors, keep_on_host, load_pretrained
+from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.models.qwen import abstract_params, forward
 
 torch = pytest.importorskip("torch")
@@ -446,7 +447,7 @@ def test_failed_save_keeps_existing_checkpoint(qwen3_untied, tmp_path, monkeypat
 
     # 1) fails while writing the second shard
     calls = {"n": 0}
-    real = hf.write_safetensors
+    real = hf_export.write_safetensors
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -454,7 +455,7 @@ def test_failed_save_keeps_existing_checkpoint(qwen3_untied, tmp_path, monkeypat
             raise OSError("disk full (simulated)")
         return real(*a, **kw)
 
-    monkeypatch.setattr(hf, "write_safetensors", flaky)
+    monkeypatch.setattr(hf_export, "write_safetensors", flaky)
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(config, params, out, max_shard_size=30_000)
     monkeypatch.undo()
@@ -532,12 +533,12 @@ def test_tokenizer_files_copied(qwen2_tied, tmp_path):
 
 
 def test_parse_size():
-    assert hf.parse_size("5GB") == 5 * 10**9
-    assert hf.parse_size("500MiB") == 500 * 2**20
-    assert hf.parse_size("10KB") == 10_000
-    assert hf.parse_size(1234) == 1234
+    assert hf_export.parse_size("5GB") == 5 * 10**9
+    assert hf_export.parse_size("500MiB") == 500 * 2**20
+    assert hf_export.parse_size("10KB") == 10_000
+    assert hf_export.parse_size(1234) == 1234
     with pytest.raises(ValueError, match="max_shard_size"):
-        hf.parse_size("lots")
+        hf_export.parse_size("lots")
 
 
 # ---------------------------------------------------------------------------------------------
