@@ -54,7 +54,7 @@ def flac_rows(n: int, seed: int, lo: float, hi: float):
 
     import soundfile as sf
 
-    from proactive_jax.data.audio_stream import SyntheticAudioSource
+    from proactive_jax.data.audio_sources import SyntheticAudioSource
 
     src = SyntheticAudioSource(n, seed, lo, hi)
     for i in range(n):
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
 
-    from proactive_jax.data.audio_stream import AudioFeatures, SyntheticAudioSource, prepare_audio
+    from proactive_jax.data.audio_sources import SyntheticAudioSource, prepare_audio
+    from proactive_jax.data.audio_stream import AudioFeatures
     from proactive_jax.data.synthetic import load_tokenizer
 
     dem = demand(a.config)

@@ -1,4 +1,5 @@
-"""Shared test setup: 8 fake CPU devices (set before JAX is imported) and tiny model configs."""
+"""Shared test setup: 8 fake CPU devices (set before JAX is imported) and the session-wide fixtures (tiny model
+configs, a tiny Qwen2-Audio checkpoint). Helper functions live in ``tests/helpers.py``."""
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -9,25 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from proactive_jax.models.config import ModelConfig  # noqa: E402
-
-
-def tiny_qwen3(**kw) -> ModelConfig:
-    """Qwen3-style: q/k norm, no bias, untied, head_dim != hidden/heads."""
-    base = dict(model_type="qwen3", vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=False, o_bias=False,
-                qk_norm=True, tie_word_embeddings=False, max_position_embeddings=512)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
-def tiny_qwen2(**kw) -> ModelConfig:
-    """Qwen2-style: q/k/v bias, tied embeddings, head_dim = hidden/heads."""
-    base = dict(model_type="qwen2", vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=12, qkv_bias=True, o_bias=False,
-                qk_norm=False, tie_word_embeddings=True, max_position_embeddings=512)
-    base.update(kw)
-    return ModelConfig(**base)
+from tests.helpers import tiny_qwen2, tiny_qwen3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +21,26 @@ def qwen3_cfg():
 @pytest.fixture(scope="session")
 def qwen2_cfg():
     return tiny_qwen2()
+
+
+@pytest.fixture(scope="session")
+def audio_checkpoint(tmp_path_factory):
+    """A tiny random Qwen2-Audio checkpoint (HF directory with a Qwen-style tokenizer), 1 s encoder windows."""
+    from transformers import AutoTokenizer
+
+    from proactive_jax.audio import AudioModelConfig, EncoderConfig, init_params
+    from proactive_jax.models.config import ModelConfig
+    from proactive_jax.models.hf_export import save_pretrained
+    from tests.tokenizers_util import qwen_style_tokenizer_dir
+
+    root = tmp_path_factory.mktemp("audio_cli")
+    tok = AutoTokenizer.from_pretrained(str(qwen_style_tokenizer_dir("qwen2.5")))
+    tok.add_special_tokens({"additional_special_tokens": ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]})
+    tok.save_pretrained(root / "tok")
+    text = ModelConfig(model_type="qwen2", vocab_size=len(tok) + 3, hidden_size=32, intermediate_size=48,
+                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16, qkv_bias=True,
+                       qk_norm=False, tie_word_embeddings=True)
+    enc = EncoderConfig(num_mel_bins=128, d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=24,
+                        max_source_positions=50)  # 1 s windows
+    cfg = AudioModelConfig(text=text, encoder=enc, audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"))
+    return save_pretrained(cfg, init_params(cfg, 0), root / "hf", tokenizer_dir=root / "tok")

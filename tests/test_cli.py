@@ -8,7 +8,7 @@ from proactive_jax.cli import main
 from proactive_jax.data.synthetic import ASSET_DIR
 from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.models.qwen import init_params
-from tests.conftest import tiny_qwen3
+from tests.helpers import tiny_qwen3
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "data"
 HEADS = "heads=[batch, 'wait-k:k=1|2', 'entropy:tau=0.5', 'attention:tau=0.6,layers=-1:,min_read=2']"
@@ -102,17 +102,16 @@ def test_errors_are_one_hierarchy():
     from proactive_jax.errors import DataError
     from proactive_jax.evaluation.results import EvalError
     from proactive_jax.data.example import ExampleError
-    from proactive_jax.models.config import ConfigError
     from proactive_jax.models.safetensors_io import CheckpointError as A
     from proactive_jax.training.checkpoint import CheckpointError as B
     from proactive_jax.training.loop import TrainingDiverged
     from proactive_jax.errors import ConfigError
 
     assert A is B is E.CheckpointError and issubclass(E.CorruptCheckpointError, A)
-    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, ConfigError, A, TrainingDiverged,
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, A, TrainingDiverged,
                 E.OfflineError):
         assert issubclass(cls, E.ProactiveError), cls
-    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, ConfigError, A):
+    for cls in (LoaderError, DataError, EvalError, ExampleError, ConfigError, A):
         assert issubclass(cls, ValueError), cls  # existing `except ValueError` handlers keep working
 
 

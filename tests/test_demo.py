@@ -5,7 +5,8 @@ import math
 import pytest
 
 from proactive_jax.cli import main
-from proactive_jax.demo.text import check_targets, load_demo_config
+from proactive_jax.demo.report import check_text_targets
+from proactive_jax.demo.text import load_demo_config
 
 # the determinism check runs --quick twice with fewer steps (same stages, same code paths)
 SMALL = ["pretrain_steps=30", "finetune_steps=10", "n_test=16", "n_calib=8", "n_train=200", "progress=false",
@@ -129,23 +130,23 @@ def test_check_targets_on_handmade_results():
     res = {"lookup": {"proactive": {"settings": [s("batch", "batch", 100, 1.0, 4), s("wait-k", "wait-k:k=3", 30, .2, -8),
                                                  s("entropy", "entropy:tau=0.1", 97, 0.6, -3)]},
                       "batch-ft": {"settings": [s("entropy", "entropy:tau=0.1", 40, 0.6, -3)]}}}
-    got = {t["target"]: t["pass"] for t in check_targets(res)}
+    got = {t["target"]: t["pass"] for t in check_text_targets(res)}
     assert all(got.values()) and len(got) == 3
     res["lookup"]["proactive"]["settings"][2]["latency"]["rco"] = 0.9
-    assert not check_targets(res)[0]["pass"]
+    assert not check_text_targets(res)[0]["pass"]
 
 
 def test_probe_target_against_the_best_hand_crafted_head():
-    """The probe's curve area is compared with the best of entropy/attention (the issue) and, stricter,
+    """The probe's curve area is compared with the best of entropy/attention and, stricter,
     of entropy/attention/alignatt; the areas are the demo's curve areas (batch closes every curve)."""
-    from proactive_jax.demo.text import issue14_targets
+    from proactive_jax.demo.report import head_comparison_targets
     from proactive_jax.evaluation.results import curve_area
 
     def s(family, q, rco):
         return {"family": family, "setting": family, "headline": q, "latency": {"rco": rco, "ail": 0.0}}
     pts = {"entropy": [(0.6, 90.0)], "attention": [(0.7, 80.0)], "alignatt": [(0.3, 70.0)], "probe": [(0.5, 85.0)]}
     settings = [s("batch", 100.0, 1.0)] + [s(f, q, r) for f, ps in pts.items() for r, q in ps]
-    got = {t["target"]: t for t in issue14_targets({"word-map": {"proactive": {"settings": settings}}})}
+    got = {t["target"]: t for t in head_comparison_targets({"word-map": {"proactive": {"settings": settings}}})}
     area = {f: curve_area(ps, 100.0) for f, ps in pts.items()}
     assert area["alignatt"] > area["probe"] > area["entropy"] > area["attention"]  # the case being tested
     loose = got["word-map: self-labelled probe curve area >= the best of entropy/attention"]
@@ -154,7 +155,7 @@ def test_probe_target_against_the_best_hand_crafted_head():
     assert strict["alignatt_area"] == pytest.approx(area["alignatt"]) and "alignatt_area" not in loose
     assert loose["probe_area"] == pytest.approx(area["probe"])
     no_alignatt = [x for x in settings if x["family"] != "alignatt"]
-    targets = [t["target"] for t in issue14_targets({"word-map": {"proactive": {"settings": no_alignatt}}})]
+    targets = [t["target"] for t in head_comparison_targets({"word-map": {"proactive": {"settings": no_alignatt}}})]
     assert not any("alignatt" in t for t in targets)
 
 

@@ -77,14 +77,14 @@ def test_targets_need_a_learnt_batch_model():
     look = [row("batch", 90, 1.0, 3), row("entropy:tau=0.1", 88, 0.7, 1), row("wait-k:k=2", 40, 0.5, -2)]
     tr = [row("batch", 20, 1.0, 4), row("entropy:tau=0.1", 21, 0.8, 1.0), row("wait-k:k=4", 22, 0.8, 2.0)]
     got = {t["target"].split(":")[0] + str(i): t["pass"] for i, t in
-           enumerate(DS.check_targets({"speech-lookup": look, "speech-transcribe": tr}))}
+           enumerate(DS.check_speech_targets({"speech-lookup": look, "speech-transcribe": tr}))}
     assert list(got.values()) == [True, True, True]
     chance = [row("batch", 6, 1.0, 3), row("entropy:tau=0.1", 10, 0.3, 1)]
-    assert not any(t["pass"] for t in DS.check_targets({"speech-lookup": chance}))
+    assert not any(t["pass"] for t in DS.check_speech_targets({"speech-lookup": chance}))
     # a collapsed transcriber (every head writes the same words) would pass the WER/AIL comparison trivially
     collapsed = [row("batch", 77, 1.0, 4), row("attention:tau=0.7", 75, 0.2, -3.7), row("wait-k:k=2", 75, 0.4, -2.2)]
-    assert not any(t["pass"] for t in DS.check_targets({"speech-transcribe": collapsed}))
-    assert DS.check_targets({"speech-transcribe": [dict(r, quality=r["quality"] - 30) for r in collapsed]})[0]["pass"]
+    assert not any(t["pass"] for t in DS.check_speech_targets({"speech-transcribe": collapsed}))
+    assert DS.check_speech_targets({"speech-transcribe": [dict(r, quality=r["quality"] - 30) for r in collapsed]})[0]["pass"]
 
 
 def test_encoder_init_lets_the_audio_through():

@@ -1,4 +1,4 @@
-"""The names and signatures the issues promise at the package top level (acceptance checks call them)."""
+"""The names and signatures the package promises at its top level (the README's Python API)."""
 import inspect
 
 import proactive_jax

@@ -14,6 +14,7 @@ on the same audio.
 
 from __future__ import annotations
 
+from proactive_jax.models.kinds import is_audio
 import logging
 import sys
 import time
@@ -39,7 +40,7 @@ def run_audio_decode(args) -> int:
     try:
         parse_head(args.head)
         cfg, params = load_pretrained(args.checkpoint)
-        if getattr(cfg, "model_type", None) != "qwen2_audio":
+        if not is_audio(cfg):
             raise ValueError(f"{args.checkpoint}: --audio needs a qwen2_audio checkpoint, got {cfg.model_type}")
         K = chunk_tokens_from_ms(args.chunk_ms, cfg.encoder, "--chunk-ms")
         tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.checkpoint))
@@ -124,7 +125,7 @@ def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
         if piece < 1:
             raise ValueError(f"--piece-ms={args.piece_ms}: expected at least 1/16 ms (one sample)")
         cfg, params = load_pretrained(args.checkpoint)
-        if getattr(cfg, "model_type", None) != "qwen2_audio":
+        if not is_audio(cfg):
             raise ValueError(f"{args.checkpoint}: --audio needs a qwen2_audio checkpoint, got {cfg.model_type}")
         cfg = cfg.replace(chunk_tokens=chunk_tokens_from_ms(args.chunk_ms, cfg.encoder, "--chunk-ms"))
         tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.checkpoint))

@@ -7,7 +7,7 @@ mel bins is 1.5 MB in float32: ~430 GB padded). This module streams them:
          -> worker: decode audio -> checks -> log-mel window -> tokenized transcript -> example dict
          -> Grain iterator (optionally ``num_workers`` processes) -> :class:`AudioExampleStream`
 
-**Sources** (:func:`as_source`) are random access (``len`` + ``[i]`` -> row dict): a directory of
+**Sources** (:func:`~proactive_jax.data.audio_sources.as_source`) are random access (``len`` + ``[i]`` -> row dict): a directory of
 ArrayRecord shards written by :func:`prepare_audio`, a WAV + JSONL manifest, or any map-style object
 (tfds ``data_source``, a ``datasets.Dataset`` loaded with ``Audio(decode=False)``). A streaming
 (iterable-only) dataset has no random access, hence no exact global shuffle and no O(1) resume: convert it
@@ -53,10 +53,7 @@ import numpy as np
 from proactive_jax.errors import DataError
 from proactive_jax.models.audio import output_lengths
 from proactive_jax.data.audio import HOP, SAMPLING_RATE, AudioError, check_waveform, log_mel_windows, read_audio, window_features
-# the row sources and the prepare-audio CLI live in .audio_sources (re-exported here: one import for users)
-from proactive_jax.data.audio_sources import (RECORD_MAGIC, ArrayRecordAudioSource, ManifestSource, RowSource,  # noqa: F401
-                            SyntheticAudioSource, as_source, decode_record, encode_record, prepare_audio,
-                            spec_rows)
+from proactive_jax.data.audio_sources import as_source
 
 logger = logging.getLogger(__name__)
 

@@ -59,14 +59,14 @@ def paper_table(task: str, per_model: dict[str, dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Acceptance targets (issue: the paper's claims in miniature)
+# Acceptance targets: the paper's claims in miniature
 # ---------------------------------------------------------------------------------------------
 
 def _settings(res, family):
     return [s for s in res["settings"] if s["family"] == family]
 
 
-def check_targets(results: dict) -> list[dict]:
+def check_text_targets(results: dict) -> list[dict]:
     """Evaluate the demo's acceptance targets on the results; each entry says pass/fail and the numbers."""
     out = []
     lk = results.get("lookup")
@@ -106,7 +106,7 @@ def check_targets(results: dict) -> list[dict]:
         if best is not None:
             out.append({"target": "word-map: proactive-entropy BLEU >= the nearest-AIL wait-k, at no higher AIL",
                         **best})
-    out += issue14_targets(results)
+    out += head_comparison_targets(results)
     # ablation: quality at matched latency budgets, proactive vs batch-only fine-tune
     gaps = []
     for task, res in results.items():
@@ -130,7 +130,7 @@ def check_targets(results: dict) -> list[dict]:
 HAND_CRAFTED = ("entropy", "attention", "alignatt")  # the hand-crafted heads the probe is compared with
 
 
-def issue14_targets(results: dict) -> list[dict]:
+def head_comparison_targets(results: dict) -> list[dict]:
     """The calibrated main setting, the learned probe against the hand-crafted heads and the oracle-label
     probe, and where MSLM without SPSD sits (curve areas: quality averaged over RCO budgets)."""
     out = []
@@ -149,7 +149,7 @@ def issue14_targets(results: dict) -> list[dict]:
         areas = curve_areas(res)
         pro = areas.get("proactive", {})
         if "probe" in pro:
-            # the issue's comparison (entropy/attention), then the stricter one with alignatt as well
+            # the comparison with entropy/attention, then the stricter one with alignatt as well
             for fams in (("entropy", "attention"), HAND_CRAFTED):
                 if fams == HAND_CRAFTED and "alignatt" not in pro:
                     continue
@@ -169,7 +169,7 @@ def issue14_targets(results: dict) -> list[dict]:
                                   "(curve area, some head)", "pass": any(v["between"] for v in between.values()),
                         **between})
     mslm = [t for t in out if "MSLM without SPSD" in t["target"]]
-    if mslm:  # the issue asks for at least one task: one summary line
+    if mslm:  # one summary line over the tasks
         out.append({"target": "MSLM without SPSD between batch-only and ProactiveLLM on at least one task",
                     "pass": any(t["pass"] for t in mslm)})
     return out

@@ -226,8 +226,8 @@ def table(task: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def check_targets(results: dict) -> list[dict]:
-    """The issue's targets: lookup keeps >= 95% of batch accuracy at RCO <= 0.8, wait-k clearly worse;
+def check_speech_targets(results: dict) -> list[dict]:
+    """The speech stage's targets: lookup keeps >= 95% of batch accuracy at RCO <= 0.8, wait-k clearly worse;
     transcribe: proactive WER within 10% relative of batch at lower AIL than the nearest wait-k."""
     out = []
     look = results.get("speech-lookup")
@@ -295,7 +295,7 @@ def run_speech_stage(settings: dict | None, out_dir: str | Path, say=print) -> d
         tables.append(f"### {task}\n\n{table(task, results[task])}")
         say(f"\n{task}\n{table(task, results[task])}")
     timings["eval"] = time.perf_counter() - t2
-    targets = check_targets(results)
+    targets = check_speech_targets(results)
     for tgt in targets:
         say(f"  [{'PASS' if tgt['pass'] else 'MISS'}] {tgt['target']}: "
             + json.dumps({k: v for k, v in tgt.items() if k not in ("target", "pass")}, default=str))

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 
-from proactive_jax.demo.report import (HAND_CRAFTED, QUALITY_NAME, check_targets, curve_areas, issue14_targets,  # noqa: F401
-                          paper_table)
+from proactive_jax.demo.report import check_text_targets, paper_table
 from proactive_jax.evaluation import sweep as E, results as R
 from proactive_jax.method.heads import parse_head
 
@@ -325,7 +323,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
         _say(f"\n{task}\n{t}")
         R.plot_quality_latency(list(results[task].values()), out / f"{task}_quality_latency.png", task=task,
                                labels=list(results[task]))
-    targets = check_targets(results)
+    targets = check_text_targets(results)
     for tgt in targets:
         _say(f"  [{'PASS' if tgt['pass'] else 'MISS'}] {tgt['target']}: "
              + json.dumps({k: v for k, v in tgt.items() if k not in ('target', 'pass')}, default=float))

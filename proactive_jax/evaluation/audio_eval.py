@@ -10,6 +10,7 @@ the question of Spoken-SQuAD is in the prompt. Quality: WER (``metric`` ``wer`` 
 
 from __future__ import annotations
 
+from proactive_jax.models.kinds import is_audio
 import dataclasses
 import logging
 
@@ -39,7 +40,7 @@ def run_audio_eval(cfg, model_cfg, params, tok) -> dict:
     from proactive_jax.evaluation.sweep import EvalItem, evaluate_heads
     from proactive_jax.evaluation.results import EvalError
 
-    if getattr(model_cfg, "model_type", None) != "qwen2_audio":
+    if not is_audio(model_cfg):
         raise EvalError(f"task {cfg.task!r} needs a qwen2_audio checkpoint, got {model_cfg.model_type}")
     opts = dict(cfg.adapter_options)
     K = chunk_tokens_from_ms(float(opts.get("chunk_ms", 1000)), model_cfg.encoder, "adapter_options.chunk_ms")

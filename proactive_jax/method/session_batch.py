@@ -20,6 +20,7 @@ from proactive_jax.method.shapes import bucket
 from proactive_jax.method.session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
 from proactive_jax.method.heads import HeadSpec, encode_head, parse_head
 from proactive_jax.errors import SessionError
+from proactive_jax.models.kinds import is_audio
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class SessionBatch:
                  prompt_capacity: int | None = None, header_capacity: int | None = None, fused: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
         self.audio = None
-        if getattr(config, "model_type", None) == "qwen2_audio":  # live audio: see .audio_session
+        if is_audio(config):  # live audio: see .audio_session
             from proactive_jax.method.audio_session import AudioRows
 
             self.audio = AudioRows(config, params, len(prompts))

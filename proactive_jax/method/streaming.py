@@ -6,8 +6,6 @@ Everything here is a pure function of token counts: no tokenizer, no model.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

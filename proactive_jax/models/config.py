@@ -160,7 +160,6 @@ def _freeze_rope_scaling(rs: Mapping | tuple | None) -> tuple | None:
 # Hugging Face config.json
 # ---------------------------------------------------------------------------------------------
 
-_ROPE_PARAM_KEYS = ("rope_type", "rope_theta", "type")
 
 
 _HF_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from proactive_jax.models.config import ModelConfig, load_hf_config
-from proactive_jax.models.hf_names import (TIED_LM_HEAD, _get, _is_audio, _set, _table, _text_config, expected_tensors, tensor_layout)
+from proactive_jax.models.kinds import is_audio, text_config
+from proactive_jax.models.hf_names import (TIED_LM_HEAD, _get, _set, _table, expected_tensors, tensor_layout)
 from proactive_jax.models.safetensors_io import (_READERS, CheckpointError, SafetensorsFile, _np_dtypes)
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def _embed_name(config) -> str:
 
 
 def _with_tie(config, tie: bool):
-    if _is_audio(config):
+    if is_audio(config):
         return config.replace(text=config.text.replace(tie_word_embeddings=tie))
     return config.replace(tie_word_embeddings=tie)
 
@@ -181,7 +182,7 @@ def resolve_tie(config, where: Mapping[str, Any], *, warn: bool = True):
     never ties at all in transformers 5, so a distinct head is always its head). A file without the tensor keeps
     the declared tie; an undeclared tie then fails as a missing tensor (:func:`_check_tensors`).
     """
-    text = _text_config(config)
+    text = text_config(config)
     _, head = _table(config)
     if head not in where:
         return config
@@ -212,7 +213,7 @@ def _check_tensors(root: Path, config: ModelConfig, layout, where: Mapping[str, 
     (checked equal to the embeddings there); every other tensor must be read or on the allow-list.
     """
     expected = expected_tensors(config, layout)
-    text = _text_config(config)
+    text = text_config(config)
     _, head = _table(config)
     allowed = {n for n in where if _unused(n)}
     if text.tie_word_embeddings:
@@ -228,14 +229,14 @@ def _check_tensors(root: Path, config: ModelConfig, layout, where: Mapping[str, 
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
         what = "missing tensors"
-        if _is_audio(config) and any(n.startswith(("audio_tower.", "multi_modal_projector.")) for n in missing):
+        if is_audio(config) and any(n.startswith(("audio_tower.", "multi_modal_projector.")) for n in missing):
             what = "missing audio encoder/projector tensors (a qwen2_audio checkpoint needs them)"
         hint = ""
         if head in missing:
-            key = "text_config.tie_word_embeddings" if _is_audio(config) else "tie_word_embeddings"
+            key = "text_config.tie_word_embeddings" if is_audio(config) else "tie_word_embeddings"
             hint = (f"; {head!r} is the output projection and config.json does not tie it to the embeddings "
                     f"({key} is false or unset" + (", and transformers reads Qwen2-Audio's tie only there"
-                                                   if _is_audio(config) else "") + ")")
+                                                   if is_audio(config) else "") + ")")
         raise CheckpointError(f"{root}: {what} {missing[:8]}{more} "
                               f"(looked in {', '.join(f.name for f in files)}){hint}")
     for name, shape in expected.items():

@@ -19,7 +19,8 @@ import numpy as np
 
 from proactive_jax.models.config import ModelConfig, to_hf_dict
 from proactive_jax.models.hf import (DEFAULT_MAX_SHARD_SIZE, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, TOKENIZER_FILES)
-from proactive_jax.models.hf_names import (TensorSpec, _flatten, _get, _is_audio, _table, _text_config, tensor_layout)
+from proactive_jax.models.kinds import is_audio, text_config
+from proactive_jax.models.hf_names import (TensorSpec, _flatten, _get, _table, tensor_layout)
 from proactive_jax.models.safetensors_io import (_ST_NAME, CheckpointError, _np_dtypes, parse_size, remove_stale, write_safetensors)
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _hf_array(params, spec: TensorSpec, layer: int | None, out_dtype: np.dtype) 
 
 
 def _generation_config(config: ModelConfig, tokenizer_dir: Path | None) -> dict:
-    config = _text_config(config)
+    config = text_config(config)
     gen: dict[str, Any] = {}
     src = tokenizer_dir / "generation_config.json" if tokenizer_dir else None
     if src is not None and src.is_file():
@@ -122,7 +123,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     _check_out_dir(out)
     layout_ = tensor_layout(config)
     _check_params({spec.path: shape for spec, shape in layout_}, params)
-    if _is_audio(config):
+    if is_audio(config):
         from proactive_jax.models.audio_config import to_hf_dict_audio
 
         hf_config = to_hf_dict_audio(config, layout=layout, torch_dtype=dtype)
@@ -140,7 +141,7 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
     rest = [(s, sh, None) for s, sh in layout_ if not s.per_layer and not is_embed(s)]
     specs = {spec.name(i): (spec, i) for spec, _, i in first + layers + rest}
     order = [(spec.name(i), spec.hf_shape(shape)) for spec, shape, i in first + layers + rest]
-    if _is_audio(config) and config.text.tie_word_embeddings:
+    if is_audio(config) and config.text.tie_word_embeddings:
         # transformers 5's Qwen2AudioForConditionalGeneration never ties: a tied model is written with its output
         # projection = a copy of the embeddings (reloaded here as tied again: equal tensors, resolve_tie)
         _, head = _table(config)

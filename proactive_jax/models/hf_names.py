@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
+from proactive_jax.models.kinds import is_audio, text_config
 from proactive_jax.models.config import ModelConfig
 
 
@@ -97,26 +98,18 @@ AUDIO_TENSOR_TABLE: tuple[TensorSpec, ...] = tuple(
 AUDIO_TIED_LM_HEAD = "language_model." + TIED_LM_HEAD
 
 
-def _is_audio(config) -> bool:
-    return getattr(config, "model_type", None) == "qwen2_audio"
-
-
 def _table(config) -> tuple[tuple[TensorSpec, ...], str]:
     """The name table of ``config``'s model and the name of its (tied) output projection."""
-    return (AUDIO_TENSOR_TABLE, AUDIO_TIED_LM_HEAD) if _is_audio(config) else (TENSOR_TABLE, TIED_LM_HEAD)
-
-
-def _text_config(config) -> ModelConfig:
-    return config.text if _is_audio(config) else config
+    return (AUDIO_TENSOR_TABLE, AUDIO_TIED_LM_HEAD) if is_audio(config) else (TENSOR_TABLE, TIED_LM_HEAD)
 
 
 def _num_layers(config, spec: TensorSpec) -> int:
-    return config.encoder.encoder_layers if spec.path[0] == "audio_tower" else _text_config(config).num_hidden_layers
+    return config.encoder.encoder_layers if spec.path[0] == "audio_tower" else text_config(config).num_hidden_layers
 
 
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flat ``{path: shape}`` of the model's parameter tree (via ``jax.eval_shape``; nothing allocated)."""
-    if _is_audio(config):
+    if is_audio(config):
         from proactive_jax.models.audio import abstract_params
     else:
         from proactive_jax.models.qwen import abstract_params

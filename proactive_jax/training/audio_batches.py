@@ -23,6 +23,7 @@ from proactive_jax.training.audio_examples import (SAMPLES_PER_FRAME, SYNTHETIC_
                                                    load_items, max_samples, synthetic_speech_examples,
                                                    tokenized_examples)
 from proactive_jax.training.mesh import allgather_json, allgather_max
+from proactive_jax.models.kinds import is_audio
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def build_audio_data(run, acfg, *, host_index: int = 0, host_count: int = 1, n_d
     from proactive_jax.errors import ConfigError
 
     data, a = run.data, run.audio
-    if getattr(acfg, "model_type", None) != "qwen2_audio":
+    if not is_audio(acfg):
         raise ConfigError(f"data.task={data.task!r} is a speech task: it needs a qwen2_audio model "
                              f"(model.preset=tiny-audio, a Qwen2-Audio model.hf_dir or config_json)")
     micro = data.micro_batch_size or data.global_batch_size

@@ -13,6 +13,7 @@ from proactive_jax.models.config import ModelConfig
 from proactive_jax.errors import ConfigError
 from proactive_jax.training.batches import DataBundle
 from proactive_jax.training.run_config import DataSection, RunConfig
+from proactive_jax.models.kinds import is_audio
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
         from proactive_jax.training.audio_batches import build_audio_data
 
         return build_audio_data(run, model_cfg, host_index=host_index, host_count=host_count, n_devices=n_devices)
-    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+    if is_audio(model_cfg):
         raise ConfigError(f"model is qwen2_audio but data.task={run.data.task!r} is a text task; expected one of "
                              f"{list(AUDIO_TASKS)}")
     data = run.data

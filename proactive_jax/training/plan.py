@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from proactive_jax.models.kinds import text_config
+from proactive_jax.models.kinds import is_audio, text_config
 from proactive_jax.training.tpu import (GIB, DoesNotFit, PlanError, Topology, format_gib, memory_report, oom_error,
                                        topology_devices)
 
@@ -57,7 +57,7 @@ def abstract_batch(run, bucket, rows: int, sharding, model_cfg=None) -> dict:
 
     from proactive_jax.method.objective import pack_batch
 
-    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+    if is_audio(model_cfg):
         from proactive_jax.training.audio_examples import empty_batch
 
         host = empty_batch(model_cfg, bucket, rows, run.data.m_cap)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from proactive_jax.models.config import ModelConfig
 from proactive_jax.models.hf import load_model_config
 from proactive_jax.errors import CheckpointError
-from proactive_jax.models.kinds import model_config_from_dict
+from proactive_jax.models.kinds import AUDIO_MODEL_TYPE, is_audio, model_config_from_dict
 from proactive_jax.training.checkpoint import restore_params
 from proactive_jax.training.mesh import path_keys, place
 from proactive_jax.config import check_fields
@@ -39,7 +39,7 @@ def resolve_model_config(sec: ModelSection, audio=None):
         cfg = load_model_config(sec.config_json)
     elif sec.preset is not None:
         preset = MODEL_PRESETS[sec.preset]
-        if preset.get("model_type") == "qwen2_audio":
+        if preset.get("model_type") == AUDIO_MODEL_TYPE:
             from proactive_jax.models.audio_config import from_hf_dict_audio
 
             cfg = from_hf_dict_audio(preset, source=f"model.preset={sec.preset}")
@@ -48,7 +48,7 @@ def resolve_model_config(sec: ModelSection, audio=None):
     else:
         cfg = ModelConfig()
     over = check_fields(ModelConfig, sec.config, "model.config")
-    if getattr(cfg, "model_type", None) == "qwen2_audio":
+    if is_audio(cfg):
         return _audio_model_config(cfg, sec, over, compute, audio)
     if sec.audio_config:
         raise ConfigError(f"model.audio_config is set but the model is {cfg.model_type}, not qwen2_audio")
@@ -109,7 +109,7 @@ def initial_params(run: RunConfig, model_cfg: ModelConfig, p_sh, init_params):
         check_same_shape(cfg, model_cfg, f"model.init_checkpoint={sec.init_checkpoint}")
         return params, f"checkpoint:{sec.init_checkpoint}@{step}"
     seed = run.seed if sec.init_seed is None else sec.init_seed
-    if getattr(model_cfg, "model_type", None) == "qwen2_audio":  # numpy init on the host, then placed
+    if is_audio(model_cfg):  # numpy init on the host, then placed
         from proactive_jax.models.audio import init_params as audio_params
 
         return place(audio_params(model_cfg, seed), p_sh), f"random:{seed}"
@@ -128,8 +128,8 @@ ENCODER_SHAPE_FIELDS = ("num_mel_bins", "d_model", "encoder_layers", "encoder_at
 
 def shape_signature(cfg) -> dict:
     """The fields that decide the shapes of a model's weights (text decoder and, for qwen2_audio, the encoder)."""
-    if getattr(cfg, "model_type", None) == "qwen2_audio":
-        return {"model_type": "qwen2_audio", **{f"text.{k}": getattr(cfg.text, k) for k in SHAPE_FIELDS},
+    if is_audio(cfg):
+        return {"model_type": AUDIO_MODEL_TYPE, **{f"text.{k}": getattr(cfg.text, k) for k in SHAPE_FIELDS},
                 **{f"encoder.{k}": getattr(cfg.encoder, k) for k in ENCODER_SHAPE_FIELDS}}
     return {k: getattr(cfg, k) for k in SHAPE_FIELDS}
 

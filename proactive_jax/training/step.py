@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proactive_jax.method.objective import ObjectiveConfig, naive_loss_sums, num_loss_tokens, packed_loss_sums, weighted_total
+from proactive_jax.models.kinds import is_audio
 from proactive_jax.models.config import ModelConfig
 from proactive_jax.training.mesh import (BATCH_AXES, batch_sharding, opt_state_shardings, param_shardings, path_keys, replicated, stacked,
                    text_path)
@@ -180,7 +181,7 @@ class StepSpec:
 def make_spec(run, model_cfg, mesh: Mesh, total_steps: int) -> StepSpec:
     """The step of ``run`` (a ``RunConfig``) for ``model_cfg`` on ``mesh``: what ``loop.train`` and ``plan`` build."""
     audio = None
-    if getattr(model_cfg, "model_type", None) == "qwen2_audio":
+    if is_audio(model_cfg):
         a = run.audio
         audio = AudioOptions(a.encoder, a.encoder_mask, a.conv_edge)
         if not run.packed:

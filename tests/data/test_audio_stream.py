@@ -12,9 +12,9 @@ pytest.importorskip("grain")
 pytest.importorskip("array_record")
 
 from proactive_jax.data.audio import mel_project, window_features, write_wav  # noqa: E402
-from proactive_jax.data.audio_stream import (AudioFeatures, ManifestSource, SyntheticAudioSource,  # noqa: E402
-                                             audio_example_stream, decode_record, encode_record, prepare_audio,
-                                             reference_features)
+from proactive_jax.data.audio_sources import (ManifestSource, SyntheticAudioSource, decode_record,  # noqa: E402
+                                              encode_record, prepare_audio)
+from proactive_jax.data.audio_stream import AudioFeatures, audio_example_stream, reference_features  # noqa: E402
 from proactive_jax.models.audio import output_lengths  # noqa: E402
 from proactive_jax.data.synthetic import load_tokenizer  # noqa: E402
 from proactive_jax.errors import DataError  # noqa: E402

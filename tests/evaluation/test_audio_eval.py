@@ -1,17 +1,13 @@
 """`proactive-jax eval task=librispeech|spoken-squad` on the shipped WAV + JSONL fixtures (tiny random model)."""
 import json
-from pathlib import Path
 
 from proactive_jax.cli import main
-
-from tests.method.test_audio_decode_cli import checkpoint  # noqa: F401 (the tiny Qwen2-Audio fixture)
-
-FIX = Path(__file__).resolve().parents[1] / "fixtures" / "audio"
+from tests.helpers import AUDIO_FIXTURES as FIX
 
 
-def test_eval_librispeech_task_on_manifest(checkpoint, tmp_path, capsys):  # noqa: F811
+def test_eval_librispeech_task_on_manifest(audio_checkpoint, tmp_path, capsys):
     out = tmp_path / "ev"
-    rc = main(["eval", f"checkpoint={checkpoint}", "task=librispeech", "dataset.source=files",
+    rc = main(["eval", f"checkpoint={audio_checkpoint}", "task=librispeech", "dataset.source=files",
                f"dataset.path={FIX / 'manifest.jsonl'}", "calibration_split=null", "num_examples=3",
                "heads=[batch, 'wait-k:k=1|2']", "max_new_tokens=3", "metric=wer-whisper",
                "adapter_options={chunk_ms: 200}", f"out_dir={out}", "progress=false"])

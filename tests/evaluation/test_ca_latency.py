@@ -7,7 +7,7 @@ from proactive_jax.data import load_tokenizer, make_task, render_example, templa
 from proactive_jax.evaluation import sweep as E, metrics as M
 from proactive_jax.method.session import session_decode
 from proactive_jax.models.qwen import init_params
-from tests.conftest import tiny_qwen3
+from tests.helpers import tiny_qwen3
 
 
 def test_ca_report_reduces_to_ideal_and_matches_simuleval():

@@ -8,7 +8,7 @@ from proactive_jax.evaluation import sweep as E, results as R
 from proactive_jax.data import load_tokenizer, make_task, render_example, template_parts, word_start_table
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.models.qwen import init_params
-from tests.conftest import tiny_qwen3
+from tests.helpers import tiny_qwen3
 
 SWEEPS = ["batch", "wait-k:k=1|3", "entropy:tau=0.9|q0.5", "attention:tau=0.8,layers=-1:"]
 

@@ -21,8 +21,8 @@ from proactive_jax.models.attention import MaskVectors
 from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.method.attention_stats import HeadStatistics
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits, init_params
-from tests.conftest import tiny_qwen2, tiny_qwen3
-from tests.method.test_decode import MAX_NEW, T_PAD, random_examples, random_params, sharpen
+from tests.helpers import tiny_qwen2, tiny_qwen3
+from tests.method.util import MAX_NEW, T_PAD, random_examples, random_params, sharpen
 from tests.method.util import brute_rows
 
 # ---------------------------------------------------------------------------------------------

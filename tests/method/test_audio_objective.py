@@ -13,7 +13,7 @@ from proactive_jax.models.audio import output_lengths
 from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig
 from proactive_jax.models.qwen import apply_hidden, embed_ids, hidden_to_logits
 
-from tests.conftest import tiny_qwen2
+from tests.helpers import tiny_qwen2
 
 AUDIO = 90
 

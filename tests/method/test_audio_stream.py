@@ -16,8 +16,8 @@ from proactive_jax.models.audio_config import AudioModelConfig, EncoderConfig
 from proactive_jax.method.attention_stats import hidden_and_stats
 from proactive_jax.models.qwen import hidden_to_logits
 
-from tests.conftest import tiny_qwen2
-from tests.method.test_decode import random_params, sharpen
+from tests.helpers import tiny_qwen2
+from tests.method.util import random_params, sharpen
 
 AUDIO_ID, BOS, EOS_A = 90, 91, 92
 T_PAD = 64

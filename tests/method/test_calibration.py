@@ -1,4 +1,4 @@
-"""Quantile calibration along reference trajectories (issue 14, defects 1-2): the pool holds the head's
+"""Quantile calibration along reference trajectories: the pool holds the head's
 statistic exactly at the states where it decides (by default only those where V(n) is sufficient by the
 self-label), recomputed here by brute force with separate stream-view and full-view passes; qX writes at X
 of the pool."""
@@ -16,8 +16,8 @@ from proactive_jax.method.probe import full_kl, init_probe, probe_prob
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.method.attention_stats import hidden_and_stats
 from proactive_jax.models.qwen import hidden_to_logits
-from tests.conftest import tiny_qwen3
-from tests.method.test_decode import random_examples, random_params, sharpen
+from tests.helpers import tiny_qwen3
+from tests.method.util import random_examples, random_params, sharpen
 
 MAX_NEW = 6
 T_PAD = 40
@@ -111,7 +111,7 @@ def test_pool_is_exactly_the_decided_states(setup, spec, pool_kind):
     M = np.array([s["exs"][e].M for e in pool.example])
     assert np.all((pool.reads >= min_read) & (pool.reads <= M)), "forced states in the pool"
     if pool_kind == "decided":
-        # defect 1: the pool is spread over every read count, not just the prompt-only states
+        # the pool is spread over every read count, not just the prompt-only states
         assert set(pool.reads.tolist()) == set(range(min_read, max(M) + 1))
     else:
         assert pool.sufficient.all() and len(pool) < len(decided)

@@ -15,10 +15,9 @@ from proactive_jax.method.attention_stats import hidden_and_stats
 from proactive_jax.models.qwen import forward, hidden_to_logits
 from proactive_jax.data.example import StreamExample
 
-from tests.conftest import tiny_qwen3
-from tests.method.util import MAX_NEW, brute_rows, random_examples, random_params, sharpen, text_setup  # noqa: F401 (re-exported)
+from tests.helpers import tiny_qwen3
+from tests.method.util import MAX_NEW, T_PAD, brute_rows, random_params, text_setup
 
-T_PAD = 48  # the brute force pads every sequence to this length (one compilation)
 
 
 # ---------------------------------------------------------------------------------------------

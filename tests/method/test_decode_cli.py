@@ -9,7 +9,7 @@ from proactive_jax.data.synthetic import ASSET_DIR
 from proactive_jax.cli.decode import add_decode_args, run_live
 from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.models.qwen import init_params
-from tests.conftest import tiny_qwen3
+from tests.helpers import tiny_qwen3
 
 TEXT = "the quick fox sees the owl"
 

@@ -89,7 +89,7 @@ def test_parse_errors(spec, msg):
 def test_resolve_layers():
     assert resolve_layers("-2:", 2) == (0, 1)
     with pytest.raises(ValueError, match=r"slice bound -4 out of range for a model with 2 layers"):
-        resolve_layers("-4:", 2)  # a bound beyond the model is a mistake, not "all layers" (issue 15)
+        resolve_layers("-4:", 2)  # a bound beyond the model is a mistake, not "all layers"
     assert resolve_layers("-2:", 4) == (2, 3)
     assert resolve_layers("0,2", 4) == (0, 2)
     assert resolve_layers(":", 3) == (0, 1, 2)
@@ -197,7 +197,7 @@ def test_attention_entropy_stat():
 
 
 def test_min_read_blocked_states_are_forced_reads():
-    """Defect 2 of issue 14: states blocked by min_read were not marked forced (and entered the pool)."""
+    """States blocked by min_read are marked forced (so they stay out of the calibration pool)."""
     w, _, forced = run("entropy:tau=0.1,min_read=3", n=2, logits=peaked())
     assert not w and forced
     w, _, forced = run("entropy:tau=0.1,min_read=3", n=3, logits=peaked())

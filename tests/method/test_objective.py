@@ -8,22 +8,12 @@ from proactive_jax.models.qwen import init_params
 from proactive_jax.method.objective import (ObjectiveConfig, batch_view_loss_sums, dual_view_loss_sums, loss_fn,
                                             naive_loss_sums, pack_batch, packed_loss_sums, token_logprobs)
 from proactive_jax.data.example import ExampleError, StreamExample
-from tests.conftest import tiny_qwen2, tiny_qwen3
+from tests.helpers import tiny_qwen2, tiny_qwen3
+from tests.method.util import rel_err, scaled_params
 from tests.streaming_util import random_example, random_phi
 
 CONFIGS = {"qwen2": tiny_qwen2(), "qwen3": tiny_qwen3()}
 _sums = jax.jit(packed_loss_sums, static_argnums=(0, 1))
-
-
-def _scaled_params(cfg, seed):
-    # larger weights than the 0.02 init so that logits and the KL are far from trivial
-    p = init_params(cfg, seed)
-    return jax.tree_util.tree_map(lambda x: x * 8.0 if x.ndim >= 2 else x + 0.1 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), p)
-
-
-def _rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)
 
 
 @pytest.mark.parametrize("name,obj", [
@@ -32,7 +22,7 @@ def _rel_err(a, b):
 ])
 def test_packed_equals_naive_losses_and_grads(name, obj):
     cfg = CONFIGS[name]
-    params = _scaled_params(cfg, 1)
+    params = scaled_params(cfg, 1)
     rng = np.random.default_rng(11)
     batch = pack_batch([random_example(rng) for _ in range(5)], (24, 12), batch_size=6)
     key = jax.random.PRNGKey(5)
@@ -47,17 +37,17 @@ def test_packed_equals_naive_losses_and_grads(name, obj):
     (tn, sn), gn = total(naive_loss_sums)(params)
     for term in ("batch", "mslm", "kl"):
         assert float(sn[term]) > 0
-        assert _rel_err(sp[term], sn[term]) < 1e-5, term
+        assert rel_err(sp[term], sn[term]) < 1e-5, term
     assert float(sn["kl"]) > 1e-3, "the KL term must be non-trivial for this comparison to mean something"
     for a, b in zip(jax.tree_util.tree_leaves(gp), jax.tree_util.tree_leaves(gn)):
-        assert _rel_err(a, b) < 1e-5
+        assert rel_err(a, b) < 1e-5
 
 
 def test_full_schedule_makes_views_equal_and_kl_zero():
     """In the packed dual view itself (not the batch-view shortcut), the full schedule's stream copy is the batch
     copy: mslm == batch, kl == 0."""
     cfg = CONFIGS["qwen3"]
-    params = _scaled_params(cfg, 2)
+    params = scaled_params(cfg, 2)
     rng = np.random.default_rng(3)
     batch = pack_batch([random_example(rng) for _ in range(4)], (24, 12), batch_size=5)
     obj = ObjectiveConfig(schedule="full")
@@ -84,7 +74,7 @@ def test_batch_view_equals_dual_view_under_the_full_schedule(name, obj, embeds):
     """``schedule="full"`` runs ``[source | target]`` once (packed_loss_sums' shortcut): its sums and gradients
     equal the packed dual view's (fp32, 1e-5), with padding rows, chunked logits and source embeddings."""
     cfg = CONFIGS[name]
-    params = _scaled_params(cfg, 4)
+    params = scaled_params(cfg, 4)
     rng = np.random.default_rng(21)
     batch = pack_batch([random_example(rng) for _ in range(5)], (24, 12), batch_size=7)  # 2 padding rows
     if embeds:
@@ -108,7 +98,7 @@ def test_batch_view_equals_dual_view_under_the_full_schedule(name, obj, embeds):
     if not obj.kl_student_renorm:
         assert float(sd["kl"]) > 1e-3  # a non-trivial term, carried exactly
     for a, b in zip(jax.tree_util.tree_leaves(gb), jax.tree_util.tree_leaves(gd)):
-        assert _rel_err(a, b) < 1e-5
+        assert rel_err(a, b) < 1e-5
     with pytest.raises(ValueError, match="schedule='full'"):
         batch_view_loss_sums(cfg, ObjectiveConfig(), params, batch, key)
 
@@ -116,19 +106,19 @@ def test_batch_view_equals_dual_view_under_the_full_schedule(name, obj, embeds):
 def test_token_average_is_global_under_padding():
     """Sums over the padded batch divided by the real token count == per-example sums pooled."""
     cfg = CONFIGS["qwen2"]
-    params = _scaled_params(cfg, 4)
+    params = scaled_params(cfg, 4)
     rng = np.random.default_rng(8)
     exs = [random_example(rng) for _ in range(3)]
     obj = ObjectiveConfig(schedule="full")
     key = jax.random.PRNGKey(0)
     together = _sums(cfg, obj, params, pack_batch(exs, (24, 12), batch_size=5), key)
     apart = [_sums(cfg, obj, params, pack_batch([e], (24, 12), batch_size=5), key) for e in exs]
-    assert _rel_err(together["batch"], sum(a["batch"] for a in apart)) < 1e-5
+    assert rel_err(together["batch"], sum(a["batch"] for a in apart)) < 1e-5
 
 
 def test_token_logprobs_full_equals_loss_rows():
     cfg = CONFIGS["qwen3"]
-    params = _scaled_params(cfg, 6)
+    params = scaled_params(cfg, 6)
     rng = np.random.default_rng(1)
     ex = random_example(rng)
     lp = token_logprobs(cfg, params, ex)
@@ -270,7 +260,7 @@ def test_topk_kl_for_k_below_vocab(renorm):
 
 def test_objective_kl_option_is_plumbed():
     cfg = CONFIGS["qwen3"]
-    params = _scaled_params(cfg, 2)
+    params = scaled_params(cfg, 2)
     rng = np.random.default_rng(3)
     batch = pack_batch([random_example(rng) for _ in range(3)], (24, 12), batch_size=4)
     key = jax.random.PRNGKey(0)
@@ -292,7 +282,7 @@ def test_chunked_loss_equals_unchunked_values_and_grads(name, chunk, obj):
     import dataclasses
 
     cfg = CONFIGS[name]
-    params = _scaled_params(cfg, 3)
+    params = scaled_params(cfg, 3)
     rng = np.random.default_rng(21)
     batch = pack_batch([random_example(rng) for _ in range(4)], (24, 12), batch_size=6)  # 2 padding rows
     key = jax.random.PRNGKey(9)
@@ -309,9 +299,9 @@ def test_chunked_loss_equals_unchunked_values_and_grads(name, chunk, obj):
     (t1, s1), g1 = grads(chunked)
     assert float(s0["kl"]) > 1e-3
     for term in ("batch", "mslm", "kl"):
-        assert _rel_err(s1[term], s0[term]) < 1e-5, term
+        assert rel_err(s1[term], s0[term]) < 1e-5, term
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
-        assert _rel_err(a, b) < 1e-5
+        assert rel_err(a, b) < 1e-5
 
 
 def test_chunked_loss_keeps_one_chunk_of_logits_live():

@@ -9,8 +9,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proactive_jax.method.objective import ObjectiveConfig, pack_batch, packed_loss_sums
 from proactive_jax.training.mesh import param_shardings
-from tests.conftest import tiny_qwen2, tiny_qwen3
-from tests.method.test_objective import _rel_err, _scaled_params
+from tests.helpers import tiny_qwen2, tiny_qwen3
+from tests.method.util import rel_err, scaled_params
 from tests.streaming_util import random_example
 
 
@@ -44,7 +44,7 @@ def _value_and_grads(cfg, obj, params, batch, key, mesh=None):
 ])
 def test_vocab_sharded_chunked_loss_equals_unchunked(name, mesh_shape, chunk, obj):
     cfg = {"qwen2": tiny_qwen2, "qwen3": tiny_qwen3}[name](vocab_size=96)
-    params = _scaled_params(cfg, 4)
+    params = scaled_params(cfg, 4)
     rng = np.random.default_rng(31)
     batch = pack_batch([random_example(rng, vocab=96) for _ in range(6)], (24, 12), batch_size=8)  # 2 padding rows
     key = jax.random.PRNGKey(2)
@@ -58,6 +58,6 @@ def test_vocab_sharded_chunked_loss_equals_unchunked(name, mesh_shape, chunk, ob
     assert "shard_map" in jaxpr and "all_to_all" in jaxpr  # the vocabulary-split path ran
     assert float(s0["kl"]) > 1e-3
     for term in ("batch", "mslm", "kl"):
-        assert _rel_err(s1[term], s0[term]) < 1e-5, term
+        assert rel_err(s1[term], s0[term]) < 1e-5, term
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g1), jax.tree_util.tree_leaves(g0)):
-        assert _rel_err(a, b) < 1e-5, jax.tree_util.keystr(path)
+        assert rel_err(a, b) < 1e-5, jax.tree_util.keystr(path)

@@ -15,8 +15,8 @@ from proactive_jax.method.objective import ObjectiveConfig, batch_schedules, pac
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.method.attention_stats import hidden_and_stats
 from proactive_jax.models.qwen import hidden_to_logits
-from tests.conftest import tiny_qwen3
-from tests.method.test_decode import random_examples, random_params, sharpen
+from tests.helpers import tiny_qwen3
+from tests.method.util import random_examples, random_params, sharpen
 from tests.streaming_util import random_example
 
 

@@ -9,7 +9,7 @@ from proactive_jax.method import session_programs as progs
 from proactive_jax.method.audio_session import AudioRows, LiveAudio
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.errors import SessionError
-from tests.method.test_audio_decode_cli import FIX, checkpoint  # noqa: F401 (the tiny audio checkpoint fixture)
+from tests.helpers import AUDIO_FIXTURES as FIX
 from tests.method.util import audio_setup, compiles
 
 MAX_NEW = 8
@@ -276,7 +276,7 @@ class PcmFeed:
         return got
 
 
-def test_decode_live_audio_equals_offline_decode(checkpoint, capsys):
+def test_decode_live_audio_equals_offline_decode(audio_checkpoint, capsys):
     """A WAV file fed in real time (pace 0 here) and the same audio as raw s16le PCM on stdin print, as
     they arrive, the tokens `decode --audio` finds offline; M and phi agree."""
     import io
@@ -288,11 +288,11 @@ def test_decode_live_audio_equals_offline_decode(checkpoint, capsys):
 
     wav = FIX / "tone_b.wav"
     common = ["--head", "wait-k:k=2", "--chunk-ms", "200", "--max-new-tokens", "6"]
-    assert main(["decode", "--checkpoint", str(checkpoint), "--audio", str(wav), *common]) == 0
+    assert main(["decode", "--checkpoint", str(audio_checkpoint), "--audio", str(wav), *common]) == 0
     off = capsys.readouterr().out
     output = re.search(r"output: (.*)\n", off).group(1)
     phi = re.search(r"phi: (\[[^\]]*\])", off).group(1)
-    assert main(["decode", "--checkpoint", str(checkpoint), "--live", "--audio", str(wav), "--pace", "0",
+    assert main(["decode", "--checkpoint", str(audio_checkpoint), "--live", "--audio", str(wav), "--pace", "0",
                  "--piece-ms", "130", *common]) == 0
     got = capsys.readouterr()
     assert repr(got.out.strip()) == output and f"phi: {phi} (M = 6 chunks of 200 ms" in got.err
@@ -300,23 +300,23 @@ def test_decode_live_audio_equals_offline_decode(checkpoint, capsys):
     pcm = np.round(wave * 32768).astype("<i2").tobytes()
     out = io.StringIO()
     stdin = PcmFeed(pcm, 3000, out)  # pieces as a pipe delivers them (not whole samples, not whole chunks)
-    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "-", "--piece-ms", "80"), stdin=stdin,
+    assert run_live_audio(_cli_args(audio_checkpoint, "--live", "--audio", "-", "--piece-ms", "80"), stdin=stdin,
                           stdout=out) == 0
     assert repr(out.getvalue().strip()) == output and f"phi: {phi}" in capsys.readouterr().err
     # wait-k:k=2 writes once 2 chunks (400 ms = 12800 bytes) are in: before the input ended
     assert 0 < stdin.printed_at_read[len(pcm) // 3000 - 1]
 
 
-def test_decode_live_audio_bad_input(checkpoint, capsys):
+def test_decode_live_audio_bad_input(audio_checkpoint, capsys):
     import io
 
     from proactive_jax.cli import main
     from proactive_jax.cli.decode_audio import run_live_audio
 
-    assert main(["decode", "--checkpoint", str(checkpoint), "--audio", "-"]) == 2
+    assert main(["decode", "--checkpoint", str(audio_checkpoint), "--audio", "-"]) == 2
     assert "SRC '-' = raw PCM on standard input" in capsys.readouterr().err
-    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "-", "--max-source-len", "40"),
+    assert run_live_audio(_cli_args(audio_checkpoint, "--live", "--audio", "-", "--max-source-len", "40"),
                           stdin=io.BytesIO(b"\x01\x02" * 32000), stdout=io.StringIO()) == 2
     assert "max_source_len=40" in capsys.readouterr().err
-    assert run_live_audio(_cli_args(checkpoint, "--live", "--audio", "nope.wav"), stdout=io.StringIO()) == 2
+    assert run_live_audio(_cli_args(audio_checkpoint, "--live", "--audio", "nope.wav"), stdout=io.StringIO()) == 2
     assert "nope.wav: audio file does not exist" in capsys.readouterr().err

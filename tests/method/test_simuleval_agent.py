@@ -16,7 +16,7 @@ from proactive_jax.method.session import StreamSession  # noqa: E402
 from proactive_jax.models.hf_export import save_pretrained  # noqa: E402
 from proactive_jax.training.loading import load_model  # noqa: E402
 from proactive_jax.models.qwen import init_params  # noqa: E402
-from tests.conftest import tiny_qwen3  # noqa: E402
+from tests.helpers import tiny_qwen3  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "simuleval"
 HEAD, MAX_NEW = "wait-k:k=2", 9

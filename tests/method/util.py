@@ -7,10 +7,11 @@ import numpy as np
 
 from proactive_jax.method.decode import stream_decode
 from proactive_jax.data.example import StreamExample
-from proactive_jax.models.qwen import abstract_params
-from tests.conftest import tiny_qwen2, tiny_qwen3
+from proactive_jax.models.qwen import abstract_params, init_params
+from tests.helpers import tiny_qwen2, tiny_qwen3
 
 MAX_NEW = 10
+T_PAD = 48  # the brute-force references pad every sequence to this length (one compilation)
 
 
 def random_params(cfg, seed):
@@ -125,3 +126,14 @@ def brute_rows(ex, V, n: int, ys: list, phi: list, off: int = 0) -> dict:
     return dict(ids=list(ex.source)[:sv] + list(ex.header) + list(ys), pos=list(range(sv)) + [off + i for i in range(tl)],
                 seg=[0] * sv + [1] * tl, idx=list(range(sv)) + list(range(tl)),
                 lim=[0] * sv + [int(x) for x in lim_rows])
+
+
+def scaled_params(cfg, seed):
+    # larger weights than the 0.02 init so that logits and the KL are far from trivial
+    p = init_params(cfg, seed)
+    return jax.tree_util.tree_map(lambda x: x * 8.0 if x.ndim >= 2 else x + 0.1 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), p)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12)

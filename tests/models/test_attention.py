@@ -7,7 +7,7 @@ import pytest
 
 from proactive_jax.method.objective import ObjectiveConfig, batch_schedules, pack_batch, packed_inputs, stream_limits
 from proactive_jax.models.attention import MaskVectors, attend, dense_attention, visibility_mask
-from tests.conftest import tiny_qwen3
+from tests.helpers import tiny_qwen3
 from tests.streaming_util import random_example
 
 try:

@@ -177,7 +177,7 @@ def test_scan_unrolled_and_remat_match(name, checkpoints):
 def test_remat_policies_give_the_same_gradients():
     """model.remat only changes what the backward pass recomputes, never the gradients."""
     from proactive_jax.models.qwen import init_params
-    from tests.conftest import tiny_qwen3
+    from tests.helpers import tiny_qwen3
 
     cfg = tiny_qwen3(num_hidden_layers=1)
     params = init_params(cfg, 0)
