@@ -16,7 +16,7 @@ proactive-jax eval "${common[@]}" task=iwslt2017 out_dir="$OUT/iwslt-ende" max_n
   dataset.data_dir=iwslt2017-en-de split=test calibration_split=validation \
   'adapter_options={src: en, tgt: de}'
 proactive-jax eval "${common[@]}" task=squad out_dir="$OUT/squad" max_new_tokens=32 \
-  dataset.source=hub dataset.path=rajpurkar/squad split=validation calibration_split=train
+  dataset.source=hub dataset.path=rajpurkar/squad split='validation[50%:]' calibration_split='validation[:50%]'
 proactive-jax eval "${common[@]}" task=mctest out_dir="$OUT/mctest" max_new_tokens=8 \
   dataset.source=hub dataset.path=sagnikrayc/mctest dataset.revision=refs/convert/parquet \
   dataset.data_dir=mc500 split=test calibration_split=validation

@@ -20,6 +20,8 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    "through a Qwen2-Audio checkpoint (instead of --text); with --live also '-': raw mono 16 kHz "
                    "PCM (--pcm) read from standard input as it arrives")
     p.add_argument("--chunk-ms", type=float, default=1000.0, help="audio chunk (unit) length in ms, a multiple of 40")
+    p.add_argument("--sample-rate", type=int, default=16000,
+                   help="--live --audio -: the sampling rate of the raw PCM on standard input (resampled to 16 kHz)")
     p.add_argument("--pcm", default="s16le", choices=("s16le", "f32le"),
                    help="--live --audio -: the raw PCM sample format on standard input (16 kHz mono)")
     p.add_argument("--piece-ms", type=float, default=100.0,
@@ -36,17 +38,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 def _model_and_tokenizer(args: argparse.Namespace):
     """``(config, params, tokenizer)`` for ``--checkpoint`` / ``--step`` / ``--tokenizer``; the head is checked first."""
-    from transformers import AutoTokenizer
-
-    from proactive_jax.training.loading import load_model
     from proactive_jax.method.heads import parse_head
+    from proactive_jax.training.loading import load_model_and_tokenizer
 
     parse_head(args.head)
-    cfg, params, tok_dir = load_model(args.checkpoint, args.step)
-    tok_dir = args.tokenizer or tok_dir
-    if tok_dir is None:
-        raise ValueError(f"no tokenizer found for {args.checkpoint}; pass --tokenizer DIR")
-    return cfg, params, AutoTokenizer.from_pretrained(str(tok_dir))
+    return load_model_and_tokenizer(args.checkpoint, args.step, args.tokenizer)
 
 
 def run_decode_cli(args: argparse.Namespace) -> int:
@@ -94,8 +90,16 @@ def run_decode_cli(args: argparse.Namespace) -> int:
 
 
 def _live_units(stream, unit: str):
-    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``)."""
+    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``). Bytes that
+    are not UTF-8 (which Python's standard input passes on as lone surrogates) become U+FFFD, with one warning."""
+    warned = False
     for line in iter(stream.readline, ""):
+        clean = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        if clean != line and not warned:
+            print("proactive-jax decode: standard input is not valid UTF-8; undecodable bytes are read as U+FFFD",
+                  file=sys.stderr)
+            warned = True
+        line = clean
         if unit == "sentence":
             if line.strip():
                 yield line.strip()
@@ -121,6 +125,7 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"proactive-jax decode: {e}", file=sys.stderr)
         return 2
+    print(f"ready: type the source ({args.unit}s; Ctrl-D ends it)", file=sys.stderr, flush=True)
     shown = ""
 
     def show():
@@ -142,6 +147,9 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
             print(f"\nproactive-jax decode: {e}", file=sys.stderr)
             return 2
         show()
+    if session.units_pushed == 0:
+        print("proactive-jax decode: standard input ended before any word: nothing to stream", file=sys.stderr)
+        return 2
     if not session.closed:
         session.finish()
     show()

@@ -26,11 +26,9 @@ logger = logging.getLogger(__name__)
 def run_audio_decode(args) -> int:
     from proactive_jax.data.render import audio_parts
 
-    from transformers import AutoTokenizer
-
     from proactive_jax.data.audio import AudioError, read_audio
     from proactive_jax.models.audio_config import chunk_tokens_from_ms
-    from proactive_jax.models.hf import load_pretrained
+    from proactive_jax.training.loading import load_model_and_tokenizer
     from proactive_jax.data.render import eos_ids_for
     from proactive_jax.method.audio_stream import audio_embeddings, audio_example
     from proactive_jax.method.decode import stream_decode
@@ -39,11 +37,10 @@ def run_audio_decode(args) -> int:
 
     try:
         parse_head(args.head)
-        cfg, params = load_pretrained(args.checkpoint)
+        cfg, params, tok = load_model_and_tokenizer(args.checkpoint, getattr(args, "step", None), args.tokenizer)
         if not is_audio(cfg):
             raise ValueError(f"{args.checkpoint}: --audio needs a qwen2_audio checkpoint, got {cfg.model_type}")
         K = chunk_tokens_from_ms(args.chunk_ms, cfg.encoder, "--chunk-ms")
-        tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.checkpoint))
         parts = audio_parts(tok, args.prompt, args.system)
         wave, sr = read_audio(args.audio)
         emb = audio_embeddings(cfg, params, wave, sampling_rate=sr, chunk_tokens=K, name=str(args.audio))
@@ -103,16 +100,35 @@ def file_pieces(path, piece_samples: int, pace: float, sleep=time.sleep, clock=t
         yield piece
 
 
+def resampled_pieces(pieces, sampling_rate: int):
+    """Pieces of mono PCM at ``sampling_rate`` resampled to 16 kHz as they arrive (soxr's streaming resampler, the
+    same filter as :func:`proactive_jax.data.audio.resample`'s VHQ setting)."""
+    import numpy as np
+
+    from proactive_jax.data.audio import AudioError
+
+    if sampling_rate < 1000:
+        raise AudioError(f"--sample-rate={sampling_rate}: expected a sampling rate in Hz (e.g. 16000, 44100, 48000)")
+    import soxr
+
+    stream = soxr.ResampleStream(float(sampling_rate), 16000.0, 1, dtype="float32", quality="VHQ")
+    for x in pieces:
+        y = stream.resample_chunk(np.asarray(x, np.float32))
+        if y.size:
+            yield y
+    y = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+    if y.size:
+        yield y
+
+
 def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
     """``decode --live --audio SRC``: audio pieces from ``SRC`` (``-``: raw PCM on stdin) into a live session."""
     from proactive_jax.data.render import audio_parts
     import numpy as np
 
-    from transformers import AutoTokenizer
-
     from proactive_jax.data.audio import AudioError
     from proactive_jax.models.audio_config import chunk_tokens_from_ms
-    from proactive_jax.models.hf import load_pretrained
+    from proactive_jax.training.loading import load_model_and_tokenizer
     from proactive_jax.data.render import eos_ids_for
     from proactive_jax.method.heads import parse_head
     from proactive_jax.errors import SessionError
@@ -124,17 +140,19 @@ def run_live_audio(args, stdin=None, stdout=None, sleep=time.sleep) -> int:
         parse_head(args.head)
         if piece < 1:
             raise ValueError(f"--piece-ms={args.piece_ms}: expected at least 1/16 ms (one sample)")
-        cfg, params = load_pretrained(args.checkpoint)
+        cfg, params, tok = load_model_and_tokenizer(args.checkpoint, getattr(args, "step", None), args.tokenizer)
         if not is_audio(cfg):
             raise ValueError(f"{args.checkpoint}: --audio needs a qwen2_audio checkpoint, got {cfg.model_type}")
         cfg = cfg.replace(chunk_tokens=chunk_tokens_from_ms(args.chunk_ms, cfg.encoder, "--chunk-ms"))
-        tok = AutoTokenizer.from_pretrained(str(args.tokenizer or args.checkpoint))
         parts = audio_parts(tok, args.prompt, args.system)
         session = StreamSession(cfg, params, args.head, prompt=parts["prompt"], end=parts["end"],
                                 header=parts["header"], max_new_tokens=args.max_new_tokens,
                                 eos_ids=eos_ids_for(tok, cfg.text), max_source_len=args.max_source_len)
         if args.audio == "-":
             pieces = pcm_pieces(stdin or sys.stdin.buffer, args.pcm, piece)
+            rate = getattr(args, "sample_rate", 16000)
+            if rate != 16000:
+                pieces = resampled_pieces(pieces, rate)
         else:
             pieces = file_pieces(args.audio, piece, args.pace, sleep=sleep)
         shown = _Shown(tok, stdout)

@@ -47,6 +47,8 @@ class EvalConfig:
     computation_aware: bool = False  # decode through live sessions, timing every decision (*_ca latencies)
     seconds_per_unit: float = 1.0  # the source's pace, to express compute time in units (ours; see metrics)
     fresh: bool = False  # out_dir holds another evaluation's records: delete them and start clean
+    # quantile thresholds fitted on the scored split itself (a leak: only for diagnosis, never for a table)
+    allow_calibration_on_eval_split: bool = False
 
     def __post_init__(self):
         for key in ("num_examples", "max_new_tokens", "batch_size"):
@@ -54,6 +56,15 @@ class EvalConfig:
                 raise ValueError(f"{key}={getattr(self, key)}: expected >= 1")
         if self.calibration_examples < 0:
             raise ValueError(f"calibration_examples={self.calibration_examples}: expected >= 0")
+        if not self.seconds_per_unit > 0:
+            raise ValueError(f"seconds_per_unit={self.seconds_per_unit}: expected > 0 (the source's seconds per unit)")
+        if not self.calibration_eps >= 0:
+            raise ValueError(f"calibration_eps={self.calibration_eps}: expected a non-negative KL bound")
+        if (self.calibration_split is not None and self.calibration_split == self.split
+                and not self.allow_calibration_on_eval_split):
+            raise ValueError(f"calibration_split={self.calibration_split!r} is the evaluated split: quantile thresholds "
+                             "would be fitted on the examples they are scored on; calibrate on held-out data (e.g. "
+                             "calibration_split=valid) or set allow_calibration_on_eval_split=true for a diagnosis")
 
 
 def load_eval_config(path: str | None, overrides=()) -> EvalConfig:
@@ -79,12 +90,10 @@ def _synthetic_tasks():
 
 
 def run_eval(cfg) -> dict:
-    from transformers import AutoTokenizer
-
     from proactive_jax.data import word_start_table
     from proactive_jax.data.render import render_with_config
     from proactive_jax.data.render import eos_ids_for
-    from proactive_jax.training.loading import load_model
+    from proactive_jax.training.loading import load_model, load_tokenizer
     from proactive_jax.config import to_dict
 
     if not cfg.checkpoint:
@@ -100,7 +109,7 @@ def run_eval(cfg) -> dict:
     if not Path(tok_dir).is_dir():  # a Hub id would be fetched over the network
         raise EvalError(f"tokenizer={tok_dir}: not a local directory (expected the files of a tokenizer, e.g. "
                         "tokenizer.json; download a Hub tokenizer with save_pretrained where there is network)")
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = load_tokenizer(tok_dir)
     if cfg.task in AUDIO_EVAL_TASKS:  # speech tasks: audio examples, same sweeps and scoring
         from proactive_jax.evaluation.audio_eval import run_audio_eval
 

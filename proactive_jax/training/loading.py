@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from proactive_jax.errors import DataError
+
 
 def is_hf_dir(path: str | Path) -> bool:
     p = Path(path)
@@ -28,3 +30,31 @@ def load_model(path: str | Path, step: int | None = None, *, dtype: str = "float
     if dtype != cfg.dtype:
         cfg = cfg.replace(dtype=dtype)
     return cfg, params, meta.get("tokenizer_dir")
+
+
+def load_tokenizer(path: str | Path, *, what: str = "tokenizer"):
+    """A Hugging Face tokenizer from a local directory; anything else (a Hub id, a file, an unreadable directory)
+    is one :class:`DataError` naming the path (tokenizers are never fetched)."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise DataError(f"{what} {path}: no such directory (tokenizers are local directories with tokenizer.json or "
+                        "tokenizer_config.json; download a Hub tokenizer first)", reason="bad tokenizer")
+    try:
+        return AutoTokenizer.from_pretrained(str(p))
+    except Exception as e:  # transformers raises OSError, ValueError, json errors, ... for a broken directory
+        raise DataError(f"{what} {p}: not a readable tokenizer directory ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})", reason="bad tokenizer") from None
+
+
+def load_model_and_tokenizer(checkpoint: str | Path, step: int | None = None, tokenizer: str | Path | None = None,
+                             *, dtype: str = "float32"):
+    """``(config, params, tokenizer)`` of an HF directory or a training run (:func:`load_model`); ``tokenizer``
+    overrides the checkpoint's own tokenizer directory."""
+    cfg, params, tok_dir = load_model(checkpoint, step, dtype=dtype)
+    tok_dir = tokenizer or tok_dir
+    if tok_dir is None:
+        raise DataError(f"no tokenizer found for {checkpoint}; pass a tokenizer directory (--tokenizer DIR)",
+                        reason="bad tokenizer")
+    return cfg, params, load_tokenizer(tok_dir)

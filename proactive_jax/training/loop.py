@@ -20,9 +20,11 @@ makes every process stop and save at the same step (without that service the fla
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import math
 import sys
 import time
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
+from proactive_jax.errors import CheckpointError
 from proactive_jax.models.config import ModelConfig
 from proactive_jax.models.kinds import model_config_to_dict
 from proactive_jax.training.checkpoint import CheckpointStore
@@ -182,6 +185,30 @@ def _run_steps(run: RunConfig, step_fn, state, data, b_sh, records: _StepRecords
     return state, "done"
 
 
+@contextlib.contextmanager
+def run_dir_lock(out_dir: Path):
+    """Hold ``<out_dir>/.train.lock`` (an exclusive ``flock``) while a run uses ``out_dir``; a second run on the same
+    directory is refused with one line. The kernel drops the lock when the process ends, killed or not, so a crashed
+    run never leaves it stuck (the file stays, unlocked)."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / ".train.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise CheckpointError(f"{out_dir}: another training run (pid {holder}) is using this directory; wait for "
+                                  "it to finish or choose another out_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None,
           devices: Sequence | None = None) -> TrainResult:
     """Run (or resume) the training described by ``run``.
@@ -194,6 +221,13 @@ def train(run: RunConfig, *, init_params=None, eval_hook: Callable | None = None
     Returns a :class:`TrainResult`; raises :class:`TrainingDiverged` on a NaN/Inf loss.
     """
     maybe_initialize_distributed(run.distributed)
+    local = "://" not in str(run.out_dir)  # a local directory (not gs://...): one run at a time holds it
+    lock = run_dir_lock(Path(run.out_dir)) if local and jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(run, init_params, eval_hook, devices)
+
+
+def _train(run: RunConfig, init_params, eval_hook, devices) -> TrainResult:
     out_dir = Path(run.out_dir)
     is_main = jax.process_index() == 0
     mesh = make_mesh(run.mesh, devices)

@@ -74,11 +74,9 @@ def fit_probe(cfg: ProbeConfig, model_cfg, params, texts, streams) -> tuple[dict
 
 
 def run_probe_train(cfg: ProbeConfig) -> Path:
-    from transformers import AutoTokenizer
-
     from proactive_jax.data.render import RenderConfig, render_with_config
     from proactive_jax.data.loaders import task_examples
-    from proactive_jax.training.loading import load_model
+    from proactive_jax.training.loading import load_model, load_tokenizer
     from proactive_jax.method.probe import ProbeError, save_probe
 
     if not cfg.checkpoint:
@@ -87,7 +85,7 @@ def run_probe_train(cfg: ProbeConfig) -> Path:
     tok_dir = cfg.tokenizer or tok_dir
     if tok_dir is None:
         raise ProbeError(f"no tokenizer found for {cfg.checkpoint}; set tokenizer=DIR")
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = load_tokenizer(tok_dir)
     rc = RenderConfig()
     parts = rc.parts(tok)
     texts = task_examples(cfg.task, cfg.split, cfg.num_examples, seed=cfg.seed, dataset=cfg.dataset,

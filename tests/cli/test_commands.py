@@ -8,9 +8,9 @@ from proactive_jax.cli import main
 from proactive_jax.data.synthetic import ASSET_DIR
 from proactive_jax.models.hf_export import save_pretrained
 from proactive_jax.models.qwen import init_params
-from tests.helpers import tiny_qwen3
+from tests.helpers import FIXTURES, tiny_qwen3
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "data"
+FIX = FIXTURES / "data"
 HEADS = "heads=[batch, 'wait-k:k=1|2', 'entropy:tau=0.5', 'attention:tau=0.6,layers=-1:,min_read=2']"
 
 

@@ -182,7 +182,7 @@ def test_default_sweeps_include_alignatt_and_fit_the_probe_budget():
 
 def test_shipped_demo_yaml_equals_builtin_defaults():
     from pathlib import Path
-    yaml_path = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    yaml_path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     assert load_demo_config(str(yaml_path)) == load_demo_config(None)
     assert load_demo_config(str(yaml_path), quick=True) == load_demo_config(None, quick=True)
 

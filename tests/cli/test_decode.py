@@ -59,3 +59,34 @@ def test_live_bad_input(ckpt, capsys):
     assert "--live streams words" in capsys.readouterr().err
     assert main(["decode", "--checkpoint", str(ckpt)]) == 2
     assert "--text TEXT, or --live" in capsys.readouterr().err
+
+
+def _live_args(ckpt, *extra):
+    p = argparse.ArgumentParser()
+    add_decode_args(p)
+    return p.parse_args(["--checkpoint", str(ckpt), "--head", "wait-k:k=2", "--live", "--max-new-tokens", "4",
+                         *extra])
+
+
+def test_live_without_any_word_is_one_line(ckpt, capsys):
+    """Standard input that ends before a word (``< /dev/null``, blank lines) is refused like ``--text ""``."""
+    for stdin in ("", "\n  \n"):
+        assert run_live(_live_args(ckpt), stdin=io.StringIO(stdin), stdout=io.StringIO()) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == "proactive-jax decode: standard input ended before any word: nothing to stream"
+
+
+def test_live_undecodable_bytes_are_read_as_replacement_characters(ckpt, capsys):
+    """Bytes that are not UTF-8 reach Python's text stdin as lone surrogates; they become U+FFFD (one warning)
+    instead of a TypeError inside the tokenizer."""
+    raw = b"the \xff\xfe owl \x80 sees\n".decode("utf-8", "surrogateescape")
+    assert run_live(_live_args(ckpt), stdin=io.StringIO(raw), stdout=io.StringIO()) == 0
+    err = capsys.readouterr().err
+    assert err.count("not valid UTF-8") == 1 and "Traceback" not in err
+    assert "M = 5" in err  # the, \ufffd\ufffd, owl, \ufffd, sees: 5 words, all read
+
+
+def test_tokenizer_that_is_not_a_local_directory_is_one_line(ckpt, capsys):
+    assert main(["decode", "--checkpoint", str(ckpt), "--tokenizer", "Qwen/Qwen2.5-3B-Instruct", "--text", "a b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tokenizers are local directories" in err[0]
