@@ -66,6 +66,9 @@ class Case:
     check: Callable[[Path, subprocess.CompletedProcess], str | None] | None = None  # a failure message or None
     env: dict = dataclasses.field(default_factory=dict)
     timeout: float = 180.0
+    stdin: bytes | None = None  # fed to the command's standard input (None: an open pipe that stays silent)
+    signal_after: tuple | None = None  # ("INT" | "KILL" | ..., seconds): sent to the command after that long
+    teardown: Callable[[Path], None] | None = None
 
 
 def _cli(*args) -> list:
@@ -291,11 +294,45 @@ def run_case(c: Case, d: Path) -> tuple[str, str, float]:
     argv = [a.replace("{d}", str(d)) for a in c.argv]
     t0 = time.time()
     try:
-        p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=c.timeout,
-                           env=_env(d, c.env), cwd=str(ROOT))
+        p = _run(c, argv, d)
     except subprocess.TimeoutExpired:
         return "hang", f"over {c.timeout:.0f} s", time.time() - t0
     took = time.time() - t0
+    try:
+        return _judge(c, d, p, took)
+    finally:
+        if c.teardown is not None:
+            c.teardown(d)
+
+
+def _run(c: Case, argv: list, d: Path) -> subprocess.CompletedProcess:
+    """The command, fed ``c.stdin`` (bytes) and signalled per ``c.signal_after``; output decoded leniently."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env(d, c.env), cwd=str(ROOT))
+    try:
+        if c.signal_after is not None:  # stdin stays open (a live session waiting for input) until the signal
+            name, after = c.signal_after
+            if c.stdin:
+                proc.stdin.write(c.stdin)
+                proc.stdin.flush()
+            try:
+                proc.wait(timeout=after)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(getattr(signal, "SIG" + name))
+            out, err = proc.communicate(timeout=c.timeout)
+        else:
+            out, err = proc.communicate(c.stdin if c.stdin is not None else b"", timeout=c.timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    dec = lambda b: b.decode("utf-8", "replace")  # noqa: E731
+    return subprocess.CompletedProcess(argv, proc.returncode, dec(out), dec(err))
+
+
+def _judge(c: Case, d: Path, p, took: float) -> tuple[str, str, float]:
     err = p.stderr.strip()
     last = err.splitlines()[-1] if err else ""
     if "Traceback (most recent call last)" in err:
@@ -326,14 +363,23 @@ def main() -> int:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "eval"))
     run, hf = work / "ref", work / "ref-hf"
     base = _env(work, {})
     subprocess.run([sys.executable, *_cli("train", str(CONFIG), *TINY, f"out_dir={run}")], check=True, env=base,
                    capture_output=True, cwd=str(ROOT))
     subprocess.run([sys.executable, *_cli("export", "--checkpoint", str(run), "--out", str(hf))], check=True,
                    env=base, capture_output=True, cwd=str(ROOT))
-    sys.path.insert(0, str(ROOT))
-    cases = [c for c in build_cases(work, run, hf)
+    from fault_cases_inputs import build_input_cases, make_audio_checkpoint, write_audio_files
+
+    audio_dir, audio_hf = work / "audio", work / "audio-hf"
+    write_audio_files(audio_dir)
+    make_audio_checkpoint(audio_hf)
+    ev = lambda *extra: _cli("eval", f"checkpoint={run}", *EVAL, "out_dir={d}/e", *extra)  # noqa: E731
+    tr = lambda *extra: _cli("train", str(CONFIG), *TINY, *extra)  # noqa: E731
+    cases = [c for c in build_cases(work, run, hf) + build_input_cases(Case, _cli, work, run, audio_hf, audio_dir,
+                                                                        tr, ev, _steps)
              if args.only is None or args.only in c.category or args.only in c.name]
     rows = []
     with cf.ThreadPoolExecutor(args.jobs) as ex:

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -137,7 +138,7 @@ def _write_shards(rows, stage: Path, rows_per_shard: int, name: str, out: Path) 
                 writer = ArrayRecordWriter(str(stage / shards[-1]), "group_size:1")
                 counts.append(0)
             stored = _librispeech_row(row)
-            _check_audio_header(stored.get("audio"), f"row {n} ({stored.get('id', 'no id')})")
+            _check_audio_header(stored.get("audio"), f"row {n} ({_row_label(row, stored)})")
             writer.write(encode_record(stored))
             counts[-1] += 1
             n += 1
@@ -160,6 +161,14 @@ def _write_shards(rows, stage: Path, rows_per_shard: int, name: str, out: Path) 
     return index
 
 
+def _row_label(row: Mapping, stored: Mapping) -> str:
+    """The row's audio file when it came from one, else its id."""
+    audio = row.get("audio")
+    if isinstance(audio, Mapping) and audio.get("path") and not audio.get("bytes"):
+        return str(audio["path"])
+    return str(stored.get("id", "no id"))
+
+
 def _check_audio_header(audio, where: str) -> None:
     """Refuse stored audio bytes that no decoder reads (a text file named .wav, an empty or cut file), naming the
     row; arrays and rows without audio pass (their checks run when streaming)."""
@@ -172,8 +181,8 @@ def _check_audio_header(audio, where: str) -> None:
     try:
         sf.info(io.BytesIO(bytes(audio["bytes"])))
     except Exception as e:  # soundfile raises its own error types (LibsndfileError, RuntimeError, ...)
-        raise DataError(f"{where}: audio is not decodable ({type(e).__name__}: {' '.join(str(e).split())[:200]})",
-                        reason="bad audio") from None
+        why = re.sub(r"^Error opening .*?: ", "", " ".join(str(e).split()))[:200]  # soundfile names the BytesIO
+        raise DataError(f"{where}: audio is not decodable ({why})", reason="bad audio") from None
 
 
 def _publish(stage: Path, out: Path) -> None:
