@@ -235,38 +235,55 @@ def markdown_table(results: Mapping, task: str, metric: str | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+# one colour and one marker per series: colours from tab10 then tab20's light shades, markers cycling on a different
+# period, so every (colour, marker) pair up to 60 series is distinct
+_COLOURS = [f"C{i}" for i in range(10)] + ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+AXIS_LABELS = {"ail": "AIL: average ideal lag (source units behind the ideal policy; lower is better)",
+               "rco": "RCO: read-context ratio (fraction of the source read; lower is better)"}
+
+
+def series_style(k: int) -> dict:
+    """Colour and marker of the k-th series (distinct pairs for k < 60)."""
+    return {"color": _COLOURS[k % len(_COLOURS)], "marker": _MARKERS[(k // len(_COLOURS) + k) % len(_MARKERS)]}
+
+
 def plot_quality_latency(results_list: Sequence[Mapping], path: str | Path, *, task: str,
                          metric: str | None = None, labels: Sequence[str] | None = None) -> None:
-    """Quality vs AIL and vs RCO; one curve per head family (and per results file when overlaid)."""
+    """Quality vs AIL and vs RCO; one series per head family (and per results file when overlaid), each with its own
+    colour and marker, the legend beside the axes; calibrated thresholds are named in the legend, not on the plot."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     _, _, qname, _ = task_quality(task, metric)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for k, res in enumerate(results_list):
-        prefix = (labels[k] + " ") if labels else ""
+    lower_better = qname == "wer"
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    handles, names, k = [], [], 0
+    for n, res in enumerate(results_list):
+        prefix = (labels[n] + " ") if labels else ""
         fams: dict[str, list] = {}
         for s in res["settings"]:
             fams.setdefault(s["family"], []).append(s)
         for fam in sorted(fams, key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else 99):
             pts = sorted(fams[fam], key=lambda s: s["latency"].get("ail", 0.0))
+            style = series_style(k)
+            k += 1
             for ax, key in zip(axes, ("ail", "rco")):
                 xs = [s["latency"].get(key, np.nan) for s in pts]
-                ys = [s["headline"] for s in pts]
-                ax.plot(xs, ys, marker="o", label=prefix + fam)
-                for s, x, y in zip(pts, xs, ys):
-                    if s.get("quantile") is not None:  # calibrated points: say what they resolved to
-                        ax.annotate(setting_label(s), (x, y), fontsize=6, alpha=0.8)
-    for ax, key in zip(axes, ("AIL", "RCO")):
-        ax.set_xlabel(key)
-        ax.set_ylabel(qname)
+                line, = ax.plot(xs, [s["headline"] for s in pts], linewidth=1.3, markersize=6, **style)
+            calibrated = [setting_label(s)[len(fam):].strip() for s in pts if s.get("quantile") is not None]
+            handles.append(line)
+            names.append(prefix + fam + (f" ({', '.join(calibrated)})" if calibrated else ""))
+    for ax, key in zip(axes, ("ail", "rco")):
+        ax.set_xlabel(AXIS_LABELS[key], fontsize=8)
+        ax.set_ylabel(f"{qname} ({'lower' if lower_better else 'higher'} is better)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(0.79, 0.5), fontsize=7, frameon=False)
     fig.suptitle(f"{task}: quality vs latency")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     tmp = Path(path).with_name(f".{Path(path).name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
 

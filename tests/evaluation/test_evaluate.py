@@ -134,3 +134,10 @@ def test_probe_head_needs_a_probe(setup, tmp_path):
     with pytest.raises(E.EvalError, match="no probe was given"):
         E.evaluate_heads(s["cfg"], s["params"], s["items"], ["probe:tau=0.5"], tmp_path, task="lookup",
                          detokenize=str, eos_ids=s["eos"], progress=False)
+
+
+def test_plot_series_have_distinct_colour_and_marker_pairs():
+    """A crowded plot (the demo's word-map plot has 13 series) keeps every series apart by colour AND marker."""
+    pairs = [tuple(sorted(R.series_style(k).items())) for k in range(60)]
+    assert len(set(pairs)) == 60
+    assert len({R.series_style(k)["color"] for k in range(13)}) == 13  # the first 13 differ in colour alone
