@@ -256,7 +256,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
     from proactive_jax.demo.speech import finish_speech_process, run_speech_stage
     from proactive_jax.data.synthetic import ASSET_DIR
     from proactive_jax.method.decode import stream_decode
-    from proactive_jax.method.trace import format_events, interleave
+    from proactive_jax.method.trace import format_trace, interleave
     from proactive_jax.data.render import eos_ids_for
     from proactive_jax.training.loop import train
 
@@ -336,7 +336,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
         res = stream_decode(model_cfg, runs["proactive"].params, [it.example for it in items], spec,
                             cfg.max_new_tokens, eos, word_starts=ws)
         for it, r in zip(items, res):
-            text = format_events(interleave(it.example, r, detok))
+            text = format_trace(it.example, interleave(it.example, r, detok), detok)
             traces.append(f"## {task} / {spec} / {it.id}\nreference: {it.references[0]}\n{text}\n")
     trace_text = "\n".join(traces)
     _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))

@@ -22,6 +22,7 @@ class Event(NamedTuple):
     text: str | None  # detokenized tokens, if a detokenizer was given
     score: float  # the head's statistic at this decision
     forced: bool  # the statistic did not decide
+    end: bool = False  # READ of the end-of-source marker (read count M+1)
 
 
 def interleave(example: StreamExample, result: DecodeResult,
@@ -36,17 +37,32 @@ def interleave(example: StreamExample, result: DecodeResult,
         else:
             toks = example.units[n] if n < example.M else example.end
             events.append(Event("READ", int(n) + 1, tuple(toks), detokenize(toks) if detokenize else None,
-                                float(sc), bool(fo)))
+                                float(sc), bool(fo), end=bool(n >= example.M)))
     return events
 
 
+TRACE_LEGEND = ("READ n: the n-th source unit was read (n = M+1: the end-of-source marker); WRITE n: a token written "
+                "with n units read; score: the head's statistic at that decision (e.g. entropy: normalised entropy, "
+                "WRITE when <= tau; wait-k: reads still owed); forced: the statistic did not decide (a rule did)")
+
+
 def format_events(events: Sequence[Event]) -> str:
-    """One line per event, e.g. ``READ  3 ' world'`` / ``WRITE 3 ' Welt'``."""
+    """One line per event, e.g. ``READ  3 ' world'`` / ``WRITE 3 ' Welt'``; the end-of-source marker is shown as
+    ``[end of source]`` with its tokens' text."""
     lines = []
     for e in events:
         shown = repr(e.text) if e.text is not None else " ".join(map(str, e.tokens))
+        if e.end:
+            shown = f"[end of source] {shown}"
         lines.append(f"{e.kind:<5} {e.n:>3} {shown}  (score {e.score:.3f}{', forced' if e.forced else ''})")
     return "\n".join(lines)
+
+
+def format_trace(example: StreamExample, events: Sequence[Event],
+                 detokenize: Callable[[Sequence[int]], str] | None = None) -> str:
+    """What a person needs to read a decode: the legend, the prompt (the always-visible tokens), then the events."""
+    prompt = repr(detokenize(example.prompt)) if detokenize else " ".join(map(str, example.prompt))
+    return f"legend: {TRACE_LEGEND}\nprompt: {prompt}\n{format_events(events)}"
 
 
 def calibrate_tau(results: Sequence[DecodeResult], quantile: float = 0.9) -> float:

@@ -8,7 +8,7 @@ import pytest
 
 from proactive_jax.method import decode as dec
 from proactive_jax.method.decode import stream_decode
-from proactive_jax.method.trace import calibrate_tau, format_events, interleave
+from proactive_jax.method.trace import calibrate_tau, format_events, format_trace, interleave
 from proactive_jax.method.heads import DecisionState, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
 from proactive_jax.method.attention_stats import hidden_and_stats
@@ -252,6 +252,11 @@ def test_interleave_and_calibration(setup):
     assert [e.n for e in writes] == r.phi.tolist()
     assert [e.tokens for e in reads] == [tuple(u) for u in (ex.units + (ex.end,))[:len(reads)]]
     assert "WRITE" in format_events(ev)
+    if reads and reads[-1].n == ex.M + 1:  # the end marker is named, not shown as a bare string
+        assert reads[-1].end and "[end of source]" in format_events(ev).splitlines()[ev.index(reads[-1])]
+    assert all(not e.end for e in reads if e.n <= ex.M)
+    text = format_trace(ex, ev, lambda ts: "|".join(map(str, ts)))
+    assert text.startswith("legend: READ n") and f"prompt: {'|'.join(map(str, ex.prompt))!r}" in text
     tau = calibrate_tau(run(s, "entropy:tau=0.5"), 0.9)
     assert 0 <= tau <= 1
 
