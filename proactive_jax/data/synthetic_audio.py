@@ -36,7 +36,7 @@ SYLLABLES = {name: (_LOW[i % 4], _HIGH[i // 4]) for i, name in enumerate(
 # the filler "na" (only ever second), then the word's own last syllable (used by no other word): the category is
 # known from the first syllable on, the word only at its last. A word is thus identified by one syllable, wherever
 # it is spoken; with syllables reused across words and positions (ka-ri-su, su-ka-lu, ...) a tiny decoder had to
-# parse word boundaries first and never learnt the lookup (README: speech). 9 specials + 12 words + 3 category
+# parse word boundaries first and never learnt the lookup (docs/measurements.md: speech). 9 specials + 12 words + 3 category
 # tokens = the tiny-audio preset's 24 ids.
 GROUPS = {"ka": ("ka-mo", "ka-na-te", "ka-lu", "ka-na-no"), "ri": ("ri-ba", "ri-na-do", "ri-fe", "ri-na-gu"),
           "su": ("su-pi", "su-na-ze", "su-vo", "su-na-ha")}
@@ -56,7 +56,7 @@ def speech_vocabulary() -> list[str]:
 
 SPEECH_TASKS = ("speech-transcribe", "speech-lookup")
 # default spoken words per utterance, [low, high) (with the previous lexicon speech-lookup trained to 97% with one
-# word per utterance and stayed at chance with 3-6: see the README's speech targets)
+# word per utterance and stayed at chance with 3-6: see docs/measurements.md, speech targets)
 WORDS_PER_UTTERANCE = (3, 7)
 
 

@@ -30,13 +30,13 @@ logger = logging.getLogger(__name__)
 class SpeechDemoConfig:
     enabled: bool = True
     # run the stage in a second process beside the demo's text stages (both share the two cores: the demo's wall time
-    # drops from text + speech towards the longer of the two, README: "The embedded default"); False: after them
+    # drops from text + speech towards the longer of the two, docs/measurements.md: "The embedded default"); False: after them
     parallel: bool = True
     quick: bool = False
     seed: int = 0
     n_train: int = 1500  # per task
     n_test: int = 64  # per task
-    steps: int = 1000  # the lowest final training loss of the trials that fit the budget (README: speech)
+    steps: int = 1000  # the lowest final training loss of the trials that fit the budget (docs/measurements.md: speech)
     # the first steps with the batch loss only (then batch + MSLM + SPSD); measured worse here (batch loss 1.88 vs
     # 1.48 at step 300 with 250 warm-up steps vs none), so off by default
     pretrain_steps: int = 0

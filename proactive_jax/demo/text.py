@@ -48,11 +48,11 @@ class DemoConfig:
     kl_lambda: float = 0.1
     kl_topk: int = 100
     alpha: float = 0.0
-    trailing_reads: bool = True  # budget cell after the last token (see README: "the end-of-turn token")
+    trailing_reads: bool = True  # budget cell after the last token (see docs/decisions.md: "the end-of-turn token")
     ablation_mslm_only: bool = True  # also fine-tune with MSLM but without SPSD (batch + MSLM, no KL)
     probe: bool = True  # train the learned probe head (self-labels) and the oracle-label probe
     probe_examples: int = 600  # training examples per task for the probes
-    probe_eps: float = 0.5  # self-label KL bound, chosen on a validation split (README: "The probe's eps")
+    probe_eps: float = 0.5  # self-label KL bound, chosen on a validation split (docs/decisions.md: "The probe's eps")
     probe_steps: int = 600
     heads: dict = dataclasses.field(default_factory=lambda: {
         "lookup": ["batch", "wait-k:k=1|3|6|10", "entropy:tau=0.05|0.1|0.2|0.3|q0.9",

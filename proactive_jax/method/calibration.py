@@ -25,7 +25,7 @@ head writes at 90% of the calibration states where writing is safe" (its recall 
 whole decided pool: its share of sufficient states depends on the task (on lookup ~56%: the answer needs
 one evidence unit anywhere in the stream), so "write at 90% of all decided states" forces writes at
 insufficient states whenever fewer than 90% are sufficient -- it measures the pool's composition, not the
-head. See README "Decisions" (quantile calibration) for the measured comparison.
+head. See docs/decisions.md (quantile calibration) for the measured comparison.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ObjectiveConfig:
     kl_student_renorm: bool = True
     schedule: str = "multinomial"  # multinomial | full | wait-k | given (batch["phi"])
     alpha: float = 0.0  # w_k ∝ (k+1)^alpha
-    trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (README)
+    trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (docs/decisions.md)
     wait_k: int = 3
     target_offset: int | str = 0  # int, or "contiguous"
     # target positions per chunk of the loss: the LM head, log-softmax and top-k run one chunk of

@@ -1,5 +1,5 @@
 """The speech stage's pieces: synthetic tone-words, example building, the targets check (no training here:
-the stage itself runs in the full demo; the README's speech section has its measured run)."""
+the stage itself runs in the full demo; the docs/measurements.md has its measured run)."""
 import numpy as np
 import pytest
 
