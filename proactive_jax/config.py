@@ -291,3 +291,139 @@ def load_config(cls, path: str | Path | None, overrides: Sequence[str] = (), *, 
         return from_dict(cls, apply_overrides(raw, overrides))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing a schema: every key with its type, default and one line of doc (`COMMAND --help`)
+# ---------------------------------------------------------------------------------------------
+
+REQUIRED = "required"
+
+
+def _dataclass_of(tp):
+    """The dataclass inside annotation ``tp`` (``X`` or ``X | None``), else None."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _one_line_doc(text: str, limit: int = 150) -> str:
+    text = " ".join(text.replace("``", "`").split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "..."
+
+
+def _docstring_doc(doc: str | None, name: str) -> str:
+    """The sentence after ````name``:`` in a class docstring (how the sections document their keys)."""
+    if not doc:
+        return ""
+    m = re.search(r"``" + re.escape(name) + r"``:\s*(.+)", doc, re.S)
+    if not m:
+        return ""
+    rest = " ".join(m.group(1).split())
+    end = re.search(r"(?<!e\.g)(?<!i\.e)(?<!etc)\.(\s|$)|;\s``|\s``[\w.]+``\s*:", rest)
+    return rest[:end.start()] if end else rest
+
+
+def field_docs(cls) -> dict[str, str]:
+    """``{field name: doc}`` of a dataclass from its source: the ``# comment`` that ends the field's (first) line,
+    else the comment lines right above it, else the sentence the class docstring gives ````name``: ...``."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        src = ""
+    docs: dict[str, str] = {}
+    if src:
+        lines = src.splitlines()
+        comments: dict[int, str] = {}  # line number -> comment text (only comments that follow code or stand alone)
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+                if tok.type == tokenize.COMMENT:
+                    comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        except (tokenize.TokenError, IndentationError):
+            pass
+        tree = ast.parse(src)
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node in body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            name, first, last = node.target.id, node.lineno, node.end_lineno or node.lineno
+            text = comments.get(first) or (comments.get(last) if last != first else None)
+            if not text:  # a block of comment-only lines right above the field
+                block, i = [], first - 1
+                while i >= 1 and lines[i - 1].strip().startswith("#"):
+                    block.insert(0, comments.get(i, lines[i - 1].strip().lstrip("#").strip()))
+                    i -= 1
+                text = " ".join(block)
+            if text:
+                docs[name] = text
+    for f in dataclasses.fields(cls):
+        if f.name not in docs:
+            doc = f.metadata.get("doc") if f.metadata else None
+            docs[f.name] = doc or _docstring_doc(cls.__doc__, f.name)
+    return {k: _one_line_doc(v) for k, v in docs.items()}
+
+
+def _default_of(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _format_default(value, limit: int = 60) -> str:
+    import json
+
+    if value is dataclasses.MISSING:
+        return REQUIRED
+    try:
+        text = json.dumps(to_dict(value), ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
+def describe_fields(cls, prefix: str = "", expand: Mapping[str, type] | None = None) -> list[tuple[str, str, str, str]]:
+    """Every key of dataclass ``cls`` as ``(dotted key, type, default, doc)``, in field order: a nested dataclass
+    (``render: RenderConfig``) is listed by its own keys (``render.unit``, ...); an optional one
+    (``dataset: DatasetSpec | None``) by itself and then its keys. ``expand`` maps a ``dict`` field's name to the
+    dataclass its keys follow (``{"speech": SpeechDemoConfig}``). Types read as the config errors word them
+    (``int or null``, ``one of 'a', 'b'``); defaults as JSON (``null``, ``true``, ``[...]``); ``required`` when a
+    key has no default. The doc is the field's ``# comment`` (see :func:`field_docs`), or empty."""
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    expand = dict(expand or {})
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, tp = prefix + f.name, hints[f.name]
+        nested = _dataclass_of(tp) or (expand.get(f.name) if f.name in expand else None)
+        default = _default_of(f)
+        if nested is None or nested is not tp:  # a plain key, an optional section or an expanded dict
+            out.append((key, _type_name(tp), _format_default(default), docs.get(f.name, "")))
+        if nested is not None:
+            out.extend(describe_fields(nested, key + "."))
+    return out
+
+
+def format_fields(cls, *, title: str | None = None, expand: Mapping[str, type] | None = None) -> str:
+    """:func:`describe_fields` as help text: one line per key, ``  key: type = default  # doc``."""
+    title = title or (f"config keys of {cls.__name__} (in the YAML file or as key=value overrides; values are YAML, "
+                      "nested keys dotted):")
+    lines = [title]
+    for key, tp, default, doc in describe_fields(cls, expand=expand):
+        lines.append(f"  {key}: {tp} = {default}" + (f"  # {doc}" if doc else ""))
+    return "\n".join(lines)

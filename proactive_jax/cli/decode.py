@@ -36,6 +36,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message for the chat template")
 
 
+def status_line(args: argparse.Namespace) -> str:
+    return f"loading {args.checkpoint} ..."
+
+
 def _model_and_tokenizer(args: argparse.Namespace):
     """``(config, params, tokenizer)`` for ``--checkpoint`` / ``--step`` / ``--tokenizer``; the head is checked first."""
     from proactive_jax.method.heads import parse_head

@@ -11,6 +11,19 @@ def add_demo_args(p) -> None:
     p.add_argument("--out", default=None, help="output directory (default: demo_out)")
     p.add_argument("--quick", action="store_true", help="smaller and faster, same stages (at most ~3 minutes)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune_steps=300")
+    from proactive_jax.cli import config_help
+
+    p.epilog_fn = config_help("proactive_jax.demo.text:DemoConfig", expand={"speech": "proactive_jax.demo.speech:"
+                                                                             "SpeechDemoConfig"},
+                              note="defaults: configs/demo.yaml")
+
+
+def status_line(args) -> str:
+    from proactive_jax.cli.startup import peek_config
+
+    out = args.out or peek_config(args.config, args.overrides).get("out_dir", "demo_out")
+    how = "--quick: text tasks only, about 3 min" if args.quick else "text and speech, about 10 min"
+    return f"loading JAX; then tiny models are trained and evaluated on built-in tasks ({how}) into {out} ..."
 
 
 def run_demo_cli(args) -> int:

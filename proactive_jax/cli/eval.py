@@ -6,9 +6,24 @@ import sys
 
 
 def add_eval_args(p) -> None:
-    p.add_argument("config", nargs="?", default=None, help="eval config YAML (optional: all keys may be overrides)")
+    from proactive_jax.cli import config_help
+
+    p.add_argument("config", nargs="?", default=None,
+                   help="eval config YAML (optional: all keys may be overrides; examples: configs/eval-text.yaml, "
+                        "configs/eval-speech.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. checkpoint=runs/x task=lookup heads=[batch,'wait-k:k=1|3']")
+    p.epilog_fn = config_help("proactive_jax.evaluation.evaluate:EvalConfig",
+                              note="examples: configs/eval-text.yaml, configs/eval-speech.yaml")
+
+
+def status_line(args) -> str:
+    from proactive_jax.cli.startup import peek_config
+
+    raw = peek_config(args.config, args.overrides)
+    ckpt = raw.get("checkpoint")
+    what = f"{raw.get('task', 'lookup')}, {raw.get('num_examples', 200)} examples -> {raw.get('out_dir', 'eval_out')}"
+    return f"loading {ckpt} ({what}) ..." if ckpt else f"reading the eval config ({what}) ..."
 
 
 def run_eval_cli(args) -> int:

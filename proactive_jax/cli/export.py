@@ -19,6 +19,11 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shard-size", default="5GB", help="shard the safetensors above this size")
 
 
+def status_line(args: argparse.Namespace) -> str:
+    step = "the latest step" if args.step is None else f"step {args.step}"
+    return f"loading {args.checkpoint} ({step}) to write {args.out} ..."
+
+
 def run_export(args: argparse.Namespace) -> int:
     from proactive_jax.training.checkpoint import export
 

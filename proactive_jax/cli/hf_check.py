@@ -17,6 +17,10 @@ def add_hf_check_args(p: argparse.ArgumentParser) -> None:
                    help="fail if max|diff| / max|logit| exceeds this (default 1e-4 for float32, 5e-2 otherwise)")
 
 
+def status_line(args: argparse.Namespace) -> str:
+    return f"loading {args.dir} ({args.dtype}) ..."
+
+
 def run_hf_check(args: argparse.Namespace) -> int:
     from proactive_jax.models.audio_check import hf_check_audio
     from proactive_jax.models.hf import load_pretrained

@@ -18,10 +18,13 @@ class _NoTraceback(logging.Filter):
 
 
 def setup_logging() -> None:
-    """INFO lines for the run's own progress; the checkpoint and JAX libraries at WARNING, without tracebacks."""
+    """INFO lines for the run's own progress; the checkpoint and JAX libraries at ERROR (``-v``: WARNING), without
+    tracebacks."""
+    from proactive_jax.cli.startup import verbose
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "etils"):
         logger = logging.getLogger(noisy)
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.WARNING if verbose() else logging.ERROR)
         if not any(isinstance(f, _NoTraceback) for f in logger.filters):
             logger.addFilter(_NoTraceback())

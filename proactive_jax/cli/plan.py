@@ -25,6 +25,15 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="plan the streaming decode loop (what `eval` runs) instead of the train step; keys "
                         "batch, src, tgt, prompt, unit, header, units, head (training/plan_decode.py)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    from proactive_jax.cli import config_help
+
+    p.epilog_fn = config_help("proactive_jax.training.run_config:RunConfig", note="the same keys as train")
+
+
+def status_line(args) -> str:
+    what = "the decode loop" if getattr(args, "decode", None) is not None else "its train step"
+    return (f"loading {args.config}, then compiling {what} for {args.topology} on this machine (no TPU needed; "
+            "tens of seconds for a small model, minutes for a large one) ...")
 
 
 def _quiet_tpu_env() -> None:
@@ -32,6 +41,25 @@ def _quiet_tpu_env() -> None:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # only the compiler is used: plans may run side by side
+
+
+class _Progress(logging.Handler):
+    """The planner's log records are its progress ("compiled 32 rows, bucket (24, 24) in 13 s"): status lines
+    (a terminal, or -v), not warnings."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from proactive_jax.cli.startup import status
+
+        status("proactive-jax plan", record.getMessage())
+
+
+def _progress_lines() -> None:
+    for name in ("proactive_jax.training.plan", "proactive_jax.training.plan_decode"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Progress) for h in logger.handlers):
+            logger.addHandler(_Progress(logging.INFO))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -48,6 +76,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from proactive_jax.training.run_config import load_run_config
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _progress_lines()
     try:
         run = load_run_config(args.config, args.overrides)
         topo = parse_topology(args.topology)

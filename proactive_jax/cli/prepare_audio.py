@@ -20,6 +20,10 @@ def add_prepare_audio_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared set in OUT_DIR")
 
 
+def status_line(args) -> str:
+    return f"reading {args.spec} into {args.out_dir} ..."
+
+
 def run_prepare_audio(args) -> int:
     from proactive_jax.data.audio_sources import prepare_audio
     from proactive_jax.data.audio_sources import spec_rows

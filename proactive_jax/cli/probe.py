@@ -9,6 +9,18 @@ def add_probe_args(p) -> None:
     p.add_argument("action", choices=("train",), help="train: fit the probe on a trained run")
     p.add_argument("config", nargs="?", default=None, help="probe config YAML (optional)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/x task=lookup")
+    from proactive_jax.cli import config_help
+
+    p.epilog_fn = config_help("proactive_jax.training.probe_training:ProbeConfig")
+
+
+def status_line(args) -> str:
+    from proactive_jax.cli.startup import peek_config
+
+    raw = peek_config(args.config, args.overrides)
+    ckpt = raw.get("checkpoint")
+    what = f"{raw.get('labels', 'self')} labels, {raw.get('task', 'lookup')}"
+    return f"loading {ckpt} to fit its probe ({what}) ..." if ckpt else "reading the probe config ..."
 
 
 def run_probe_cli(args) -> int:

@@ -15,6 +15,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="run config YAML (e.g. configs/tiny-synthetic.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, YAML-typed (e.g. steps=200 out_dir=runs/x mesh.fsdp=4)")
+    from proactive_jax.cli import config_help
+
+    p.epilog_fn = config_help("proactive_jax.training.run_config:RunConfig",
+                              note="every section: configs/tiny-synthetic.yaml")
+
+
+def status_line(args) -> str:
+    from proactive_jax.cli.startup import peek_config
+
+    raw = peek_config(args.config, args.overrides)
+    out = raw.get("out_dir", "runs/run")
+    return f"loading {args.config} (JAX, then the model and the data; the run goes to {out}) ..."
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -27,22 +27,23 @@ class EvalConfig:
     tokenizer: str | None = None  # default: the checkpoint's / the run's tokenizer
     task: str = "lookup"  # lookup | word-map (synthetic) or a data.TASKS adapter (iwslt2017, squad, ...)
     dataset: DatasetSpec | None = None  # real tasks: where the rows come from
-    adapter_options: dict = dataclasses.field(default_factory=dict)
-    split: str = "test"
-    calibration_split: str | None = "valid"
-    num_examples: int = 200
-    calibration_examples: int = 50
+    adapter_options: dict = dataclasses.field(default_factory=dict)  # options of the task adapter (data/tasks.py)
+    split: str = "test"  # the split scored (synthetic: train | valid | test)
+    calibration_split: str | None = "valid"  # held-out split for tau=qX quantile thresholds (null: none)
+    num_examples: int = 200  # examples scored (the first N of split)
+    calibration_examples: int = 50  # examples of calibration_split that tau=qX is fitted on
     calibration_pool: str = "sufficient"  # tau=qX over: "sufficient" (V(n) suffices, self-label) | "decided" (all)
     calibration_eps: float = 0.1  # the self-label KL bound of the "sufficient" pool
+    # decision-head sweeps: a spec with value lists and quantiles, e.g. "entropy:tau=0.1|0.2|q0.9" (README: head specs)
     heads: tuple[str, ...] = ("batch", "wait-k:k=1|3|5", "entropy:tau=q0.9", "attention:tau=q0.9")
-    metric: str | None = None
-    render: RenderConfig = RenderConfig()
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    dtype: str = "float32"
-    seed: int = 0
-    out_dir: str = "eval_out"
-    progress: bool = True
+    metric: str | None = None  # quality metric (bleu, squad, accuracy, rouge, wer, wer-whisper); null: the task's
+    render: RenderConfig = RenderConfig()  # how examples become tokens
+    max_new_tokens: int = 64  # the most tokens written per example
+    batch_size: int = 16  # examples decoded together
+    dtype: str = "float32"  # compute dtype of the model: float32 | bfloat16 | float16
+    seed: int = 0  # seed of the synthetic tasks' examples
+    out_dir: str = "eval_out"  # results.json, table.md, quality_latency.png, records.jsonl (resumable)
+    progress: bool = True  # a progress bar on stderr
     probe: str | None = None  # probe safetensors for probe heads (default: <checkpoint>/probe.safetensors)
     computation_aware: bool = False  # decode through live sessions, timing every decision (*_ca latencies)
     seconds_per_unit: float = 1.0  # the source's pace, to express compute time in units (ours; see metrics)

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (every record) + TensorBoard (when available); a no-op off process 0."""
+    """``metrics.jsonl`` (every record) + TensorBoard (``tensorboard``: needs tensorboardX); a no-op off process 0."""
 
     def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool, resume_step: int | None):
         self.enabled = enabled
@@ -37,13 +37,17 @@ class MetricsLog:
                     keep.append(line)
             self.path.write_text("".join(x + "\n" for x in keep))
         self.f = open(self.path, "a")
-        if tensorboard:
+        if tensorboard:  # off by default (run config `tensorboard`); asked for but unavailable: one notice
             try:
                 from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except Exception as e:  # noqa: BLE001 - optional
-                log.info("TensorBoard logging off (%s)", e)
+            except ImportError:
+                log.warning("tensorboard=true but tensorboardX is not installed: TensorBoard logging off, metrics "
+                            "go to %s only (pip install tensorboardX, or set tensorboard=false)", self.path)
+            else:
+                try:
+                    self.tb = SummaryWriter(str(out_dir / "tb"))
+                except Exception as e:  # noqa: BLE001 - optional
+                    log.warning("TensorBoard logging off: %s (metrics go to %s only)", e, self.path)
 
     def write(self, rec: dict) -> None:
         if not self.enabled:

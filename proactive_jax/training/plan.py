@@ -255,9 +255,16 @@ def format_report(r: dict) -> str:
         return (f"plan: {r['model']['model_type']} on {r['topology']}, global batch {r['global_batch_size']}, bucket "
                 f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {format_gib(r['temp_bytes'])} of temporaries alone "
                 f"per chip ({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
+    def count(n: float) -> str:  # 82.3K, 494M, 3.09B: three significant digits
+        for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            v = float(f"{n / size:.3g}")
+            if v >= 1:
+                return f"{v:g}{unit}"
+        return f"{n:.0f}"
+
     cap = r["capacity_bytes"]
     lines = [
-        f"plan: {r['model']['model_type']} {r['model']['params'] / 1e9:.2f}B params, {r['model']['dtype']} compute, "
+        f"plan: {r['model']['model_type']} {count(r['model']['params'])} params, {r['model']['dtype']} compute, "
         f"remat {r['model']['remat']}, attention {r['model']['attention']}, logit_chunk {r['logit_chunk']}",
         f"  slice {r['topology']} ({r['chips']} chips, mesh {r['mesh']}), global batch {r['global_batch_size']} "
         f"in {r['accum_steps']} microbatch(es), bucket S,T = {r['bucket'][0]},{r['bucket'][1]} "

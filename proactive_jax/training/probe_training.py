@@ -11,7 +11,6 @@ The probe is written next to the run's checkpoint (``<checkpoint>/probe.safetens
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -94,5 +93,19 @@ def run_probe_train(cfg: ProbeConfig) -> Path:
     probe, info = fit_probe(cfg, model_cfg, params, texts, streams)
     out = Path(cfg.out) if cfg.out else default_probe_path(cfg.checkpoint, cfg.labels)
     save_probe(out, probe, info)
-    print(json.dumps({k: v for k, v in info.items()}, indent=1, default=float))
+    print(summary_line(info))
     return out
+
+
+def summary_line(info: dict) -> str:
+    """One line of the probe's report (all of it is stored with the probe: ``load_probe(path)[1]``)."""
+    rep = info.get("report", {})
+    held, train = rep.get("held_out", {}), rep.get("train", {})
+
+    def pct(d, k):
+        return f"{100 * d[k]:.1f}%" if isinstance(d.get(k), (int, float)) else "n/a"
+
+    return (f"probe ({info['labels']} labels, {info['kind']}): {info['states']} labelled states of {info['examples']} "
+            f"examples, {100 * info['positive_rate']:.0f}% sufficient; held-out accuracy {pct(held, 'accuracy')}"
+            + (f", BCE {held['bce']:.3f}" if isinstance(held.get("bce"), (int, float)) else "")
+            + f" (train {pct(train, 'accuracy')}); the full report is stored with the probe")

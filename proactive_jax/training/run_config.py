@@ -31,18 +31,18 @@ class ModelSection:
     ``init_checkpoint`` (a run directory or its checkpoints directory; ``init_step``, default latest).
     """
 
-    hf_dir: str | None = None
-    config_json: str | None = None
-    preset: str | None = None
-    config: dict = dataclasses.field(default_factory=dict)
-    dtype: Literal[COMPUTE_DTYPES] = "float32"
+    hf_dir: str | None = None  # a Hugging Face directory: config and weights
+    config_json: str | None = None  # a config.json file or directory: the shape only
+    preset: str | None = None  # a named tiny shape (models/presets.py MODEL_PRESETS), e.g. tiny
+    config: dict = dataclasses.field(default_factory=dict)  # ModelConfig field overrides, e.g. {num_hidden_layers: 1}
+    dtype: Literal[COMPUTE_DTYPES] = "float32"  # compute dtype (master weights and optimizer state stay float32)
     # per-layer rematerialisation: true = "full", false = "none", or a policy (models/config.py REMAT_POLICIES)
     remat: bool | Literal[REMAT_POLICIES] = False
-    scan_layers: bool = True
+    scan_layers: bool = True  # the layers as one lax.scan (false: unrolled)
     attention: Literal[ATTENTION_IMPLS + tuple(RENAMED_ATTENTION_IMPLS)] = "dense"  # models/attention.py
-    init: Literal["auto", "hf", "random", "checkpoint"] = "auto"
-    init_checkpoint: str | None = None
-    init_step: int | None = None
+    init: Literal["auto", "hf", "random", "checkpoint"] = "auto"  # weights: auto = hf_dir's when set, else random
+    init_checkpoint: str | None = None  # init=checkpoint: a run directory or its checkpoints directory
+    init_step: int | None = None  # init=checkpoint: the step (default: latest)
     init_seed: int | None = None  # default: the run seed
     # qwen2_audio only: EncoderConfig field overrides (``model.config`` then overrides the text decoder)
     audio_config: dict = dataclasses.field(default_factory=dict)
@@ -69,10 +69,10 @@ class ModelSection:
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSection:
-    tasks: tuple[str, ...] = ("lookup", "word-map")
+    tasks: tuple[str, ...] = ("lookup", "word-map")  # built-in tasks (data/synthetic.py)
     n_train: int = 2000  # per task
     n_valid: int = 64  # per task
-    seed: int = 0
+    seed: int = 0  # seed of the generated examples
 
     def __post_init__(self):
         from proactive_jax.data.synthetic import SYNTHETIC_TASKS
@@ -96,25 +96,25 @@ class DataSection:
     accumulation; default: no accumulation).
     """
 
-    task: str = "synthetic"
+    task: str = "synthetic"  # synthetic | a KNOWN_DATASETS name (iwslt2017-en-de, squad, ...) | custom | a speech task
     synthetic: SyntheticSection = SyntheticSection()
-    dataset: DatasetSpec | None = None
-    adapter: str | None = None
-    adapter_options: dict = dataclasses.field(default_factory=dict)
-    split: str = "train"
-    valid_split: str | None = "validation"
-    max_train_rows: int | None = None
-    max_valid_rows: int | None = 2000
+    dataset: DatasetSpec | None = None  # task=custom: where the rows come from
+    adapter: str | None = None  # task=custom: a data.tasks.TASKS name
+    adapter_options: dict = dataclasses.field(default_factory=dict)  # options of the task adapter
+    split: str = "train"  # the training split
+    valid_split: str | None = "validation"  # the split of the built-in validation loss (null: none)
+    max_train_rows: int | None = None  # keep the first N training rows (null: all)
+    max_valid_rows: int | None = 2000  # keep the first N validation rows
     tokenizer: str | None = None
-    render: RenderConfig = RenderConfig()
-    buckets: tuple[tuple[int, int], ...] = ((32, 24),)
-    m_cap: int | None = None
-    global_batch_size: int = 16
-    micro_batch_size: int | None = None
-    seed: int = 0
-    remainder: Literal["pad", "drop"] = "pad"
-    on_unfit: Literal["error", "skip"] = "skip"
-    on_bad_example: Literal["error", "skip"] = "skip"
+    render: RenderConfig = RenderConfig()  # how examples become tokens
+    buckets: tuple[tuple[int, int], ...] = ((32, 24),)  # [max source tokens S, max target tokens T] shapes
+    m_cap: int | None = None  # the most source units per example (default: a bucket's S)
+    global_batch_size: int = 16  # rows per optimizer step (all hosts)
+    micro_batch_size: int | None = None  # rows per microbatch: gradient accumulation (null: none)
+    seed: int = 0  # shuffling seed of the batches
+    remainder: Literal["pad", "drop"] = "pad"  # a bucket's short last batch: padded with masked repeats or dropped
+    on_unfit: Literal["error", "skip"] = "skip"  # an example that fits no bucket
+    on_bad_example: Literal["error", "skip"] = "skip"  # a malformed row (counted and logged when skipped)
     cache_dir: str | None = None  # default <out_dir>/cache
     valid_batches: int = 4  # batches of the built-in validation loss (eval_every)
 
@@ -144,12 +144,12 @@ class AudioStreamSection:
     ``resample``: resample audio of another rate (false: such a row is bad audio). ``read_threads``,
     ``prefetch``: Grain's read options."""
 
-    dir: str
+    dir: str  # a prepare-audio directory or a WAV + JSONL manifest
     num_workers: int = 0
     on_bad_audio: Literal["error", "skip"] | None = None
     resample: bool = False
-    read_threads: int = 1
-    prefetch: int = 4
+    read_threads: int = 1  # Grain's read threads
+    prefetch: int = 4  # Grain's prefetch buffer
 
     def __post_init__(self):
         if not self.dir:
@@ -180,9 +180,9 @@ class AudioSection:
     max_seconds: float | None = None
     system: str | None = "You are a helpful assistant."
     manifest: str | None = None  # data.task=audio-jsonl: the train JSONL manifest (data.audio.load_manifest)
-    valid_manifest: str | None = None
+    valid_manifest: str | None = None  # data.task=audio-jsonl: the validation JSONL manifest
     n_train: int = 256  # synthetic speech tasks: items per task
-    n_valid: int = 32
+    n_valid: int = 32  # synthetic speech tasks: validation items per task
     # train batches from the bounded-memory Grain stream (real tasks); null: the in-memory pipeline
     stream: AudioStreamSection | None = None
 
@@ -206,16 +206,16 @@ class AudioSection:
 class OptimSection:
     """AdamW with linear warmup then cosine / linear decay (to ``lr * end_lr_ratio``) or constant."""
 
-    lr: float = 5e-5
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
+    lr: float = 5e-5  # peak learning rate
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after the warmup
+    warmup_steps: int = 0  # linear warmup steps
     warmup_ratio: float = 0.0  # used when warmup_steps is 0: a fraction of the total steps
-    end_lr_ratio: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip_norm: float | None = 1.0
+    end_lr_ratio: float = 0.0  # the final learning rate as a fraction of lr
+    b1: float = 0.9  # AdamW
+    b2: float = 0.999  # AdamW
+    eps: float = 1e-8  # AdamW
+    weight_decay: float = 0.0  # AdamW (decoupled)
+    clip_norm: float | None = 1.0  # global gradient-norm clipping (null: none)
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -229,9 +229,9 @@ class MeshSection:
     """Device mesh ``(data, fsdp)``; -1 on one axis = all remaining devices. The batch is sharded over
     both axes; parameters and optimizer state over ``fsdp`` ("fsdp") or replicated ("replicated")."""
 
-    data: int = -1
-    fsdp: int = 1
-    param_sharding: Literal["fsdp", "replicated"] = "fsdp"
+    data: int = -1  # data-parallel axis size (-1: the devices left)
+    fsdp: int = 1  # parameter-sharding axis size (-1: the devices left)
+    param_sharding: Literal["fsdp", "replicated"] = "fsdp"  # parameters and optimizer state over fsdp, or whole
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,14 +243,14 @@ class CheckpointSection:
     checksums, verified on restore; ``on_corrupt``: "error" (stop, naming the step and tensor) or "fallback"
     (resume from the newest intact step; the corrupt ones are moved aside like a rollback)."""
 
-    every: int = 500
-    keep: int = 3
-    async_save: bool = True
-    dir: str | None = None
-    resume: Literal["auto", "never", "require"] = "auto"
-    restore_step: int | None = None
-    save_on_signal: bool = True
-    save_final: bool = True
+    every: int = 500  # save every N steps (0: only on a signal and at the end)
+    keep: int = 3  # the newest N checkpoints are kept
+    async_save: bool = True  # write in the background while training goes on
+    dir: str | None = None  # default: <out_dir>/checkpoints
+    resume: Literal["auto", "never", "require"] = "auto"  # auto: resume when a checkpoint exists
+    restore_step: int | None = None  # roll back to step N (later steps are moved to <dir>/rolled_back/)
+    save_on_signal: bool = True  # SIGTERM / Ctrl-C save at the next step boundary
+    save_final: bool = True  # save the last step
     on_corrupt: Literal["error", "fallback"] = "error"
 
     def __post_init__(self):
@@ -268,16 +268,16 @@ class DistributedSection:
     """``jax.distributed.initialize``: "auto" = when a pod / cluster environment is detected (TPU VM
     worker env, SLURM, Open MPI, or ``coordinator_address`` / ``JAX_COORDINATOR_ADDRESS`` set)."""
 
-    initialize: Literal["auto", "always", "never"] = "auto"
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    initialization_timeout: int = 300
+    initialize: Literal["auto", "always", "never"] = "auto"  # jax.distributed.initialize (auto: on a pod / cluster)
+    coordinator_address: str | None = None  # host:port of process 0 (default: detected)
+    num_processes: int | None = None  # default: detected
+    process_id: int | None = None  # default: detected
+    initialization_timeout: int = 300  # seconds to wait for every process
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    model: ModelSection
+    model: ModelSection  # where the model comes from
     data: DataSection = DataSection()
     objective: ObjectiveConfig = ObjectiveConfig()
     optim: OptimSection = OptimSection()
@@ -286,15 +286,15 @@ class RunConfig:
     distributed: DistributedSection = DistributedSection()
     audio: AudioSection = AudioSection()
     steps: int | None = None  # optimizer steps; default: epochs * steps per epoch
-    epochs: float | None = None
-    out_dir: str = "runs/run"
+    epochs: float | None = None  # passes over the training data (when steps is null)
+    out_dir: str = "runs/run"  # checkpoints, metrics.jsonl, the tokenization cache
     seed: int = 0  # model init and read-schedule draws (fold_in(seed key, step))
     packed: bool = True  # packed dual view (one pass) or the naive two-pass reference
     log_every: int = 1  # progress-bar refresh; metrics.jsonl gets every step
     eval_every: int = 0  # built-in validation loss + eval hook every N steps (0: off)
-    tensorboard: bool = True
-    progress: bool = True
-    notes: str = ""
+    tensorboard: bool = False  # also log to <out_dir>/tb (needs tensorboardX: pip install -e ".[tensorboard]")
+    progress: bool = True  # a progress bar on stderr
+    notes: str = ""  # free text, saved with the run config
 
     def __post_init__(self):
         if self.steps is None and self.epochs is None:
