@@ -5,7 +5,7 @@
 # - PyTorch (the transformers parity tests and the PyTorch peers in eval/) as its CPU build: a local CPU wheel when
 #   pip is configured with one (find-links), otherwise PyTorch's CPU package index (plain `pip install torch`
 #   would pull the multi-GB CUDA build). TORCH_INDEX=URL overrides the index.
-# - the package with the extras test, tpu (libtpu: `plan` compiles for TPU on any machine), audio (soundfile,
+# - the package with the extras test, tensorboard (tensorboardX), tpu (libtpu: `plan` compiles for TPU on any machine), audio (soundfile,
 #   soxr), speech-data (grain, array_record), simuleval (SimulEval's runtime dependencies);
 # - SimulEval itself without its dependency pins (its tqdm pin clashes with datasets'; see docs/decisions.md).
 set -euo pipefail
@@ -27,6 +27,6 @@ else
   echo "setup: torch ${TORCH_VERSION} CPU build from $index"
   python -m pip install -q "torch==${TORCH_VERSION}" --index-url "$index"
 fi
-python -m pip install -q -e ".[test,tpu,audio,speech-data,simuleval]"
+python -m pip install -q -e ".[test,tpu,audio,speech-data,simuleval,tensorboard]"
 python -m pip install -q --no-deps simuleval==1.1.4
 python -c "import torch, jax, proactive_jax; print(f'setup: done (torch {torch.__version__}, jax {jax.__version__}); activate with: . $VENV/bin/activate')"

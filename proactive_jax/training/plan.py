@@ -97,7 +97,7 @@ def compile_step(spec, run, bucket):
             raise oom_error(e) from None
         raise
     secs = time.perf_counter() - t0
-    log.warning("compiled %s rows, bucket %s in %.0f s", run.data.global_batch_size, bucket, secs)
+    log.info("compiled %s rows, bucket %s in %.0f s", run.data.global_batch_size, bucket, secs)
     return compiled, secs
 
 
@@ -160,7 +160,7 @@ def max_global_batch(run, devices, topo: Topology, bucket, headroom: float, firs
             t = memory_report(compile_step(build_spec(r, devices), r, bucket)[0], topo, headroom)["total_bytes"]
         except DoesNotFit as e:
             t = int(topo.hbm_bytes * 2) if e.temp_bytes is None else e.temp_bytes  # at least the temporaries
-        log.warning("global batch %d: %.2f GiB per chip", rows, t / GIB)
+        log.info("global batch %d: %.2f GiB per chip", rows, t / GIB)
         return t
 
     tried = {b0: first["total_bytes"] if not run.data.micro_batch_size else total(b0)}
@@ -250,21 +250,23 @@ def plan(run, topo: Topology, *, headroom: float = 0.0, bucket: tuple[int, int] 
     }
 
 
+def format_count(n: float) -> str:
+    """A parameter count with three significant digits: 82.3K, 494M, 3.09B."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        v = float(f"{n / size:.3g}")
+        if v >= 1:
+            return f"{v:g}{unit}"
+    return f"{n:.0f}"
+
+
 def format_report(r: dict) -> str:
     if "compiler_refused" in r:
         return (f"plan: {r['model']['model_type']} on {r['topology']}, global batch {r['global_batch_size']}, bucket "
                 f"{r['bucket']}: DOES NOT FIT: the TPU compiler needs {format_gib(r['temp_bytes'])} of temporaries alone "
                 f"per chip ({r['compiler_refused']}); try: " + "; ".join(r["advice"]))
-    def count(n: float) -> str:  # 82.3K, 494M, 3.09B: three significant digits
-        for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-            v = float(f"{n / size:.3g}")
-            if v >= 1:
-                return f"{v:g}{unit}"
-        return f"{n:.0f}"
-
     cap = r["capacity_bytes"]
     lines = [
-        f"plan: {r['model']['model_type']} {count(r['model']['params'])} params, {r['model']['dtype']} compute, "
+        f"plan: {r['model']['model_type']} {format_count(r['model']['params'])} params, {r['model']['dtype']} compute, "
         f"remat {r['model']['remat']}, attention {r['model']['attention']}, logit_chunk {r['logit_chunk']}",
         f"  slice {r['topology']} ({r['chips']} chips, mesh {r['mesh']}), global batch {r['global_batch_size']} "
         f"in {r['accum_steps']} microbatch(es), bucket S,T = {r['bucket'][0]},{r['bucket'][1]} "

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import time
 
-from proactive_jax.training.plan import shape_model_section
+from proactive_jax.training.plan import format_count, shape_model_section
 from proactive_jax.training.tpu import (DoesNotFit, PlanError, Topology, format_gib, memory_report, oom_error,
                                        topology_devices)
 
@@ -108,7 +108,7 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
     secs = time.perf_counter() - t0
     cache = (2 * model_cfg.num_hidden_layers * shape.batch * sh.capacity * model_cfg.num_key_value_heads
              * model_cfg.head_dim * jnp.dtype(model_cfg.dtype).itemsize)
-    log.warning("compiled the decode loop (%d rows, %d cache slots) in %.0f s", shape.batch, sh.capacity, secs)
+    log.info("compiled the decode loop (%d rows, %d cache slots) in %.0f s", shape.batch, sh.capacity, secs)
     return compiled, secs, cache
 
 
@@ -147,7 +147,7 @@ def decode_advice(shape: DecodeShape) -> list[str]:
 def format_decode_report(r: dict) -> str:
 
     d = r["decode"]
-    head = (f"plan (decode): {r['model']['model_type']} {r['model']['params'] / 1e9:.2f}B params (float32, "
+    head = (f"plan (decode): {r['model']['model_type']} {format_count(r['model']['params'])} params (float32, "
             f"replicated on every chip), {r['model']['dtype']} compute, head {d['head']}\n"
             f"  slice {r['topology']} ({r['chips']} chips, rows split over them), batch {d['batch']}, source slots "
             f"{d['src']}, max new tokens {d['tgt']}, header {d['header']} -> {r['cache_slots']} cache slots")
