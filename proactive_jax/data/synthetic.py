@@ -348,3 +348,11 @@ def load_tokenizer(path=None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path or ASSET_DIR))
+
+
+def chance_quality(task: str, config: LookupConfig | None = None) -> float | None:
+    """The quality (percent) a model reaches by guessing, where the task defines one: ``lookup`` answers one of the
+    asked category's ``n_items`` items (1/n_items); None for tasks without a guessing level (word-map's BLEU)."""
+    if task == "lookup":
+        return 100.0 / (config or LookupConfig()).n_items
+    return None

@@ -55,6 +55,10 @@ def paper_table(task: str, per_model: dict[str, dict]) -> str:
             row.append(f"{area:.2f}" if shown_area else "")
             shown.add(s["family"])
             lines.append("| " + " | ".join(row) + " |")
+    for model, res in per_model.items():
+        warning = R.chance_warning(res, task)
+        if warning:
+            lines += ["", f"{model}: {warning}"]
     return "\n".join(lines) + "\n"
 
 

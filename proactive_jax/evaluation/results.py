@@ -215,6 +215,19 @@ def family_areas(results: Mapping) -> dict[str, float]:
     return {f: curve_area(pts, batch[0]) for f, pts in fams.items()}
 
 
+def chance_warning(results: Mapping, task: str, margin: float = 5.0) -> str | None:
+    """A warning line when the batch head (the model reading everything) scores within ``margin`` points of what
+    guessing gets on this task: the model has not learned it, and no head comparison means anything."""
+    from proactive_jax.data.synthetic import chance_quality
+
+    chance = chance_quality(task)
+    batch = [s["headline"] for s in results.get("settings", ()) if s.get("family") == "batch"]
+    if chance is None or not batch or max(batch) > chance + margin:
+        return None
+    return (f"WARNING: quality at chance level (batch {max(batch):.1f} vs {chance:.1f} by guessing): the model has not "
+            "learned this task; no comparison of heads on it means anything")
+
+
 def markdown_table(results: Mapping, task: str, metric: str | None = None) -> str:
     _, _, qname, show_al = task_quality(task, metric)
     cols = ["method", qname, "AIL", "RCO"] + (["AL", "LAAL"] if show_al else [])
@@ -227,6 +240,9 @@ def markdown_table(results: Mapping, task: str, metric: str | None = None) -> st
             row += [f"{lat.get('al_word', lat.get('al_token', float('nan'))):.2f}",
                     f"{lat.get('laal_word', lat.get('laal_token', float('nan'))):.2f}"]
         lines.append("| " + " | ".join(row) + " |")
+    warning = chance_warning(results, task)
+    if warning:
+        lines += ["", warning]
     areas = family_areas(results)
     if areas:
         lines += ["", f"curve area ({qname} averaged over RCO budgets 0..1; batch closes every curve)", "",

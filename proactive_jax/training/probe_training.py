@@ -108,4 +108,20 @@ def summary_line(info: dict) -> str:
     return (f"probe ({info['labels']} labels, {info['kind']}): {info['states']} labelled states of {info['examples']} "
             f"examples, {100 * info['positive_rate']:.0f}% sufficient; held-out accuracy {pct(held, 'accuracy')}"
             + (f", BCE {held['bce']:.3f}" if isinstance(held.get("bce"), (int, float)) else "")
-            + f" (train {pct(train, 'accuracy')}); the full report is stored with the probe")
+            + f" (train {pct(train, 'accuracy')}); the full report is stored with the probe"
+            + ("" if not at_majority(held) else
+               f"\nWARNING: the probe's held-out accuracy is at the majority-class rate "
+               f"({pct(held, 'accuracy')} vs {100 * majority_rate(held):.1f}% for always answering the commoner label): "
+               "it has learned nothing beyond the base rate (more labelled states, another eps or labels=oracle)"))
+
+
+def majority_rate(split_report: dict) -> float:
+    """The accuracy of always answering the commoner label on a split of the probe's report."""
+    p = float(split_report.get("positive_rate", 0.5))
+    return max(p, 1.0 - p)
+
+
+def at_majority(split_report: dict, margin: float = 0.01) -> bool:
+    """True when a probe's accuracy on this split is within ``margin`` of (or below) the majority-class rate."""
+    acc = split_report.get("accuracy")
+    return isinstance(acc, (int, float)) and acc <= majority_rate(split_report) + margin

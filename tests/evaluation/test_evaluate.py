@@ -141,3 +141,14 @@ def test_plot_series_have_distinct_colour_and_marker_pairs():
     pairs = [tuple(sorted(R.series_style(k).items())) for k in range(60)]
     assert len(set(pairs)) == 60
     assert len({R.series_style(k)["color"] for k in range(13)}) == 13  # the first 13 differ in colour alone
+
+
+def test_a_model_at_chance_is_flagged_in_the_table():
+    """lookup answers one of 6 items: a batch head at 14.5% has learned nothing, and the table says so."""
+    at_chance = {"settings": [{"family": "batch", "setting": "batch", "headline": 14.5,
+                               "latency": {"ail": 0.0, "rco": 1.0}}]}
+    table = R.markdown_table(at_chance, "lookup")
+    assert "quality at chance level (batch 14.5 vs 16.7 by guessing)" in table
+    learned = {"settings": [dict(at_chance["settings"][0], headline=60.0)]}
+    assert "chance level" not in R.markdown_table(learned, "lookup")
+    assert R.chance_warning(at_chance, "word-map") is None  # no guessing level defined for BLEU

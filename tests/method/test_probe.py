@@ -172,3 +172,16 @@ def test_probe_head_decode_equals_brute_force(model, use_stats=True):
         stream_decode(cfg, params, exs, "probe:tau=0.5", 6, eos_ids=[])
     with pytest.raises(ValueError, match="features"):
         stream_decode(cfg, params, exs, "probe:tau=0.5", 6, eos_ids=[], probe=P.init_probe(jax.random.PRNGKey(0), 7))
+
+
+def test_a_probe_at_the_majority_class_rate_is_flagged():
+    """Held-out accuracy 0.9956 at a positive rate of 0.9959 learned nothing: the summary says so; a probe clearly
+    above the base rate is not flagged."""
+    from proactive_jax.training.probe_training import at_majority, summary_line
+
+    info = {"labels": "self", "kind": "mlp", "states": 1000, "examples": 50, "positive_rate": 0.99,
+            "report": {"held_out": {"accuracy": 0.9956, "positive_rate": 0.9959}, "train": {"accuracy": 0.996}}}
+    assert at_majority(info["report"]["held_out"]) and "majority-class rate" in summary_line(info)
+    info["report"]["held_out"] = {"accuracy": 0.93, "positive_rate": 0.6}
+    assert not at_majority(info["report"]["held_out"]) and "WARNING" not in summary_line(info)
+    assert at_majority({"accuracy": 0.35, "positive_rate": 0.6})  # below the base rate is flagged too
