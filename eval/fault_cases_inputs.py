@@ -203,9 +203,9 @@ def build_input_cases(Case, cli, work: Path, run: Path, audio_hf: Path, audio_di
     cases.append(Case("disk", "full disk mid-training (tmpfs of 600 KB)", train_argv("out_dir={d}/full/r", "steps=40",
                                                                                    "checkpoint.every=2"),
                       setup=_tmpfs("600k"), teardown=_umount, check=_restorable_steps))
-    cases.append(Case("disk", "export onto a full disk (tmpfs of 100 KB)", cli("export", "--checkpoint", str(run), "--out",
+    cases.append(Case("disk", "export onto a full disk (tmpfs of 24 KB)", cli("export", "--checkpoint", str(run), "--out",
                                                                           "{d}/full/hf"),
-                      setup=_tmpfs("100k"), teardown=_umount,
+                      setup=_tmpfs("24k"), teardown=_umount,
                       check=lambda d, p: None if "/full/hf" in p.stderr or "/full/" in p.stderr
                       else "the error names no path"))
     cases.append(Case("eval", "SIGKILL during eval, then rerun", eval_argv("num_examples=24", "batch_size=2",

@@ -253,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"proactive-jax {args.command}"
     cmd = COMMANDS[args.command]
     startup.set_verbosity(args.verbose)
+    if from_command_line:
+        startup.choose_platforms()
     if notice:
         print(f"{prog}: {one_line(notice)}", file=sys.stderr, flush=True)
     if cmd.status is not None and startup.status_enabled():

@@ -91,6 +91,22 @@ ACTIONABLE = ("jax._src.xla_bridge",)
 _WARNINGS_RE = r"(" + "|".join(re.escape(m) for m in THIRD_PARTY) + r")(\..*)?$"
 
 
+def choose_platforms() -> str | None:
+    """On a machine with no TPU device (neither ``/dev/accel*`` nor ``/dev/vfio/<n>``) and no NVIDIA device, run JAX on
+    the CPU (``JAX_PLATFORMS=cpu``) unless the user chose platforms: otherwise the ``tpu`` extra's libtpu probes for a
+    TPU on every command and prints several lines of host-bounds warnings. ``plan`` compiles for TPU through the
+    topology API, which does not need the TPU platform. Returns what it set, or None."""
+    if "JAX_PLATFORMS" in os.environ:
+        return None
+    dev = Path("/dev")
+    tpu = any(dev.glob("accel*")) or any(p.name.isdigit() for p in (dev / "vfio").glob("*"))
+    gpu = any(dev.glob("nvidia[0-9]*"))
+    if tpu or gpu:
+        return None
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    return "cpu"
+
+
 def set_verbosity(verbose_: bool, status_: bool | None = None) -> None:
     """Quiet (default): third-party loggers at ERROR and their Python warnings dropped (this package's own
     warnings stay). ``verbose_``: third-party loggers at WARNING and warnings shown, status lines always on."""

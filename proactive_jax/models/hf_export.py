@@ -178,6 +178,11 @@ def save_pretrained(config: ModelConfig, params, out_dir: str | Path, tokenizer_
         for src in tok_files:
             shutil.copy2(src, tmp / src.name)
         _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.filename is None and e.errno is not None:  # e.g. a full disk inside a write: name the export
+            raise OSError(e.errno, e.strerror, str(out)) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
