@@ -27,9 +27,9 @@ from proactive_jax.models.config import ModelConfig
 from proactive_jax.models.attention import MaskVectors, row_mesh, shard_rows
 from proactive_jax.models.qwen import apply_hidden, embed_ids, hidden_to_logits
 from proactive_jax.data.example import ExampleError, StreamExample
-from proactive_jax.method.streaming import full_schedule, sample_schedule, target_row_limits, validate_phi, wait_k_schedule
+from proactive_jax.method.streaming import full_schedule, sample_schedule, target_row_limits, uniform_schedule, validate_phi, wait_k_schedule
 
-SCHEDULES = ("multinomial", "full", "wait-k", "given")
+SCHEDULES = ("multinomial", "uniform", "full", "wait-k", "given")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class ObjectiveConfig:
     # (0 when the views agree; method.md section 4). False: the earlier variant, the student keeps its
     # full-vocabulary log-probs at those k tokens (-log Z_k > 0 with identical views when k < |V|).
     kl_student_renorm: bool = True
-    schedule: str = "multinomial"  # multinomial | full | wait-k | given (batch["phi"])
+    schedule: str = "multinomial"  # multinomial (the paper's budget) | uniform (naive: read counts uniform in 0..M+1) | full | wait-k | given (batch["phi"])
     alpha: float = 0.0  # w_k ∝ (k+1)^alpha
     trailing_reads: bool = False  # ours: a budget cell after the last token, so phi(L) <= M+1 (docs/decisions.md)
     wait_k: int = 3
@@ -151,6 +151,8 @@ def batch_schedules(batch, key, obj: ObjectiveConfig):
         return batch["phi"]
     rows = batch.get("row_id", jnp.arange(b))
     keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(rows)
+    if obj.schedule == "uniform":
+        return jax.vmap(lambda k, mm, ll: uniform_schedule(k, mm, ll, t_cap, obj.trailing_reads))(keys, m, l)
     return jax.vmap(lambda k, mm, ll: sample_schedule(k, mm, ll, t_cap, m_cap, obj.alpha, obj.trailing_reads))(
         keys, m, l)
 

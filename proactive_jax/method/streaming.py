@@ -50,6 +50,18 @@ def sample_schedule(key, num_units, num_tokens, l_cap: int, m_cap: int, alpha: f
     return jnp.where(j <= num_tokens, phi, num_units + 1).astype(jnp.int32)
 
 
+def uniform_schedule(key, num_units, num_tokens, l_cap: int, trailing: bool = False):
+    """The naive baseline the paper compares its budget with: each token's read count drawn uniformly from 0..M+1
+    independently, then sorted (monotone), ``phi(L) = M+1`` unless ``trailing``; padding entries are M+1. Unlike
+    the multinomial budget, the read rates it trains on are spread evenly, short contexts included."""
+    draws = jax.random.randint(key, (l_cap,), 0, num_units + 2)
+    j = jnp.arange(1, l_cap + 1)
+    phi = jnp.sort(jnp.where(j <= num_tokens, draws, num_units + 1))
+    if not trailing:
+        phi = jnp.where(j == num_tokens, num_units + 1, phi)
+    return phi.astype(jnp.int32)
+
+
 def full_schedule(num_units, l_cap: int):
     """The batch view: every token written after everything (end marker included) was read."""
     return jnp.full((l_cap,), num_units + 1, jnp.int32)

@@ -166,3 +166,26 @@ def test_packed_mask_vectors_equal_brute_force(seed):
     for i, (ex, phi) in enumerate(zip(exs, phis)):
         np.testing.assert_array_equal(mask[i], brute_force_visibility(ex, phi, s_cap, t_cap))
     assert not mask[3].any(), "padding rows see nothing"
+
+
+def test_uniform_schedule_is_monotone_ends_at_m_plus_1_and_spreads_reads_evenly():
+    """The naive baseline: each read count uniform in 0..M+1 (sorted). With one token and trailing reads its
+    marginal is flat over the M+2 values; the multinomial budget with L = 1 instead puts the read count at M+1
+    or below it binomially (a different distribution: the test tells them apart)."""
+    from proactive_jax.method.streaming import uniform_schedule
+
+    M, L, cap = 6, 4, 8
+    keys = jax.random.split(jax.random.PRNGKey(3), 4000)
+    phi = np.asarray(jax.jit(jax.vmap(lambda k: uniform_schedule(k, M, L, cap)))(keys))
+    assert np.all(np.diff(phi[:, :L], axis=1) >= 0) and np.all(phi[:, L - 1] == M + 1) and np.all(phi[:, L:] == M + 1)
+    assert phi.min() == 0
+    one = np.asarray(jax.jit(jax.vmap(lambda k: uniform_schedule(k, M, 1, cap, trailing=True)))(keys))[:, 0]
+    freq = np.bincount(one, minlength=M + 2) / one.size
+    assert np.allclose(freq, 1 / (M + 2), atol=0.025), freq
+    multi = np.asarray(jax.jit(jax.vmap(lambda k: sample_schedule(k, M, 1, cap, M, trailing=True)))(keys))[:, 0]
+    assert abs(np.bincount(multi, minlength=M + 2)[0] / multi.size - freq[0]) > 0.05
+    rng = np.random.default_rng(0)
+    batch = pack_batch([random_example(rng) for _ in range(3)], (32, 16), batch_size=4)
+    p = np.asarray(jax.jit(batch_schedules, static_argnums=2)(batch, jax.random.PRNGKey(0),
+                                                               ObjectiveConfig(schedule="uniform")))
+    assert np.all(np.diff(p[:3], axis=1) >= 0)
