@@ -184,6 +184,26 @@ def prefill(sh: StepShapes, params, head_vals, rows, prompt):
     return state
 
 
+def step_kind(sh: StepShapes, rows, state, go):
+    """Which chunk layout this step feeds (one value for the whole batch, :data:`CHUNK_KINDS`): 0 = a WRITE
+    row only (no row reads), 1 = ``[unit | 1]`` (some row reads, none re-feeds the header), 2 = ``[unit | header]``
+    (some row reads while nothing is written yet: the whole header is re-fed)."""
+    read = go & ~state["done"] & ~state["write"]
+    header = jnp.any(read & (state["j"] == 0)) & (sh.header_cap > 1)  # a 1-token header fits [unit | 1]
+    return jnp.where(header, 2, jnp.where(jnp.any(read), 1, 0)).astype(jnp.int32)
+
+
+# (source part, target part) of each chunk layout: the source part is 0 or ``unit_cap`` tokens, the target
+# part 1 or ``header_cap`` (see :func:`step_kind`)
+CHUNK_KINDS = ((False, False), (True, False), (True, True))
+
+
+def chunk_rows(sh: StepShapes, kind: int) -> int:
+    """Tokens per row that a step of chunk layout ``kind`` feeds."""
+    with_src, with_header = CHUNK_KINDS[kind]
+    return (sh.unit_cap if with_src else 0) + (sh.header_cap if with_header else 1)
+
+
 def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, go, unit_embeds=None):
     """Execute the pending decision of every row with ``go & ~done``, then decide again.
 
@@ -191,9 +211,13 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     (its first ``unit_len`` [B] tokens: the next unit or the end marker) into source slots V(n).., and
     re-feeds into their own slots the whole header (nothing written yet) or the last written token, with
     limit V(n+1). ``unit_embeds`` [B, U, D]: the unit's input embeddings instead of its ids (audio);
-    target tokens are then embedded with the model's table (:func:`embed_ids`)."""
+    target tokens are then embedded with the model's table (:func:`embed_ids`).
+
+    The fed chunk is as small as the batch's decisions allow (:func:`step_kind`, one ``lax.switch`` on the
+    whole batch): one target row when no row reads (every WRITE step at batch 1), ``[unit | 1]`` when rows
+    read after their first write, ``[unit | header]`` only while a reading row has written nothing."""
     i32 = jnp.int32
-    B, U, Hc, S_cap, max_new = unit.shape[0], sh.unit_cap, sh.header_cap, sh.source_cap, sh.max_new
+    B, U, S_cap, max_new = unit.shape[0], sh.unit_cap, sh.source_cap, sh.max_new
     bi = jnp.arange(B)
     hlen, off = rows["hlen"], rows["off"]
     n, j, v_now = state["n"], state["j"], state["v"]
@@ -209,27 +233,37 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     s_ok = read[:, None] & (u < unit_len[:, None])
 
     # target part: WRITE feeds the candidate (limit V(n)); READ re-feeds the header or the last written token
-    h = jnp.arange(Hc, dtype=i32)[None]
     refeed_header = read & (j == 0)
     prev = state["tokens"][bi, jnp.maximum(j - 1, 0)]
     one_tok = jnp.where(write, cand, prev)
     one_slot = hlen + jnp.where(write, j, j - 1)
-    t_tok = jnp.where(refeed_header[:, None], rows["header"], one_tok[:, None])
-    t_slot = jnp.where(refeed_header[:, None], h, one_slot[:, None])
-    t_ok = jnp.where(refeed_header[:, None], h < hlen[:, None], (h == 0) & active[:, None])
     t_lim = jnp.where(write, v_now, v_next)
 
-    chunk = (jnp.concatenate([unit.astype(i32), t_tok], 1),
-             jnp.concatenate([sidx, off[:, None] + t_slot], 1),
-             jnp.concatenate([jnp.where(s_ok, 0, -1), jnp.where(t_ok, 1, -1)], 1).astype(i32),
-             jnp.concatenate([sidx, S_cap + t_slot], 1),
-             jnp.concatenate([jnp.zeros((B, U), i32), jnp.broadcast_to(t_lim[:, None], (B, Hc))], 1))
-    embeds = None
-    if unit_embeds is not None:
-        t_emb = embed_ids(sh.config, params, t_tok)
-        embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1)
-    logits, stats, hidden, src, cache = _model(sh, params, chunk, state["cache"],
-                                               jnp.where(refeed_header, U + hlen - 1, U), rows["plen"], embeds)
+    def feed(kind):
+        with_src, with_header = CHUNK_KINDS[kind]
+        Ht = sh.header_cap if with_header else 1
+        h = jnp.arange(Ht, dtype=i32)[None]
+        # a [.. | 1] chunk only runs when no row re-feeds a header longer than one token (step_kind)
+        rf = refeed_header[:, None]
+        t_tok = jnp.where(rf, rows["header"][:, :Ht], one_tok[:, None])
+        t_slot = jnp.where(rf, h, one_slot[:, None])
+        t_ok = jnp.where(rf, h < hlen[:, None], (h == 0) & active[:, None])
+        parts = [(t_tok, off[:, None] + t_slot, jnp.where(t_ok, 1, -1), S_cap + t_slot,
+                  jnp.broadcast_to(t_lim[:, None], (B, Ht)))]
+        if with_src:
+            parts.insert(0, (unit.astype(i32), sidx, jnp.where(s_ok, 0, -1), sidx, jnp.zeros((B, U), i32)))
+        chunk = tuple(jnp.concatenate([p[k] for p in parts], 1).astype(i32) for k in range(5))
+        embeds = None
+        if unit_embeds is not None:
+            t_emb = embed_ids(sh.config, params, t_tok)
+            embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1) if with_src else t_emb
+        Us = U if with_src else 0
+        row = jnp.where(refeed_header, Us + hlen - 1, Us) if with_header else jnp.full((B,), Us, i32)
+        return _model(sh, params, chunk, state["cache"], row, rows["plen"], embeds)
+
+    kinds = [0, 1] if sh.header_cap == 1 else [0, 1, 2]
+    kind = jnp.minimum(step_kind(sh, rows, state, go), len(kinds) - 1)
+    logits, stats, hidden, src, cache = jax.lax.switch(kind, [lambda k=k: feed(k) for k in kinds])
 
     def keep(new, old):  # rows that did not advance keep everything
         return jnp.where(active.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
