@@ -9,12 +9,22 @@ forward pass over ``[visible source | header + written tokens]`` for the batch (
 one compiled forward), then applies the head. Reported: decoded tokens/s, reads/s, and the speed-up
 (naive time / cached time), each the fastest of ``--repeats`` timed runs after a warm-up (compilation
 excluded, reported separately as first-call time minus run time).
+
+``--baseline FILE``: also time the decode loop of another ``decode.py`` (e.g. the previous commit's:
+``git show HEAD~1:proactive_jax/method/decode.py > /tmp/decode_old.py``), loaded as a module next to the
+current one, in the same process and interleaved with it (base, new, base, new, ...), so both see the same
+machine load; their outputs must agree. Reported per decoder: the fastest and the median run, decisions/s,
+and new / base time. ``--no-naive`` skips the naive decoder. The load average (``os.getloadavg``) is printed
+before and after each batch size.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import statistics
+import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -138,7 +148,11 @@ def main():
     ap.add_argument("--max-new", type=int, default=24)
     ap.add_argument("--head", default="wait-k:k=3")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per decoder; the fastest is reported")
+    ap.add_argument("--baseline", default=None, help="a decode.py to time against the current one, interleaved")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive full-recompute decoder")
     args = ap.parse_args()
+    if args.baseline:
+        return compare(args)
     cfg = bench_config()
     params = random_params(cfg)
     exs = random_examples(np.random.default_rng(0), args.examples, cfg.vocab_size, args.units)
@@ -163,6 +177,9 @@ def main():
         toks = sum(len(r.tokens) for r in res)
         reads = sum(int((~r.writes).sum()) for r in res)
 
+        if args.no_naive:
+            print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} |")
+            continue
         naive([exs[0]] * bs, T)  # warm-up / compile for this batch shape
         t_naive = float("inf")
         for _ in range(args.repeats):
@@ -178,6 +195,61 @@ def main():
         print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} | "
               f"{t_naive:>8.3f} {toks / t_naive:>8.0f} {reads / t_naive:>8.0f} | {t_naive / t_cached:>6.1f}x"
               f"{'' if same else '  (OUTPUTS DIFFER)'}")
+
+
+def load_decode(path: str):
+    """Another ``decode.py`` as a module of its own (it imports the rest of the package as usual)."""
+    spec = importlib.util.spec_from_file_location("proactive_jax.method._bench_baseline_decode", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+def compare(args):
+    """The current decode loop against ``--baseline``'s, interleaved in this process."""
+    base = load_decode(args.baseline).stream_decode
+    cfg = bench_config()
+    params = random_params(cfg)
+    exs = random_examples(np.random.default_rng(0), args.examples, cfg.vocab_size, args.units)
+    eos = []
+    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, cpu cores: {os.cpu_count()}; "
+          f"model: {cfg.num_hidden_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}; "
+          f"{args.examples} examples x {args.units} units, max_new {args.max_new}, head {args.head}; "
+          f"baseline {args.baseline}")
+    print(f"{'batch':>5} {'decisions':>9} {'write%':>6} | {'base_c_s':>8} {'base_min':>8} {'base_med':>8} "
+          f"{'dec/s':>7} | {'new_c_s':>7} {'new_min':>8} {'new_med':>8} {'dec/s':>7} | new/base (min, med)")
+    for bs in [int(x) for x in args.batch_sizes.split(",")]:
+        print(f"  [{load()}]")
+        run = {}
+        first = {}
+        for name, fn in (("base", base), ("new", stream_decode)):
+            t0 = time.perf_counter()
+            run[name] = fn(cfg, params, exs, args.head, args.max_new, eos, batch_size=bs)
+            first[name] = time.perf_counter() - t0
+        for a, b in zip(run["base"], run["new"]):
+            if list(a.tokens) != list(b.tokens) or list(a.phi) != list(b.phi) or list(a.writes) != list(b.writes):
+                raise SystemExit("OUTPUTS DIFFER between the baseline and the current decode loop")
+        times = {"base": [], "new": []}
+        for _ in range(args.repeats):
+            for name, fn in (("base", base), ("new", stream_decode)):
+                t0 = time.perf_counter()
+                fn(cfg, params, exs, args.head, args.max_new, eos, batch_size=bs)
+                times[name].append(time.perf_counter() - t0)
+        D = sum(len(r.writes) for r in run["new"])
+        W = sum(int(r.writes.sum()) for r in run["new"])
+        cols = []
+        for name in ("base", "new"):
+            t = times[name]
+            cols.append(f"{first[name] - min(t):>8.2f} {min(t):>8.3f} {statistics.median(t):>8.3f} "
+                        f"{D / min(t):>7.0f}")
+        ratio = (min(times["new"]) / min(times["base"]), statistics.median(times["new"]) / statistics.median(times["base"]))
+        print(f"{bs:>5} {D:>9} {100 * W / D:>5.0f}% | {cols[0]} | {cols[1]} | {ratio[0]:.2f} {ratio[1]:.2f}")
+        print(f"  [{load()}]")
 
 
 if __name__ == "__main__":

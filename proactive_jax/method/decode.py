@@ -14,8 +14,18 @@ query see a slot that has not been written yet.
    is written, afterwards the last written token, all with limit ``V(n+1)``.
 3. An example stops at an eos id or after ``max_new_tokens``; the loop ends when all have stopped.
 
-Every iteration feeds each example one chunk ``[source part (U) | target part (Hc)]``, unused positions
-masked with segment -1, so one batch mixes examples that read, write, or are finished.
+Every iteration feeds each example one chunk, unused positions masked with segment -1, so one batch mixes
+examples that read, write, or are finished. The chunk is as small as the batch's decisions allow
+(:func:`step_kind`, one ``lax.switch`` per step on the whole batch): one target row when no example reads
+(a WRITE needs one row), ``[unit (U) | 1]`` when examples read after their first write, ``[unit | header
+(Hc)]`` only while a reading example has written nothing (its header rows see the new source: re-fed). The
+header is thus re-fed only by READs before the first write, as method.md section 6 requires for exactness.
+
+Attention spans only the filled part of the cache: the source slots and the target slots each in one of a few
+window sizes (:attr:`StepShapes.windows`, chosen per call by :func:`_window`; a ``lax.switch`` inside every
+layer, :class:`~proactive_jax.models.qwen.CacheWindow`). The layers only read the cache; the step writes the
+fed entries once, after the chunk switch (:meth:`~proactive_jax.models.qwen.KVCache.put`), so no step copies
+the cache (a switch whose branches wrote it would copy all of it at every step).
 
 The pieces are module-level pure functions: :func:`prefill` (step 1) and :func:`decision_step` (one
 decision of step 2, for every row of a batch), and :func:`_decode_impl`, the ``lax.while_loop`` over that
@@ -46,7 +56,7 @@ from proactive_jax.method.probe import check_probe, probe_prob, uses_stats
 from proactive_jax.method.shapes import bucket
 from proactive_jax.method.heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import apply_hidden, embed_ids, hidden_to_logits, init_cache
+from proactive_jax.models.qwen import CacheWindow, KVCache, apply_hidden, embed_ids, hidden_to_logits, init_cache
 from proactive_jax.method import audio_stream
 from proactive_jax.data.example import StreamExample
 
@@ -105,20 +115,51 @@ class StepShapes(NamedTuple):
     prompt_cap: int  # P: prompt tokens fed by the prefill
     unit_cap: int  # U: source tokens fed by one READ (the longest unit or end marker)
     source_cap: int  # S_cap: source slots
-    header_cap: int  # Hc: header slots (also the target part of every fed chunk)
+    header_cap: int  # Hc: header slots (also the target part of a chunk that re-feeds the header)
     # keep the decision row's head-summed attention over source slots (``state["src_attn"]``) and each
     # slot's unit number (``state["src_unit"]``) (alignatt heads)
     with_src_attn: bool = False
+    # attention spans only the filled part of the cache: each group's slots (source, target) in up to this
+    # many window sizes, halving from the group's capacity down to ``window_min`` slots; 1 = the whole cache
+    window_levels: int = 4
+    window_min: int = 64
 
     @property
     def capacity(self) -> int:
         return self.source_cap + self.header_cap + self.max_new
 
+    @property
+    def windows(self) -> tuple:
+        """The attention windows ``(source slots, target slots)`` a step chooses from (:func:`_window`)."""
+        return tuple((a, b) for a in _ladder(self.source_cap, self.window_levels, self.window_min)
+                     for b in _ladder(self.header_cap + self.max_new, self.window_levels, self.window_min))
 
-def _model(sh: StepShapes, params, chunk, cache, row, plen, embeds=None):
+
+def _ladder(n: int, levels: int, smallest: int) -> list[int]:
+    """Window sizes for a cache group of ``n`` slots: n, n/2, ... (multiples of 8, >= smallest), ascending."""
+    sizes = [n]
+    while len(sizes) < levels and sizes[-1] // 2 >= smallest:
+        sizes.append(-(-sizes[-1] // 16) * 8)
+    return sorted(set(sizes))
+
+
+def _window(sh: StepShapes, src_need, tgt_need, write: bool = True) -> CacheWindow:
+    """The smallest window that holds ``src_need`` source slots and ``tgt_need`` target slots (int32 scalars:
+    every slot a fed token of this call may see or write); ``write=False``: the model returns the fed entries
+    instead of writing them (see :class:`~proactive_jax.models.qwen.CacheWindow`)."""
+    sizes = sh.windows
+    a = jnp.asarray([w[0] for w in sizes], jnp.int32)
+    b = jnp.asarray([w[1] for w in sizes], jnp.int32)
+    fits = (a >= src_need) & (b >= tgt_need)
+    cost = jnp.where(fits, a + b, jnp.iinfo(jnp.int32).max)  # the whole cache always fits
+    return CacheWindow(jnp.argmin(cost).astype(jnp.int32), sh.source_cap, sizes, write)
+
+
+def _model(sh: StepShapes, params, chunk, cache, row, plen, window, embeds=None):
     """Run the model on one fed chunk; return (logits, stats, hidden, src_attn, cache) of row ``row`` [B].
 
-    ``chunk`` = (ids, positions, segment, index, limit), each [B, T]; ``embeds`` [B, T, D]: input
+    ``chunk`` = (ids, positions, segment, index, limit), each [B, T]; ``window``: the part of the cache the
+    chunk attends to (:func:`_window`); ``embeds`` [B, T, D]: input
     embeddings instead of ``ids`` (None: embed ``ids``). ``stats`` [B, layers, H, 2] (zeros unless
     ``sh.with_stats``), ``hidden`` [B, D] float32 (None unless ``sh.with_hidden``), ``src_attn``
     [B, layers, S_cap] float32 (None unless ``sh.with_src_attn``)."""
@@ -128,7 +169,7 @@ def _model(sh: StepShapes, params, chunk, cache, row, plen, embeds=None):
     bi = jnp.arange(B)
     hook = HeadStatistics(sh.with_stats, sh.with_src_attn) if (sh.with_stats or sh.with_src_attn) else None
     out = apply_hidden(cfg, params, ids, pos, MaskVectors(seg, idx, lim), cache, input_embeds=embeds, hook=hook,
-                       probe_args=plen)
+                       probe_args=plen, cache_window=window)
     hidden, cache = out.hidden, out.cache
     stats, src = out.attention_probe if hook is not None else (None, None)
     if sh.with_src_attn:  # [layers, B, T, C] -> the decision row's source slots [B, layers, S_cap]
@@ -172,7 +213,8 @@ def prefill(sh: StepShapes, params, head_vals, rows, prompt):
              jnp.concatenate([jnp.where(p_ok, 0, -1), jnp.where(h_ok, 1, -1)], 1).astype(i32),
              jnp.concatenate([jnp.broadcast_to(p, (B, P)), jnp.broadcast_to(S_cap + h, (B, Hc))], 1),
              jnp.concatenate([jnp.zeros((B, P), i32), jnp.broadcast_to(plen[:, None], (B, Hc))], 1))
-    logits, stats, hidden, src, cache = _model(sh, params, chunk, cache, P + hlen - 1, plen)
+    window = _window(sh, jnp.max(jnp.where(valid, plen, 0)), jnp.max(jnp.where(valid, hlen, 0)))
+    logits, stats, hidden, src, cache = _model(sh, params, chunk, cache, P + hlen - 1, plen, window)
     zeros = jnp.zeros((B,), i32)
     state = dict(cache=cache, logits=logits, stats=stats, n=zeros, v=plen.astype(i32), j=zeros, words=zeros,
                  done=~valid, tokens=jnp.zeros((B, sh.max_new), i32), phi=jnp.zeros((B, sh.max_new), i32))
@@ -184,6 +226,26 @@ def prefill(sh: StepShapes, params, head_vals, rows, prompt):
     return state
 
 
+def step_kind(sh: StepShapes, rows, state, go):
+    """Which chunk layout this step feeds (one value for the whole batch, :data:`CHUNK_KINDS`): 0 = a WRITE
+    row only (no row reads), 1 = ``[unit | 1]`` (some row reads, none re-feeds the header), 2 = ``[unit | header]``
+    (some row reads while nothing is written yet: the whole header is re-fed)."""
+    read = go & ~state["done"] & ~state["write"]
+    header = jnp.any(read & (state["j"] == 0)) & (sh.header_cap > 1)  # a 1-token header fits [unit | 1]
+    return jnp.where(header, 2, jnp.where(jnp.any(read), 1, 0)).astype(jnp.int32)
+
+
+# (source part, target part) of each chunk layout: the source part is 0 or ``unit_cap`` tokens, the target
+# part 1 or ``header_cap`` (see :func:`step_kind`)
+CHUNK_KINDS = ((False, False), (True, False), (True, True))
+
+
+def chunk_rows(sh: StepShapes, kind: int) -> int:
+    """Tokens per row that a step of chunk layout ``kind`` feeds."""
+    with_src, with_header = CHUNK_KINDS[kind]
+    return (sh.unit_cap if with_src else 0) + (sh.header_cap if with_header else 1)
+
+
 def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len, go, unit_embeds=None):
     """Execute the pending decision of every row with ``go & ~done``, then decide again.
 
@@ -191,9 +253,13 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     (its first ``unit_len`` [B] tokens: the next unit or the end marker) into source slots V(n).., and
     re-feeds into their own slots the whole header (nothing written yet) or the last written token, with
     limit V(n+1). ``unit_embeds`` [B, U, D]: the unit's input embeddings instead of its ids (audio);
-    target tokens are then embedded with the model's table (:func:`embed_ids`)."""
+    target tokens are then embedded with the model's table (:func:`embed_ids`).
+
+    The fed chunk is as small as the batch's decisions allow (:func:`step_kind`, one ``lax.switch`` on the
+    whole batch): one target row when no row reads (every WRITE step at batch 1), ``[unit | 1]`` when rows
+    read after their first write, ``[unit | header]`` only while a reading row has written nothing."""
     i32 = jnp.int32
-    B, U, Hc, S_cap, max_new = unit.shape[0], sh.unit_cap, sh.header_cap, sh.source_cap, sh.max_new
+    B, U, S_cap, max_new = unit.shape[0], sh.unit_cap, sh.source_cap, sh.max_new
     bi = jnp.arange(B)
     hlen, off = rows["hlen"], rows["off"]
     n, j, v_now = state["n"], state["j"], state["v"]
@@ -209,27 +275,49 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     s_ok = read[:, None] & (u < unit_len[:, None])
 
     # target part: WRITE feeds the candidate (limit V(n)); READ re-feeds the header or the last written token
-    h = jnp.arange(Hc, dtype=i32)[None]
     refeed_header = read & (j == 0)
     prev = state["tokens"][bi, jnp.maximum(j - 1, 0)]
     one_tok = jnp.where(write, cand, prev)
     one_slot = hlen + jnp.where(write, j, j - 1)
-    t_tok = jnp.where(refeed_header[:, None], rows["header"], one_tok[:, None])
-    t_slot = jnp.where(refeed_header[:, None], h, one_slot[:, None])
-    t_ok = jnp.where(refeed_header[:, None], h < hlen[:, None], (h == 0) & active[:, None])
     t_lim = jnp.where(write, v_now, v_next)
+    # every slot a fed token may see: the source up to V(n+1), the target group up to the fed slot
+    # the layers only read the cache; the fed entries are written after the switch (a switch whose branches
+    # wrote the cache would copy all of it at every step)
+    window = _window(sh, jnp.max(jnp.where(active, v_next, 0)), jnp.max(jnp.where(active, hlen + j + 1, 0)),
+                     write=False)
+    T_max = U + sh.header_cap
 
-    chunk = (jnp.concatenate([unit.astype(i32), t_tok], 1),
-             jnp.concatenate([sidx, off[:, None] + t_slot], 1),
-             jnp.concatenate([jnp.where(s_ok, 0, -1), jnp.where(t_ok, 1, -1)], 1).astype(i32),
-             jnp.concatenate([sidx, S_cap + t_slot], 1),
-             jnp.concatenate([jnp.zeros((B, U), i32), jnp.broadcast_to(t_lim[:, None], (B, Hc))], 1))
-    embeds = None
-    if unit_embeds is not None:
-        t_emb = embed_ids(sh.config, params, t_tok)
-        embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1)
-    logits, stats, hidden, src, cache = _model(sh, params, chunk, state["cache"],
-                                               jnp.where(refeed_header, U + hlen - 1, U), rows["plen"], embeds)
+    def feed(kind):
+        with_src, with_header = CHUNK_KINDS[kind]
+        Ht = sh.header_cap if with_header else 1
+        h = jnp.arange(Ht, dtype=i32)[None]
+        # a [.. | 1] chunk only runs when no row re-feeds a header longer than one token (step_kind)
+        rf = refeed_header[:, None]
+        t_tok = jnp.where(rf, rows["header"][:, :Ht], one_tok[:, None])
+        t_slot = jnp.where(rf, h, one_slot[:, None])
+        t_ok = jnp.where(rf, h < hlen[:, None], (h == 0) & active[:, None])
+        parts = [(t_tok, off[:, None] + t_slot, jnp.where(t_ok, 1, -1), S_cap + t_slot,
+                  jnp.broadcast_to(t_lim[:, None], (B, Ht)))]
+        if with_src:
+            parts.insert(0, (unit.astype(i32), sidx, jnp.where(s_ok, 0, -1), sidx, jnp.zeros((B, U), i32)))
+        chunk = tuple(jnp.concatenate([p[k] for p in parts], 1).astype(i32) for k in range(5))
+        embeds = None
+        if unit_embeds is not None:
+            t_emb = embed_ids(sh.config, params, t_tok)
+            embeds = jnp.concatenate([unit_embeds.astype(t_emb.dtype), t_emb], 1) if with_src else t_emb
+        Us = U if with_src else 0
+        row = jnp.where(refeed_header, Us + hlen - 1, Us) if with_header else jnp.full((B,), Us, i32)
+        logits, stats, hidden, src, fed = _model(sh, params, chunk, state["cache"], row, rows["plen"], window,
+                                                 embeds)
+        pad = T_max - chunk[0].shape[1]  # one shape out of every branch: padding entries are dropped
+        fed = KVCache(*(jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0), (0, 0))) for a in (fed.k, fed.v)),
+                      jnp.pad(fed.segment, ((0, 0), (0, pad)), constant_values=-1))
+        return logits, stats, hidden, src, fed, jnp.pad(chunk[3], ((0, 0), (0, pad)))
+
+    kinds = [0, 1] if sh.header_cap == 1 else [0, 1, 2]
+    kind = jnp.minimum(step_kind(sh, rows, state, go), len(kinds) - 1)
+    logits, stats, hidden, src, fed, index = jax.lax.switch(kind, [lambda k=k: feed(k) for k in kinds])
+    cache = state["cache"].put(fed, index)
 
     def keep(new, old):  # rows that did not advance keep everything
         return jnp.where(active.reshape((B,) + (1,) * (new.ndim - 1)), new, old)

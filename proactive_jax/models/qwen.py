@@ -42,6 +42,16 @@ class KVCache:
         shape = (config.num_hidden_layers, batch, capacity, config.num_key_value_heads, config.head_dim)
         return cls(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.full((batch, capacity), -1, jnp.int32))
 
+    def put(self, fed: "KVCache", index: Array) -> "KVCache":
+        """This cache with ``fed``'s entries (``k``/``v`` [layers, B, T, KV, hd], ``segment`` [B, T]; entries with
+        segment -1 are dropped) written at slots ``index`` [B, T]: one scatter over all layers (in place under jit
+        when this cache is not used afterwards). ``segment`` is kept (it already holds every slot's segment)."""
+        cap = self.k.shape[2]
+        slot = jnp.where(fed.segment >= 0, index, cap)  # out of range -> dropped
+        b = jnp.arange(slot.shape[0])[:, None]
+        return KVCache(self.k.at[:, b, slot].set(fed.k.astype(self.k.dtype), mode="drop"),
+                       self.v.at[:, b, slot].set(fed.v.astype(self.v.dtype), mode="drop"), self.segment)
+
 
 @flax.struct.dataclass
 class DecoderOutput:
@@ -52,6 +62,28 @@ class DecoderOutput:
     hidden: Array
     cache: KVCache | None = None
     attention_probe: Any = None
+
+
+@flax.struct.dataclass
+class CacheWindow:
+    """Attend over part of a :class:`KVCache` only (an option of :func:`apply_hidden`): the slots
+    ``[0, a) ∪ [split, split + b)`` for ``(a, b) = sizes[index]``; ``split``, ``sizes`` and ``write`` are static (one
+    attention branch per size, chosen by ``lax.switch`` in every layer), ``index`` is a traced int32 scalar.
+
+    The caller guarantees that every fed token's slot and every slot a fed token may see lie in the window (e.g. a
+    decode whose source group fills slots from 0 and whose target group fills slots from ``split``): the result
+    then equals attention over the whole cache up to float rounding (fewer masked keys in the sums). The layers
+    only read the cache (each reads its window and adds the fed tokens' own keys/values to that copy); the fed
+    entries are written once at the end (:meth:`KVCache.put`), or, with ``write=False``, returned instead as
+    ``DecoderOutput.cache``: a :class:`KVCache` of the fed tokens only (``k``/``v`` [layers, B, T, KV, hd], ``segment``
+    = the fed tokens' segment [B, T]) for the caller to ``put`` (e.g. outside a ``lax.cond``, whose branches would
+    otherwise copy the whole cache). An attention hook still sees ``[.., capacity]``-wide probabilities (zero
+    outside the window)."""
+
+    index: Array
+    split: int = flax.struct.field(pytree_node=False, default=0)
+    sizes: tuple = flax.struct.field(pytree_node=False, default=())
+    write: bool = flax.struct.field(pytree_node=False, default=True)
 
 
 # The attention hook: ``hook(probs, mask, k_segment, k_index, probe_args) -> pytree``, called in every layer with
@@ -105,7 +137,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask_vec: MaskVectors, layer_cache=None, cache_segment=None,
-                 probe_args=None):
+                 probe_args=None, cache_window: CacheWindow | None = None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -123,6 +155,11 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, inv_freq, scale)
         k = apply_rope(k, positions, inv_freq, scale)
 
+        if cache_window is not None:  # layer_cache = (k, v of every layer, read only; this layer's index)
+            out, probe = self._windowed(q, k, v, mask_vec, layer_cache, cache_segment, probe_args, cache_window)
+            y = shard_rows(dense(cfg.hidden_size, cfg.o_bias, "o_proj")(
+                checkpoint_name(shard_rows(out.reshape(b, t, h * hd)), "attention_out")))
+            return y, (k, v), probe
         if layer_cache is None:
             keys, values = k, v
             k_segment, k_index = mask_vec.segment, mask_vec.index
@@ -152,6 +189,57 @@ class Attention(nn.Module):
         y = shard_rows(dense(cfg.hidden_size, cfg.o_bias, "o_proj")(out))
         return y, new_cache, probe
 
+    def _windowed(self, q, k, v, mask_vec, layer_cache, cache_segment, probe_args, win: CacheWindow):
+        """Attention of the fed tokens over a :class:`CacheWindow` of the cache plus their own keys/values."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        b = q.shape[0]
+        ck, cv, layer = layer_cache  # [layers, B, C, KV, hd] x2 (read only), int32 scalar
+        _, _, cap, kvh, hd = ck.shape
+        seg, idx = mask_vec.segment, mask_vec.index
+        bidx = jnp.arange(b)[:, None]
+
+        def attend_window(size_a, size_b):
+            spans = [(s0, n) for s0, n in ((0, size_a), (win.split, size_b)) if n]
+            width = sum(n for _, n in spans)
+            # each fed token's place in the window (out of range -> dropped: the caller keeps them inside)
+            at = jnp.full(idx.shape, width, jnp.int32)
+            off = 0
+            for s0, n in spans:
+                at = jnp.where((seg >= 0) & (idx >= s0) & (idx < s0 + n), idx - s0 + off, at)
+                off += n
+
+            def window(c, new):
+                w = jnp.concatenate([jax.lax.dynamic_slice(c, (layer, 0, s0, 0, 0), (1, b, n, kvh, hd))[0]
+                                     for s0, n in spans], axis=1)
+                return w.at[bidx, at].set(new.astype(c.dtype), mode="drop").astype(dtype)
+
+            keys, values = window(ck, k), window(cv, v)
+            k_segment = jnp.concatenate([cache_segment[:, s0:s0 + n] for s0, n in spans], axis=1)
+            k_index = jnp.broadcast_to(jnp.concatenate([jnp.arange(s0, s0 + n, dtype=jnp.int32) for s0, n in spans]),
+                                       (b, width))
+            if self.hook is None and cfg.attention != "dense":
+                return attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index), None
+            mask = visibility_mask(mask_vec, k_segment, k_index)
+            out, probs = dense_attention(q, keys, values, mask)
+            if self.hook is None:
+                return out, None
+
+            def widen(x, fill):  # [..., width] -> [..., cap]: the hook sees the whole cache, fill outside
+                full = jnp.full(x.shape[:-1] + (cap,), fill, x.dtype)
+                o = 0
+                for s0, n in spans:
+                    full = jax.lax.dynamic_update_slice_in_dim(full, x[..., o:o + n], s0, axis=x.ndim - 1)
+                    o += n
+                return full
+
+            full_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
+            return out, self.hook(widen(probs, 0.0), widen(mask, False), cache_segment, full_index, probe_args)
+
+        if len(win.sizes) == 1:
+            return attend_window(*win.sizes[0])
+        return jax.lax.switch(win.index, [lambda a=a, c=c: attend_window(a, c) for a, c in win.sizes])
+
 
 class MLP(nn.Module):
     config: ModelConfig
@@ -174,13 +262,17 @@ class Block(nn.Module):
     hook: AttentionHook | None = None
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, probe_args):
+    def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, probe_args, window=None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        cache_window = None
+        if window is not None:  # (CacheWindow, k, v of every layer); layer_cache is this layer's index
+            cache_window, ck, cv = window
+            layer_cache = (ck, cv, layer_cache)
         x = shard_rows(x)  # the scan carry: rows sharded over the mesh (see shard_rows)
         hsa, new_cache, probe = Attention(cfg, self.hook, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
-            layer_cache, cache_segment, probe_args)
+            layer_cache, cache_segment, probe_args, cache_window)
         x = x + hsa
         x = shard_rows(x + MLP(cfg, name="mlp")(RMSNorm(cfg.rms_norm_eps, dtype, name="post_attention_layernorm")(x)))
         return x, (new_cache, probe)
@@ -204,7 +296,7 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_hidden_layers,
             unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
         )(cfg, self.hook)
@@ -214,20 +306,28 @@ class Transformer(nn.Module):
                                     kernel_init=nn.initializers.normal(0.02))
 
     def __call__(self, input_ids, positions, mask_vec: MaskVectors, cache: KVCache | None = None, probe_args=None,
-                 input_embeds=None) -> DecoderOutput:
+                 input_embeds=None, cache_window: CacheWindow | None = None) -> DecoderOutput:
         """The decoder over one chunk of tokens (see :class:`DecoderOutput`).
 
         ``input_embeds`` [B, T, D]: input embeddings used instead of embedding ``input_ids`` (which is then
         ignored): e.g. projected audio features; :meth:`embed` gives the table rows of token ids.
         ``cache``: a :class:`KVCache` whose ``segment`` already holds the segment of every slot after this
         call's writes (the fed tokens are written at their ``index``; padding is dropped), or None.
-        ``probe_args``: passed to the attention hook (see :data:`AttentionHook`).
+        ``probe_args``: passed to the attention hook (see :data:`AttentionHook`). ``cache_window``: attend over
+        part of ``cache`` only (see :class:`CacheWindow`).
         """
         x = self.embed(input_ids) if input_embeds is None else input_embeds.astype(self.embed_tokens.dtype)
         x = shard_rows(x)
-        layer_cache = None if cache is None else (cache.k, cache.v)
         cache_segment = None if cache is None else cache.segment
-        x, (new_kv, probe) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, probe_args)
+        if cache is not None and cache_window is not None:
+            layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+            x, (fed_kv, probe) = self.layers(x, layers, positions, mask_vec, cache_segment, probe_args,
+                                             (cache_window, cache.k, cache.v))
+            x = shard_rows(self.norm(x))
+            fed = KVCache(fed_kv[0], fed_kv[1], mask_vec.segment)
+            return DecoderOutput(x, cache.put(fed, mask_vec.index) if cache_window.write else fed, probe)
+        layer_cache = None if cache is None else (cache.k, cache.v)
+        x, (new_kv, probe) = self.layers(x, layer_cache, positions, mask_vec, cache_segment, probe_args, None)
         x = shard_rows(self.norm(x))
         new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], cache_segment)
         return DecoderOutput(x, new_cache, probe)
@@ -279,11 +379,12 @@ def abstract_params(config: ModelConfig) -> dict:
 
 def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: MaskVectors,
                  cache: KVCache | None = None, *, input_embeds=None, hook: AttentionHook | None = None,
-                 probe_args=None) -> DecoderOutput:
+                 probe_args=None, cache_window: CacheWindow | None = None) -> DecoderOutput:
     """The decoder's :class:`DecoderOutput` under arbitrary mask vectors and positions; ``input_embeds`` [B, T, D]
-    replaces the embedding of ``input_ids``; ``hook`` (static) / ``probe_args``: see :data:`AttentionHook`."""
+    replaces the embedding of ``input_ids``; ``hook`` (static) / ``probe_args``: see :data:`AttentionHook`;
+    ``cache_window``: attend over part of ``cache`` only (:class:`CacheWindow`)."""
     return make_model(config, hook).apply({"params": params}, input_ids, positions, mask_vec, cache, probe_args,
-                                          input_embeds)
+                                          input_embeds, cache_window)
 
 
 def embed_ids(config: ModelConfig, params, input_ids):

@@ -291,3 +291,65 @@ def test_embeddings_path_and_hidden_state(setup):
                                                       jnp.ones((B,), jnp.int32), jnp.ones((B,), bool))
     np.testing.assert_allclose(hidden_to_logits(cfg, params, st["hidden"][:, None])[:, 0], st["logits"],
                                atol=1e-5, rtol=0)
+
+
+def _direct(s, head, **over):
+    """The decode loop called directly with ``StepShapes`` fields overridden (a fresh trace: the jit cache of
+    ``stream_decode`` is not reused). Returns (outputs, shapes)."""
+    cfg, exs = s["cfg"], s["exs"]
+    spec = parse_head(head)
+    vals = encode_head(spec, cfg.num_hidden_layers)
+    eos = np.zeros(cfg.vocab_size, bool)
+    eos[s["eos"]] = True
+    key = dec.shape_key(exs)
+    batch, P_cap, U = dec._host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, np.asarray(s["ws"], bool), eos, key)
+    sh = dec.StepShapes(cfg, spec.needs_stats, False, MAX_NEW, P_cap, U, key[1], key[3], spec.needs_src_attn)
+    sh = sh._replace(**over)
+    run_ = jax.jit(lambda sh_, p, v, b: dec._decode_impl(sh_, True, p, v, b), static_argnums=0)
+    return jax.device_get(run_(sh, s["params"], vals, batch)), sh
+
+
+@pytest.mark.parametrize("head", ["wait-k:k=2", "attention:layers=-1:,tau=0.8", "alignatt:f=1"])
+def test_attention_windows_equal_the_whole_cache(setup, head):
+    """Attention over the filled part of the cache (window sizes switched as the source and the answer grow)
+    == attention over the whole cache (which equals the brute-force decoder, tests above)."""
+    s = setup
+    win, sh = _direct(s, head, window_min=4)
+    full, _ = _direct(s, head, window_levels=1)
+    src_sizes, tgt_sizes = sorted({a for a, _ in sh.windows}), sorted({b for _, b in sh.windows})
+    # the decodes cross window sizes in both cache groups
+    assert len(src_sizes) >= 3 and max(e.S for e in s["exs"]) > src_sizes[1], (sh.windows, [e.S for e in s["exs"]])
+    assert len(tgt_sizes) >= 2 and max(len(e.header) for e in s["exs"]) + int(win["j"].max()) > tgt_sizes[0]
+    for k in ("tokens", "phi", "j", "d", "rwrite", "rn", "rforced"):
+        np.testing.assert_array_equal(win[k], full[k], err_msg=k)
+    # float rounding only (fewer masked keys in the softmax sums): the tolerance of the brute-force tests
+    np.testing.assert_allclose(win["rlogits"], full["rlogits"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(win["score"], full["score"], atol=1e-4, rtol=0)
+
+
+def test_a_write_step_feeds_one_row(setup, monkeypatch):
+    """At batch 1 every executed step feeds exactly what its decision needs: a WRITE one target row, a READ
+    its unit plus the re-fed last token, or plus the whole header while nothing is written yet (recorded from
+    inside the branch the step runs)."""
+    s = setup
+    fed = []
+    model = dec._model
+
+    def recording(sh, params, chunk, cache, row, plen, window, embeds=None):
+        if not window.write:  # a decision step (the prefill writes its chunk itself)
+            jax.debug.callback(functools.partial(fed.append, chunk[0].shape[1]), ordered=True)
+        return model(sh, params, chunk, cache, row, plen, window, embeds)
+
+    monkeypatch.setattr(dec, "_model", recording)
+    ex = max(s["exs"], key=lambda e: (len(e.header), e.M))
+    assert len(ex.header) > 1
+    one = dict(s, exs=[ex])
+    out, sh = _direct(one, "wait-k:k=2")
+    D = int(out["d"][0])
+    writes, reads = out["rwrite"][0, :D], out["rn"][0, :D]
+    written_before = np.concatenate([[0], np.cumsum(writes)[:-1]])
+    U, Hc = sh.unit_cap, sh.header_cap
+    expected = np.where(writes, 1, np.where(written_before == 0, U + Hc, U + 1))
+    assert writes.any() and (~writes).any() and ((~writes) & (written_before > 0)).any()
+    np.testing.assert_array_equal(fed, expected)
+    assert [dec.chunk_rows(sh, k) for k in range(3)] == [1, U + 1, U + Hc]
