@@ -84,7 +84,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
-from peer_common import build_weights, load, machine, median, shape_dict  # noqa: E402
+from peer_common import build_weights, load, machine, median, shape_dict, stacked_vs_separate  # noqa: E402
 from proactive_jax import StreamExample, stream_decode  # noqa: E402
 # internal names (one place to update when the package is restructured): the loop's shape buckets, and the model
 # pieces of --profile
@@ -197,26 +197,11 @@ def profile(model, cfg, params, tdev, repeats=10):
         print(f"{side:>36s} " + " ".join(f"{x:6.2f}" for x in row))
     # the decoder keeps its layers stacked ([layers, ...] leaves, run by lax.scan); the same MLPs with the layers'
     # weights as separate arrays show what the stacking costs here (XLA copies each layer's slice out first)
-    rng = np.random.default_rng(0)
-    L, D, F = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    w = [jnp.asarray(rng.normal(0, 0.02, s).astype(np.float32)) for s in ((L, D, F), (L, D, F), (L, F, D))]
-    sep = [tuple(x[i] + 0 for x in w) for i in range(L)]
-    mlp = lambda x, g, u, d: x + (jax.nn.silu(x @ g) * (x @ u)) @ d  # noqa: E731
-    stacked = jax.jit(lambda x, ws: jax.lax.scan(lambda h, p: (mlp(h, *p), None), x, ws)[0])
-    separate = jax.jit(lambda x, ws: [x := mlp(x, *p) for p in ws][-1])
-    print(f"{L} MLPs only (jax), ms:   t:   1      3      7")
-    for name, fn, ws in (("stacked weights, lax.scan", stacked, tuple(w)), ("separate arrays per layer", separate, sep)):
-        row = []
-        for t in (1, 3, 7):
-            x = jnp.ones((t, D), jnp.float32)
-            fn(x, ws).block_until_ready()
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn(x, ws).block_until_ready()
-                ts.append(time.perf_counter() - t0)
-            row.append(median(ts) * 1e3)
-        print(f"{name:>36s} " + " ".join(f"{x:6.2f}" for x in row))
+    print(f"{cfg.num_hidden_layers} MLPs only (jax), ms:   t:   1      3      7")
+    res = stacked_vs_separate(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, (1, 3, 7),
+                              repeats=repeats)
+    for k, name in enumerate(("stacked weights, lax.scan", "separate arrays per layer")):
+        print(f"{name:>36s} " + " ".join(f"{res[t][k]:6.2f}" for t in (1, 3, 7)))
 
 
 def sync():

@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rtol", type=float, default=1e-4)
     p.add_argument("--torch-threads", type=int, default=None)
+    p.add_argument("--profile", action="store_true",
+                   help="also time the gradient of the layers' MLPs with stacked vs per-layer weights (jax)")
     p.add_argument("--peak-tflops", type=float, default=None, help="also an MFU against this peak (GPU)")
     a = p.parse_args(argv)
     if a.tiny:
@@ -79,7 +81,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_train import model_flops  # noqa: E402
-from peer_common import build_weights, load, machine, matmul_rate, median, shape_dict  # noqa: E402
+from peer_common import build_weights, load, machine, matmul_rate, median, shape_dict, stacked_vs_separate  # noqa: E402
 from proactive_jax import StreamExample  # noqa: E402
 # internal names (one place to update when the package is restructured)
 from proactive_jax.method.objective import ObjectiveConfig, pack_batch  # noqa: E402
@@ -288,6 +290,12 @@ def main():
     ratio = median(times["peer"]) / median(times["ours"])
     print(f"peer / ours step time: {ratio:.2f}x (same examples and schedules; ours runs S+2T positions, the "
           f"peer 2(S+T))")
+    if a.profile:  # our decoder stacks the layers' weights ([layers, ...], lax.scan): what that costs here
+        t = a.batch * (a.S + 2 * a.T)
+        ms_st, ms_sep, gf = stacked_vs_separate(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, (t,),
+                                                grad=True, repeats=3)[t]
+        print(f"gradient of the {cfg.num_hidden_layers} MLPs on {t} tokens (jax): stacked + lax.scan {ms_st:.0f} ms "
+              f"({gf / ms_st * 1e3:.1f} GFLOP/s), separate arrays {ms_sep:.0f} ms ({gf / ms_sep * 1e3:.1f} GFLOP/s)")
     print(load())
 
 

@@ -110,3 +110,43 @@ def median(xs):
     xs = sorted(xs)
     m = len(xs) // 2
     return xs[m] if len(xs) % 2 else 0.5 * (xs[m - 1] + xs[m])
+
+
+def stacked_vs_separate(layers: int, d: int, f: int, tokens, grad: bool = False, repeats: int = 5):
+    """Median ms of ``layers`` SwiGLU MLPs (jax) on t tokens, layer weights stacked ``[layers, ...]`` and run by
+    ``lax.scan`` (our decoder's layout) vs one array per layer; forward, or the gradient w.r.t. the weights.
+    Returns ``{t: (stacked_ms, separate_ms, model_gflop)}``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w = tuple(jnp.asarray(rng.normal(0, 0.02, s).astype(np.float32)) for s in ((layers, d, f), (layers, d, f),
+                                                                               (layers, f, d)))
+    sep = [tuple(x[i] + 0 for x in w) for i in range(layers)]
+    mlp = lambda x, g, u, dn: x + (jax.nn.silu(x @ g) * (x @ u)) @ dn  # noqa: E731
+
+    def run_stacked(ws, x):
+        return jnp.sum(jax.lax.scan(lambda h, p: (mlp(h, *p), None), x, ws)[0] ** 2)
+
+    def run_separate(ws, x):
+        for p in ws:
+            x = mlp(x, *p)
+        return jnp.sum(x ** 2)
+
+    wrap = jax.grad if grad else (lambda fn: fn)
+    fns = [(jax.jit(wrap(run_stacked)), w), (jax.jit(wrap(run_separate)), sep)]
+    out = {}
+    for t in tokens:
+        x = jnp.full((t, d), 0.1, jnp.float32)
+        res = []
+        for fn, ws in fns:
+            jax.block_until_ready(fn(ws, x))
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(ws, x))
+                ts.append(time.perf_counter() - t0)
+            res.append(median(ts) * 1e3)
+        out[t] = (res[0], res[1], (3 if grad else 1) * 2.0 * t * 3 * d * f * layers / 1e9)
+    return out
