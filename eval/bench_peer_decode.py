@@ -213,12 +213,13 @@ def main():
     a = ARGS
     tdev = "cuda" if a.device == "gpu" else "cpu"
     shape = shape_dict(a.shape, a.layers, a.vocab)
-    tmp = tempfile.mkdtemp(prefix="peer_decode-")
     t0 = time.perf_counter()
-    model, cfg, params = build_weights(shape, tmp, seed=a.seed, logit_scale=a.logit_scale, device=tdev, dtype=a.dtype)
+    with tempfile.TemporaryDirectory(prefix="peer_decode-") as tmp:  # removed once ours has loaded the weights
+        model, cfg, params = build_weights(shape, tmp, seed=a.seed, logit_scale=a.logit_scale, device=tdev,
+                                           dtype=a.dtype)
     if a.dtype != "float32":  # ours keeps float32 master weights; decode reads them in the compute dtype
         params = jax.tree.map(lambda x: x.astype(a.dtype), params)
-    print(f"weights built, saved and loaded in {time.perf_counter() - t0:.1f} s ({tmp})")
+    print(f"weights built, saved and loaded in {time.perf_counter() - t0:.1f} s")
     rng = np.random.default_rng(a.seed)
     exs = random_examples(rng, a.examples, cfg.vocab_size, a.units)
     ws = rng.random(cfg.vocab_size) < a.word_start_frac

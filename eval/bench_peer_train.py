@@ -209,8 +209,8 @@ def main():
     tdev = "cuda" if a.device == "gpu" else "cpu"
     shape = shape_dict(a.shape, a.layers, a.vocab)
     t0 = time.perf_counter()
-    tmp = tempfile.mkdtemp(prefix="peer_train-")
-    model, cfg, params = build_weights(shape, tmp, seed=a.seed, device=tdev, dtype="float32", jax_dtype=a.dtype)
+    with tempfile.TemporaryDirectory(prefix="peer_train-") as tmp:  # removed once ours has loaded the weights
+        model, cfg, params = build_weights(shape, tmp, seed=a.seed, device=tdev, dtype="float32", jax_dtype=a.dtype)
     cfg = cfg.replace(attention=a.attention, remat=a.remat)
     if a.dtype != "float32":
         model = model.to(torch_dtype_of(a.dtype))  # the peer trains in bf16 weights (no master copy)
