@@ -5,7 +5,9 @@ donated state) for both objective paths on the same batches and reports step tim
 ``--rounds`` interleaved rounds of ``--steps`` steps dispatched back to back, as the training loop does), tokens/s
 (real example tokens, source + target, per second), the
 packed/naive speed ratio, compile time, peak memory (XLA's buffer analysis of the compiled step; the
-device's peak where the backend reports it) and, given the accelerator's peak, MFU.
+device's peak where the backend reports it), the model FLOP/s achieved, the FLOP/s of a 2048^3 matmul measured in
+the same run on the same device and dtype, their ratio (a measured "MFU": on a CPU, where no vendor peak applies)
+and, given the accelerator's peak, MFU.
 
     python eval/bench_train.py                                   # tiny config, synthetic batches (CPU)
     python eval/bench_train.py --model qwen2.5-0.5b --bucket 256 128 --batch 8 --dtype bfloat16 \\
@@ -89,6 +91,22 @@ def random_batches(n, batch, s_cap, t_cap, vocab, seed=0):
     return out
 
 
+def measured_matmul_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted n x n x n matmul in ``dtype`` on the default device (the best of ``repeats``)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest" if dtype == "float32" else None))
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
+
+
 def peak_device_bytes():
     import jax
 
@@ -163,7 +181,7 @@ class Mode:
             self.blocking.append(time.perf_counter() - t)
         self.rounds.append(self.run(steps))  # back-to-back (throughput, as the training loop runs)
 
-    def result(self, peak_tflops, n_dev):
+    def result(self, peak_tflops, n_dev, matmul_flops):
         import numpy as np
 
         med = float(np.median(self.rounds))
@@ -172,7 +190,7 @@ class Mode:
                "step_s_blocking_median": float(np.median(self.blocking)), "rounds": len(self.rounds),
                "example_tokens_per_s": self.example_tokens / med, "model_tflops_per_step": self.flops / 1e12,
                "achieved_tflops": self.flops / med / 1e12, "xla_buffer_bytes": self.xla_bytes,
-               "loss": float(self.m["loss"])}
+               "loss": float(self.m["loss"]), "mfu_vs_matmul": self.flops / med / (matmul_flops * n_dev)}
         if peak_tflops:
             out["mfu"] = self.flops / med / (peak_tflops * 1e12 * n_dev)
         return out
@@ -231,14 +249,15 @@ def main(argv=None):
     for _ in range(args.rounds):  # interleaved rounds: a contended machine slows both paths alike
         for m in modes:
             m.measure(args.steps)
-    results = [m.result(args.peak_tflops, mesh.size) for m in modes]
+    matmul = measured_matmul_flops(model_cfg.dtype)  # after the rounds: same run, same device and dtype
+    results = [m.result(args.peak_tflops, mesh.size, matmul) for m in modes]
     dev = jax.devices()[0]
     info = {"command": " ".join([Path(sys.argv[0]).name] + (sys.argv[1:] if argv is None else list(argv))),
             "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{mesh.size}",
             "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(), "host": platform.processor() or platform.machine(),
             "jax": jax.__version__, "model": {k: getattr(model_cfg, k) for k in (
                 "model_type", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "remat")},
-            "params": model_cfg.num_params(), "batch_B_S_T": shape,
+            "params": model_cfg.num_params(), "batch_B_S_T": shape, "matmul_tflops_measured": matmul / 1e12,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "device_peak_bytes": peak_device_bytes(), "results": results}
     by = {r["mode"]: r for r in results}
@@ -247,13 +266,15 @@ def main(argv=None):
     if "packed" in by and "dual" in by:
         info["packed_over_dual_speedup"] = by["dual"]["step_s_median"] / by["packed"]["step_s_median"]
     print(f"{info['device']}  model {info['model']}  B,S,T={shape}  load {tuple(round(x, 1) for x in info['loadavg'])}")
+    print(f"measured 2048^3 {model_cfg.dtype} matmul: {matmul / 1e12:.4f} TFLOP/s per device "
+          f"(mm-MFU = model TFLOP/s / this)")
     print(f"{'mode':8s} {'compile s':>9s} {'step ms':>9s} {'min-max ms':>17s} {'tok/s':>10s} {'TFLOP/step':>10s} "
-          f"{'TFLOP/s':>8s} {'XLA MB':>8s}" + ("  MFU" if args.peak_tflops else ""))
+          f"{'TFLOP/s':>8s} {'mm-MFU':>6s} {'XLA MB':>8s}" + ("  MFU" if args.peak_tflops else ""))
     for r in results:
         mb = f"{r['xla_buffer_bytes'] / 2**20:8.1f}" if r["xla_buffer_bytes"] is not None else f"{'n/a':>8s}"
         print(f"{r['mode']:8s} {r['compile_s']:9.1f} {r['step_s_median'] * 1e3:9.2f} "
               f"{r['step_s_min'] * 1e3:8.1f}-{r['step_s_max'] * 1e3:8.1f} {r['example_tokens_per_s']:10.0f} "
-              f"{r['model_tflops_per_step']:10.4f} {r['achieved_tflops']:8.3f} {mb}"
+              f"{r['model_tflops_per_step']:10.4f} {r['achieved_tflops']:8.3f} {r['mfu_vs_matmul']:6.3f} {mb}"
               + (f"  {r['mfu']:.3f}" if args.peak_tflops else ""))
     if "packed_speedup" in info:
         print(f"packed / naive speed: {info['packed_speedup']:.2f}x   peak RSS {info['peak_rss_mb']:.0f} MB")
