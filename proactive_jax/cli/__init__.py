@@ -118,6 +118,11 @@ COMMANDS: dict[str, Command] = {
                              _lazy_args("proactive_jax.cli.prepare_audio", "add_prepare_audio_args"),
                              _cli("prepare_audio", "run_prepare_audio"), _cli("prepare_audio", "status_line"),
                              "plain", compiles=False),
+    "reproduce": Command("reproduce the paper's tables cell by cell (plan -> train -> export -> eval -> table, the "
+                         "paper's numbers beside ours); --dry-run: tiny stand-ins on local fixtures",
+                         _lazy_args("proactive_jax.cli.reproduce", "add_reproduce_args"),
+                         _cli("reproduce", "run_reproduce"),
+                         lambda args: "reading the recipe (configs/reproduce.yaml) ...", "flags"),
     "hf-check": Command("compare this package's logits with transformers on a local HF checkpoint",
                         _lazy_args("proactive_jax.cli.hf_check", "add_hf_check_args"),
                         _cli("hf_check", "run_hf_check"), _cli("hf_check", "status_line"), "plain"),

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.models.config import ModelConfig
-from proactive_jax.method.decode import DecodeResult, StepShapes, _check_ids, _vocab_table
+from proactive_jax.method.decode import DecodeResult, StepShapes
+from proactive_jax.method.decode_inputs import check_ids, vocab_table
 from proactive_jax.method.shapes import bucket
 from proactive_jax.method.session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
 from proactive_jax.method.heads import HeadSpec, encode_head, parse_head
@@ -31,7 +32,7 @@ M_UNKNOWN = 1 << 30  # the device's M before finish(): larger than any read coun
 
 def _check(ids, vocab: int, what: str):
     try:
-        _check_ids(ids, vocab, what)
+        check_ids(ids, vocab, what)
     except ValueError as e:
         raise SessionError(str(e)) from None
 
@@ -127,7 +128,7 @@ class SessionBatch:
         if last >= config.max_position_embeddings:
             raise SessionError(f"position {last} (max_source_len {src_cap}, header + max_new_tokens "
                                f"{int(max_new_tokens)}) exceeds max_position_embeddings={config.max_position_embeddings}")
-        ws = np.ones(V, bool) if word_starts is None else _vocab_table(word_starts, V, "word_starts", True)
+        ws = np.ones(V, bool) if word_starts is None else vocab_table(word_starts, V, "word_starts", True)
         eos_ids = config.eos_ids if eos_ids is None else eos_ids
         eos_ids = [int(eos_ids)] if np.ndim(eos_ids) == 0 else [int(x) for x in eos_ids]
         _check(eos_ids, V, "eos_ids")

@@ -76,7 +76,8 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from proactive_jax.method.decode import StepShapes, _decode_impl, _host_batch
+    from proactive_jax.method.decode import StepShapes, _decode_impl
+    from proactive_jax.method.decode_inputs import host_batch
     from proactive_jax.method.heads import encode_head, parse_head
     from proactive_jax.models.qwen import abstract_params
 
@@ -85,7 +86,7 @@ def compile_decode(model_cfg, shape: DecodeShape, devices):
     rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     v = model_cfg.vocab_size
     key = (shape.prompt, shape.src, shape.unit, shape.header, shape.units)
-    batch, p_cap, u = _host_batch([], shape.batch, shape.tgt, 0, np.ones(v, bool), np.zeros(v, bool), key)
+    batch, p_cap, u = host_batch([], shape.batch, shape.tgt, 0, np.ones(v, bool), np.zeros(v, bool), key)
     sh = StepShapes(model_cfg, spec.needs_stats, spec.needs_probe, shape.tgt, p_cap, u, shape.src, shape.header)
     head_vals = encode_head(spec, model_cfg.num_hidden_layers)
     if spec.needs_probe:

@@ -24,6 +24,7 @@ COMMANDS = {  # arguments that get past parsing; the process is killed once its 
     "export": ["--checkpoint", "{tmp}/missing", "--out", "{tmp}/hf"],
     "hf-check": ["{tmp}/missing"],
     "prepare-audio": ["{tmp}/missing.jsonl", "{tmp}/prepared"],
+    "reproduce": ["--cell", "qwen2.5-3b/iwslt-ende", "--dry-run", "--out", "{tmp}/repro"],
 }
 
 

@@ -273,7 +273,7 @@ def test_embeddings_path_and_hidden_state(setup):
     eos = np.zeros(cfg.vocab_size, bool)
     eos[s["eos"]] = True
     key = dec.shape_key(exs)
-    batch, P_cap, U = dec._host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, ws, eos, key)
+    batch, P_cap, U = dec.host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, ws, eos, key)
     sh = dec.StepShapes(cfg, False, False, MAX_NEW, P_cap, U, key[1], key[3])
     ids_out = jax.device_get(dec._decode_jit(sh, True, params, vals, batch))
     emb = dict(batch, src_embeds=np.asarray(dec.embed_ids(cfg, params, jnp.asarray(batch["src"]))))
@@ -302,7 +302,7 @@ def _direct(s, head, **over):
     eos = np.zeros(cfg.vocab_size, bool)
     eos[s["eos"]] = True
     key = dec.shape_key(exs)
-    batch, P_cap, U = dec._host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, np.asarray(s["ws"], bool), eos, key)
+    batch, P_cap, U = dec.host_batch(exs, dec.bucket(len(exs)), MAX_NEW, 0, np.asarray(s["ws"], bool), eos, key)
     sh = dec.StepShapes(cfg, spec.needs_stats, False, MAX_NEW, P_cap, U, key[1], key[3], spec.needs_src_attn)
     sh = sh._replace(**over)
     run_ = jax.jit(lambda sh_, p, v, b: dec._decode_impl(sh_, True, p, v, b), static_argnums=0)
