@@ -110,7 +110,7 @@ def summary_line(info: dict) -> str:
             + (f", BCE {held['bce']:.3f}" if isinstance(held.get("bce"), (int, float)) else "")
             + f" (train {pct(train, 'accuracy')}); the full report is stored with the probe"
             + ("" if not at_majority(held) else
-               f"\nWARNING: the probe's held-out accuracy is at the majority-class rate "
+               f"; WARNING: the probe's held-out accuracy is at the majority-class rate "
                f"({pct(held, 'accuracy')} vs {100 * majority_rate(held):.1f}% for always answering the commoner label): "
                "it has learned nothing beyond the base rate (more labelled states, another eps or labels=oracle)"))
 
@@ -124,4 +124,5 @@ def majority_rate(split_report: dict) -> float:
 def at_majority(split_report: dict, margin: float = 0.01) -> bool:
     """True when a probe's accuracy on this split is within ``margin`` of (or below) the majority-class rate."""
     acc = split_report.get("accuracy")
-    return isinstance(acc, (int, float)) and acc <= majority_rate(split_report) + margin
+    known = isinstance(split_report.get("positive_rate"), (int, float))
+    return known and isinstance(acc, (int, float)) and acc <= majority_rate(split_report) + margin
