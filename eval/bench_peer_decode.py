@@ -88,7 +88,8 @@ from peer_common import build_weights, load, machine, median, shape_dict, stacke
 from proactive_jax import StreamExample, stream_decode  # noqa: E402
 # internal names (one place to update when the package is restructured): the loop's shape buckets, and the model
 # pieces of --profile
-from proactive_jax.method.decode import bucket, shape_key  # noqa: E402
+from proactive_jax.method.decode_inputs import shape_key  # noqa: E402
+from proactive_jax.method.shapes import bucket  # noqa: E402
 from proactive_jax.models.attention import causal_vectors  # noqa: E402
 from proactive_jax.models.qwen import apply_hidden, hidden_to_logits  # noqa: E402
 
@@ -171,8 +172,8 @@ def profile(model, cfg, params, tdev, repeats=10):
     and the peer (``model.model`` + the LM head), t = 1 (a WRITE), 3 (a unit), 7 (ours' chunk width here)."""
     @jax.jit
     def ours_fwd(p, ids):
-        h, _, _ = apply_hidden(cfg, p, ids, jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape),
-                               causal_vectors(*ids.shape))
+        h = apply_hidden(cfg, p, ids, jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape),
+                         causal_vectors(*ids.shape)).hidden
         return hidden_to_logits(cfg, p, h[:, -1:])
 
     print("forward of t tokens, median of %d (ms):   t:   1      3      7" % repeats)

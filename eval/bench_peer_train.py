@@ -254,6 +254,9 @@ def main():
         print(f"MISMATCH at step 0: {bad} differ beyond rtol {a.rtol}", file=sys.stderr)
         sys.exit(1)
 
+    if a.rounds < 1:  # --rounds 0: the equality check only
+        print("step-0 loss terms equal; no timing (--rounds 0)")
+        return
     times = {"ours": [], "peer": []}
     rates = {"jax": [], "torch": []}  # the matmul rate is measured in every round: the same load as the steps
     for r in range(a.rounds):
