@@ -25,7 +25,8 @@ Attention spans only the filled part of the cache: the source slots and the targ
 window sizes (:attr:`StepShapes.windows`, chosen per call by :func:`_window`; a ``lax.switch`` inside every
 layer, :class:`~proactive_jax.models.qwen.CacheWindow`). The layers only read the cache; the step writes the
 fed entries once, after the chunk switch (:meth:`~proactive_jax.models.qwen.KVCache.put`), so no step copies
-the cache (a switch whose branches wrote it would copy all of it at every step).
+the cache (a switch whose branches wrote it would copy all of it at every step). Chunk layouts and windows are
+chosen on CPU only; elsewhere every step feeds the widest chunk over the whole cache (:func:`_on_cpu_only`).
 
 The pieces are module-level pure functions: :func:`prefill` (step 1) and :func:`decision_step` (one
 decision of step 2, for every row of a batch), and :func:`_decode_impl`, the ``lax.while_loop`` over that
@@ -153,7 +154,18 @@ def _window(sh: StepShapes, src_need, tgt_need, write: bool = True) -> CacheWind
     b = jnp.asarray([w[1] for w in sizes], jnp.int32)
     fits = (a >= src_need) & (b >= tgt_need)
     cost = jnp.where(fits, a + b, jnp.iinfo(jnp.int32).max)  # the whole cache always fits
-    return CacheWindow(jnp.argmin(cost).astype(jnp.int32), sh.source_cap, sizes, write)
+    return CacheWindow(_on_cpu_only(jnp.argmin(cost).astype(jnp.int32), len(sizes) - 1), sh.source_cap, sizes,
+                       write)
+
+
+def _on_cpu_only(choice, widest: int):
+    """``choice`` (a branch index: a cache window, a chunk layout) on CPU, the constant ``widest`` elsewhere.
+
+    Narrow windows and small chunks pay where a step's compute grows with what it reads and feeds (CPU). On an
+    accelerator a decode step is bound by reading the weights and the cache anyway, and XLA kept copies of the
+    cache for the switches over them (a v5e decode plan's temporaries grew from 1.1x to 15x the KV cache); a
+    constant index leaves one branch after XLA's simplification."""
+    return jax.lax.platform_dependent(choice, cpu=lambda c: c, default=lambda c: jnp.full_like(c, widest))
 
 
 def _model(sh: StepShapes, params, chunk, cache, row, plen, window, embeds=None):
@@ -316,7 +328,7 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
         return logits, stats, hidden, src, fed, jnp.pad(chunk[3], ((0, 0), (0, pad)))
 
     kinds = [0, 1] if sh.header_cap == 1 else [0, 1, 2]
-    kind = jnp.minimum(step_kind(sh, rows, state, go), len(kinds) - 1)
+    kind = _on_cpu_only(jnp.minimum(step_kind(sh, rows, state, go), len(kinds) - 1), len(kinds) - 1)
     logits, stats, hidden, src, fed, index = jax.lax.switch(kind, [lambda k=k: feed(k) for k in kinds])
     cache = state["cache"].put(fed, index)
 

@@ -84,14 +84,24 @@ def dense_attention(q: Array, keys: Array, values: Array, mask: Array) -> tuple[
     ``q`` [B, Tq, H, D], ``keys`` / ``values`` [B, Tk, KV, D] (H a multiple of KV), ``mask`` [B, Tq, Tk].
     Returns ``(out [B, Tq, KV, H/KV, D] in q's dtype, probs [B, KV, H/KV, Tq, Tk] float32)``.
     """
+    return dense_attention_parts(q, [(keys, values, mask)])
+
+
+def dense_attention_parts(q: Array, parts) -> tuple[Array, Array]:
+    """:func:`dense_attention` over keys given in parts ``[(keys_i, values_i, mask_i)]`` (``Tk = sum Tk_i``):
+    one softmax over every part's scores, without concatenating the keys (e.g. a window of a KV cache read in
+    place plus the fed tokens' own keys). Returns ``(out, probs [B, KV, H/KV, Tq, Tk])``, probs in part order."""
     b, t, h, hd = q.shape
-    kv = keys.shape[2]
+    kv = parts[0][0].shape[2]
     qg = q.reshape(b, t, kv, h // kv, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / np.sqrt(hd))
-    scores = jnp.where(mask[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(q.dtype), values)
+    scores = [jnp.where(m[:, None, None], jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+                        * (1.0 / np.sqrt(hd)), NEG_INF) for k, _, m in parts]
+    probs = jax.nn.softmax(scores[0] if len(parts) == 1 else jnp.concatenate(scores, -1), axis=-1)
+    out, o = 0, 0
+    for k, v, _ in parts:
+        n = k.shape[1]
+        out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., o:o + n].astype(q.dtype), v)
+        o += n
     return out, probs
 
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from proactive_jax.models.attention import (MaskVectors, attend, causal_vectors, dense_attention, shard_rows,
-                                            visibility_mask)
+from proactive_jax.models.attention import (MaskVectors, attend, causal_vectors, dense_attention,
+                                            dense_attention_parts, shard_rows, visibility_mask)
 from proactive_jax.models.config import ModelConfig, rope_frequencies
 
 Array = jax.Array
@@ -77,7 +77,8 @@ class CacheWindow:
     entries are written once at the end (:meth:`KVCache.put`), or, with ``write=False``, returned instead as
     ``DecoderOutput.cache``: a :class:`KVCache` of the fed tokens only (``k``/``v`` [layers, B, T, KV, hd], ``segment``
     = the fed tokens' segment [B, T]) for the caller to ``put`` (e.g. outside a ``lax.cond``, whose branches would
-    otherwise copy the whole cache). An attention hook still sees ``[.., capacity]``-wide probabilities (zero
+    otherwise copy the whole cache). No layer copies or writes the cache: each attends to its window in place and to
+    the fed tokens' own keys/values in one softmax. An attention hook still sees ``[.., capacity]``-wide probabilities (zero
     outside the window)."""
 
     index: Array
@@ -155,7 +156,7 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, inv_freq, scale)
         k = apply_rope(k, positions, inv_freq, scale)
 
-        if cache_window is not None:  # layer_cache = (k, v of every layer, read only; this layer's index)
+        if cache_window is not None:  # layer_cache = this layer's (k, v), read only
             out, probe = self._windowed(q, k, v, mask_vec, layer_cache, cache_segment, probe_args, cache_window)
             y = shard_rows(dense(cfg.hidden_size, cfg.o_bias, "o_proj")(
                 checkpoint_name(shard_rows(out.reshape(b, t, h * hd)), "attention_out")))
@@ -190,51 +191,39 @@ class Attention(nn.Module):
         return y, new_cache, probe
 
     def _windowed(self, q, k, v, mask_vec, layer_cache, cache_segment, probe_args, win: CacheWindow):
-        """Attention of the fed tokens over a :class:`CacheWindow` of the cache plus their own keys/values."""
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        b = q.shape[0]
-        ck, cv, layer = layer_cache  # [layers, B, C, KV, hd] x2 (read only), int32 scalar
-        _, _, cap, kvh, hd = ck.shape
+        """Attention of the fed tokens over a :class:`CacheWindow` of the cache plus their own keys/values:
+        one softmax over the window's slots (read in place; the slots this call feeds are masked there) and the
+        fed tokens (:func:`dense_attention_parts`), so no layer copies or writes the cache. Always the dense
+        path: a decode step feeds a few tokens."""
+        ck, cv = layer_cache  # [B, C, KV, hd] x2, read only
+        b, cap = ck.shape[:2]
         seg, idx = mask_vec.segment, mask_vec.index
-        bidx = jnp.arange(b)[:, None]
+        fed_here = (seg >= 0)[:, :, None] & (idx[:, :, None] == jnp.arange(cap, dtype=jnp.int32))  # [B, T, C]
+        stale = jnp.any(fed_here, axis=1)  # [B, C]: slots whose cached entry this call replaces
+        fed_mask = visibility_mask(mask_vec, seg, idx)  # [B, Tq, T]: the fed tokens among themselves
 
         def attend_window(size_a, size_b):
             spans = [(s0, n) for s0, n in ((0, size_a), (win.split, size_b)) if n]
-            width = sum(n for _, n in spans)
-            # each fed token's place in the window (out of range -> dropped: the caller keeps them inside)
-            at = jnp.full(idx.shape, width, jnp.int32)
-            off = 0
+            parts = []
             for s0, n in spans:
-                at = jnp.where((seg >= 0) & (idx >= s0) & (idx < s0 + n), idx - s0 + off, at)
-                off += n
-
-            def window(c, new):
-                w = jnp.concatenate([jax.lax.dynamic_slice(c, (layer, 0, s0, 0, 0), (1, b, n, kvh, hd))[0]
-                                     for s0, n in spans], axis=1)
-                return w.at[bidx, at].set(new.astype(c.dtype), mode="drop").astype(dtype)
-
-            keys, values = window(ck, k), window(cv, v)
-            k_segment = jnp.concatenate([cache_segment[:, s0:s0 + n] for s0, n in spans], axis=1)
-            k_index = jnp.broadcast_to(jnp.concatenate([jnp.arange(s0, s0 + n, dtype=jnp.int32) for s0, n in spans]),
-                                       (b, width))
-            if self.hook is None and cfg.attention != "dense":
-                return attend(cfg.attention, q, keys, values, mask_vec, k_segment, k_index), None
-            mask = visibility_mask(mask_vec, k_segment, k_index)
-            out, probs = dense_attention(q, keys, values, mask)
+                k_index = jnp.broadcast_to(jnp.arange(s0, s0 + n, dtype=jnp.int32), (b, n))
+                m = visibility_mask(mask_vec, cache_segment[:, s0:s0 + n], k_index) & ~stale[:, None, s0:s0 + n]
+                parts.append((ck[:, s0:s0 + n], cv[:, s0:s0 + n], m))
+            parts.append((k.astype(ck.dtype), v.astype(cv.dtype), fed_mask))
+            out, probs = dense_attention_parts(q, parts)
             if self.hook is None:
                 return out, None
-
-            def widen(x, fill):  # [..., width] -> [..., cap]: the hook sees the whole cache, fill outside
-                full = jnp.full(x.shape[:-1] + (cap,), fill, x.dtype)
-                o = 0
-                for s0, n in spans:
-                    full = jax.lax.dynamic_update_slice_in_dim(full, x[..., o:o + n], s0, axis=x.ndim - 1)
-                    o += n
-                return full
-
+            # the hook sees [.., capacity]-wide probabilities and mask: each fed token's at its slot, zero outside
+            onehot = fed_here.astype(jnp.float32)
+            full = jnp.einsum("bkgqt,btc->bkgqc", probs[..., -seg.shape[1]:], onehot)
+            mask = jnp.einsum("bqt,btc->bqc", fed_mask.astype(jnp.float32), onehot) > 0
+            o = 0
+            for (s0, n), (_, _, m) in zip(spans, parts):
+                full = jax.lax.dynamic_update_slice_in_dim(full, full[..., s0:s0 + n] + probs[..., o:o + n], s0, 4)
+                mask = jax.lax.dynamic_update_slice_in_dim(mask, mask[..., s0:s0 + n] | m, s0, 2)
+                o += n
             full_index = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
-            return out, self.hook(widen(probs, 0.0), widen(mask, False), cache_segment, full_index, probe_args)
+            return out, self.hook(full, mask, cache_segment, full_index, probe_args)
 
         if len(win.sizes) == 1:
             return attend_window(*win.sizes[0])
@@ -265,10 +254,7 @@ class Block(nn.Module):
     def __call__(self, x, layer_cache, positions, mask_vec, cache_segment, probe_args, window=None):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        cache_window = None
-        if window is not None:  # (CacheWindow, k, v of every layer); layer_cache is this layer's index
-            cache_window, ck, cv = window
-            layer_cache = (ck, cv, layer_cache)
+        cache_window = window  # a CacheWindow: layer_cache (this layer's k, v) is only read
         x = shard_rows(x)  # the scan carry: rows sharded over the mesh (see shard_rows)
         hsa, new_cache, probe = Attention(cfg, self.hook, name="self_attn")(
             RMSNorm(cfg.rms_norm_eps, dtype, name="input_layernorm")(x), positions, mask_vec,
@@ -320,9 +306,8 @@ class Transformer(nn.Module):
         x = shard_rows(x)
         cache_segment = None if cache is None else cache.segment
         if cache is not None and cache_window is not None:
-            layers = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
-            x, (fed_kv, probe) = self.layers(x, layers, positions, mask_vec, cache_segment, probe_args,
-                                             (cache_window, cache.k, cache.v))
+            x, (fed_kv, probe) = self.layers(x, (cache.k, cache.v), positions, mask_vec, cache_segment, probe_args,
+                                             cache_window)
             x = shard_rows(self.norm(x))
             fed = KVCache(fed_kv[0], fed_kv[1], mask_vec.segment)
             return DecoderOutput(x, cache.put(fed, mask_vec.index) if cache_window.write else fed, probe)
