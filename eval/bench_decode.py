@@ -16,6 +16,12 @@ current one, in the same process and interleaved with it (base, new, base, new, 
 machine load; their outputs must agree. Reported per decoder: the fastest and the median run, decisions/s,
 and new / base time. ``--no-naive`` skips the naive decoder. The load average (``os.getloadavg``) is printed
 before and after each batch size.
+
+Memory traffic: per decision, the bytes a step must read at least (every weight once, the embedding table
+aside, plus the KV cache over its whole capacity, the accelerator path; the CPU path reads a window of it, so
+this is an upper bound there), divided by the decisions that step makes (one per active row); ``GB/s`` is that
+traffic over the measured time, and on a GPU with a known peak (``--hbm-gbps`` overrides) its fraction of the
+HBM bandwidth.
 """
 
 from __future__ import annotations
@@ -60,6 +66,35 @@ def random_params(cfg, seed=0, logit_scale=30.0):
     p = jax.tree_util.tree_map_with_path(leaf, abstract_params(cfg))
     p["norm"]["weight"] = p["norm"]["weight"] * logit_scale  # peaked logits: no argmax near-ties
     return p
+
+
+# peak HBM bandwidth, GB/s, by device kind substring (vendor data sheets)
+HBM_GBPS = {"H200": 4800.0, "H100": 3350.0, "A100": 2039.0, "L4": 300.0, "A10": 600.0}
+
+
+def weight_bytes(cfg, params) -> int:
+    """Bytes of the weights a decode step reads: all of them but the embedding table (one row per token)."""
+    total = sum(int(np.prod(x.shape)) * jnp.dtype(cfg.dtype).itemsize for x in jax.tree.leaves(params))
+    if cfg.tie_word_embeddings:
+        return total  # the table is the LM head too: read whole
+    return total - cfg.vocab_size * cfg.hidden_size * jnp.dtype(cfg.dtype).itemsize
+
+
+def step_traffic(cfg, params, results, batch_size, capacity):
+    """``(steps, bytes)`` of a batched decode over ``results``: each batch of rows runs as many loop steps as its
+    longest row has decisions (plus the prefill), every step reading the weights and the whole cache."""
+    cache = 2 * cfg.num_hidden_layers * batch_size * capacity * cfg.num_key_value_heads * cfg.head_dim \
+        * jnp.dtype(cfg.dtype).itemsize
+    steps = sum(1 + max(len(r.writes) for r in results[i:i + batch_size])
+                for i in range(0, len(results), batch_size))
+    return steps, steps * (weight_bytes(cfg, params) + cache)
+
+
+def hbm_peak(args) -> float | None:
+    if args.hbm_gbps:
+        return args.hbm_gbps
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in HBM_GBPS.items() if k in kind), None) if jax.devices()[0].platform == "gpu" else None
 
 
 def random_examples(rng, count, vocab, units):
@@ -150,6 +185,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per decoder; the fastest is reported")
     ap.add_argument("--baseline", default=None, help="a decode.py to time against the current one, interleaved")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive full-recompute decoder")
+    ap.add_argument("--hbm-gbps", type=float, default=None, help="peak memory bandwidth for the fraction column")
     args = ap.parse_args()
     if args.baseline:
         return compare(args)
@@ -162,8 +198,9 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, cpu cores: {os.cpu_count()}; "
           f"model: {cfg.num_hidden_layers} layers, d={cfg.hidden_size}, vocab {cfg.vocab_size}; "
           f"{args.examples} examples x {args.units} units, max_new {args.max_new}, head {args.head}")
-    print(f"{'batch':>5} {'compile_s':>9} {'cached_s':>8} {'tok/s':>8} {'reads/s':>8} | "
-          f"{'naive_s':>8} {'tok/s':>8} {'reads/s':>8} | speed-up")
+    peak = hbm_peak(args)
+    print(f"{'batch':>5} {'compile_s':>9} {'cached_s':>8} {'tok/s':>8} {'reads/s':>8} {'B/dec':>9} {'GB/s':>7}"
+          f"{' HBM%':>6} | {'naive_s':>8} {'tok/s':>8} {'reads/s':>8} | speed-up")
     for bs in [int(x) for x in args.batch_sizes.split(",")]:
         t0 = time.perf_counter()
         stream_decode(cfg, params, exs, args.head, args.max_new, eos, batch_size=bs)  # compile + run
@@ -176,9 +213,14 @@ def main():
         t_compile = t_first - t_cached
         toks = sum(len(r.tokens) for r in res)
         reads = sum(int((~r.writes).sum()) for r in res)
-
+        capacity = max(e.S for e in exs) + len(exs[0].header) + args.max_new
+        _, traffic = step_traffic(cfg, params, res, bs, capacity)
+        gbps = traffic / t_cached / 1e9
+        mem = (f"{traffic / sum(len(r.writes) for r in res):>9.0f} {gbps:>7.2f}"
+               f"{(f'{100 * gbps / peak:>5.1f}%' if peak else '     -'):>6}")
         if args.no_naive:
-            print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} |")
+            print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} "
+                  f"{mem} |")
             continue
         naive([exs[0]] * bs, T)  # warm-up / compile for this batch shape
         t_naive = float("inf")
@@ -192,8 +234,8 @@ def main():
                 nphis += phis[:len(chunk)]
             t_naive = min(t_naive, time.perf_counter() - t0)
         same = all(list(r.tokens) == y and list(r.phi) == p for r, y, p in zip(res, nys, nphis))
-        print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} | "
-              f"{t_naive:>8.3f} {toks / t_naive:>8.0f} {reads / t_naive:>8.0f} | {t_naive / t_cached:>6.1f}x"
+        print(f"{bs:>5} {t_compile:>9.2f} {t_cached:>8.3f} {toks / t_cached:>8.0f} {reads / t_cached:>8.0f} "
+              f"{mem} | {t_naive:>8.3f} {toks / t_naive:>8.0f} {reads / t_naive:>8.0f} | {t_naive / t_cached:>6.1f}x"
               f"{'' if same else '  (OUTPUTS DIFFER)'}")
 
 
