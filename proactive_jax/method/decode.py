@@ -57,7 +57,8 @@ from proactive_jax.method.probe import check_probe, probe_prob, uses_stats
 from proactive_jax.method.shapes import bucket
 from proactive_jax.method.heads import DecisionState, HeadSpec, decide_encoded, encode_head, parse_head
 from proactive_jax.models.attention import MaskVectors
-from proactive_jax.models.qwen import CacheWindow, KVCache, apply_hidden, embed_ids, hidden_to_logits, init_cache
+from proactive_jax.models.qwen import (CacheWindow, KVCache, apply_hidden, embed_ids, hidden_to_logits, init_cache,
+                                       unstack_layers)
 from proactive_jax.method import audio_stream
 from proactive_jax.data.example import StreamExample
 from proactive_jax.method.decode_inputs import check_ids, host_batch, shape_key, validate_examples, vocab_table
@@ -355,6 +356,15 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     return out
 
 
+def decode_params(params):
+    """The decoder's parameters as the decode loop takes them: on CPU with the layers unstacked (separate
+    buffers: :func:`~proactive_jax.models.qwen.unstack_layers`), elsewhere as they are (an unstacked copy would
+    double the weights in device memory)."""
+    if jax.devices()[0].platform != "cpu" or "layers" not in params or isinstance(params["layers"], tuple):
+        return params
+    return unstack_layers(params)
+
+
 def _decode_impl(sh: StepShapes, return_logits: bool, params, head_vals, batch):
     """The batch decoder: prefill, then ``lax.while_loop`` over :func:`decision_step` until every example
     stopped; every decision is recorded. ``batch`` holds ``src`` [B, S_cap], ``vis`` [B, M_cap+2] and the
@@ -458,6 +468,7 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
              if sort_by_length and size < len(examples) else list(range(len(examples))))
 
     results: list[DecodeResult | None] = [None] * len(examples)
+    loop_params = decode_params(params)
     for start in range(0, len(examples), size):
         ids = order[start:start + size]
         chunk = [examples[i] for i in ids]
@@ -466,7 +477,7 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
             batch["src_embeds"] = audio_stream.source_embeds(config, params, chunk, B, key[1], batch["src"])
         sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3],
                         spec.needs_src_attn)
-        out = _decode_jit(sh, bool(return_logits), params, head_vals, batch)
+        out = _decode_jit(sh, bool(return_logits), loop_params, head_vals, batch)
         out = jax.device_get(out)
         for b, (i, e) in enumerate(zip(ids, chunk)):
             L, D = int(out["j"][b]), int(out["d"][b])

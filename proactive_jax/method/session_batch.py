@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.models.config import ModelConfig
-from proactive_jax.method.decode import DecodeResult, StepShapes
+from proactive_jax.method.decode import DecodeResult, StepShapes, decode_params
 from proactive_jax.method.decode_inputs import check_ids, vocab_table
 from proactive_jax.method.shapes import bucket
 from proactive_jax.method.session_programs import PENDING as _PENDING, advance_jit, blank_state, rejoin_jit, step_jit, unit_embeds_jit
@@ -98,6 +98,7 @@ class SessionBatch:
                 raise SessionError(f"unit_capacity={unit_capacity} is smaller than an audio chunk "
                                    f"({config.chunk} tokens)")
             config, params = config.text, params["language_model"]
+        params = decode_params(params)
         self.config, self.params, self.clock, self.fused = config, params, clock, bool(fused)
         self.spec = parse_head(head)
         self.head_vals = encode_head(self.spec, config.num_hidden_layers)

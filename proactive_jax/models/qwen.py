@@ -367,9 +367,50 @@ def apply_hidden(config: ModelConfig, params, input_ids, positions, mask_vec: Ma
                  probe_args=None, cache_window: CacheWindow | None = None) -> DecoderOutput:
     """The decoder's :class:`DecoderOutput` under arbitrary mask vectors and positions; ``input_embeds`` [B, T, D]
     replaces the embedding of ``input_ids``; ``hook`` (static) / ``probe_args``: see :data:`AttentionHook`;
-    ``cache_window``: attend over part of ``cache`` only (:class:`CacheWindow`)."""
+    ``cache_window``: attend over part of ``cache`` only (:class:`CacheWindow`). ``params`` may hold the layers
+    unstacked (:func:`unstack_layers`): the same result, the layers unrolled."""
+    if isinstance(params["layers"], tuple):
+        return _apply_unstacked(config, hook, params, input_ids, positions, mask_vec, cache, probe_args,
+                                input_embeds, cache_window)
     return make_model(config, hook).apply({"params": params}, input_ids, positions, mask_vec, cache, probe_args,
                                           input_embeds, cache_window)
+
+
+def unstack_layers(params) -> dict:
+    """``params`` with ``layers`` as a tuple of per-layer trees (each leaf its own array) instead of leaves stacked
+    over a leading ``layers`` axis. Under jit, call it once outside a loop: :func:`apply_hidden` then runs the
+    layers unrolled on separate weight buffers (XLA:CPU copies a layer's slice of a stacked weight before every
+    matmul; inside a decode loop that doubled the weight traffic of every step)."""
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    return dict(params, layers=tuple(jax.tree.map(lambda a, i=i: a[i], params["layers"]) for i in range(n)))
+
+
+def _apply_unstacked(config, hook, params, input_ids, positions, mask_vec, cache, probe_args, input_embeds,
+                     cache_window) -> DecoderOutput:
+    """:meth:`Transformer.__call__` for :func:`unstack_layers`' params: the same modules, layer by layer."""
+    model, block = make_model(config, hook), Block(config, hook)
+    top = {"params": {k: v for k, v in params.items() if k != "layers"}}
+    x = model.apply(top, input_ids, method=Transformer.embed) if input_embeds is None \
+        else input_embeds.astype(jnp.dtype(config.dtype))
+    x = shard_rows(x)
+    segment = None if cache is None else cache.segment
+    kvs, probes = [], []
+    for i, layer in enumerate(params["layers"]):
+        layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+        window = cache_window if cache is not None else None
+        x, (kv, probe) = block.apply({"params": layer}, x, layer_cache, positions, mask_vec, segment, probe_args,
+                                     window)
+        kvs.append(kv)
+        probes.append(probe)
+    x = shard_rows(model.apply(top, x, method=lambda m, h: m.norm(h)))
+    probe = None if hook is None else jax.tree.map(lambda *a: jnp.stack(a), *probes)
+    if cache is None:
+        return DecoderOutput(x, None, probe)
+    k, v = (jnp.stack([kv[j] for kv in kvs]) for j in (0, 1))
+    if cache_window is None:
+        return DecoderOutput(x, KVCache(k, v, segment), probe)
+    fed = KVCache(k, v, mask_vec.segment)
+    return DecoderOutput(x, cache.put(fed, mask_vec.index) if cache_window.write else fed, probe)
 
 
 def embed_ids(config: ModelConfig, params, input_ids):

@@ -327,6 +327,23 @@ def test_attention_windows_equal_the_whole_cache(setup, head):
     np.testing.assert_allclose(win["score"], full["score"], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("head", ["wait-k:k=2", "attention:layers=-1:,tau=0.8"])
+def test_unstacked_layers_decode_as_the_stacked_model(setup, head):
+    """The decode loop over per-layer weight buffers (``decode_params`` on CPU: the layers unrolled) == the
+    model's scanned layers over stacked weights (no decode here unstacks them: ``_direct`` passes params as
+    given), with the cache windows and the attention hook in play."""
+    from proactive_jax.models.qwen import unstack_layers
+
+    s = setup
+    stacked, _ = _direct(s, head, window_min=4)
+    assert not isinstance(s["params"]["layers"], tuple)
+    unstacked, _ = _direct(dict(s, params=unstack_layers(s["params"])), head, window_min=4)
+    for k in ("tokens", "phi", "j", "d", "rwrite", "rn", "rforced"):
+        np.testing.assert_array_equal(unstacked[k], stacked[k], err_msg=k)
+    np.testing.assert_allclose(unstacked["rlogits"], stacked["rlogits"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(unstacked["score"], stacked["score"], atol=1e-5, rtol=0)
+
+
 def test_a_write_step_feeds_one_row(setup, monkeypatch):
     """At batch 1 every executed step feeds exactly what its decision needs: a WRITE one target row, a READ
     its unit plus the re-fed last token, or plus the whole header while nothing is written yet (recorded from
