@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proactive_jax.models.audio_config import CONV_EDGES, AudioModelConfig, check_chunk_tokens, parse_encoder_mask
-from proactive_jax.models.audio_encoder import AudioEncoder, EncoderState, empty_state
+from proactive_jax.models.audio_encoder import AudioEncoder, EncoderState, empty_state, sinusoids
 
 Array = jax.Array
 ENCODER_PARTS = ("audio_tower", "multi_modal_projector")  # the encoder's top-level parameter names
@@ -59,28 +59,70 @@ def _init_fn(enc, hidden_size: int, rng):
 _init_jit = jax.jit(_init_fn, static_argnums=(0, 1))
 
 
+# The order in which :func:`init_params` draws the encoder's normal(0.02) kernels from its numpy generator (the
+# decoder's follow, in tree order): fixed, so that a seed names the same parameters from one version to the next.
+_T, _A = ("audio_tower",), ("audio_tower", "layers", "self_attn")
+ENCODER_DRAW_ORDER = (_A + ("q_proj",), _A + ("k_proj",), _A + ("v_proj",), _A + ("out_proj",),
+                      _T + ("layers", "fc1"), _T + ("layers", "fc2"), _T + ("conv1",), _T + ("conv2",),
+                      ("multi_modal_projector", "linear"))
+
+
+def _constant_leaf(name: str, shape) -> np.ndarray | None:
+    """A numpy init's constant leaves by name: norm weights and LayerNorm scales one, biases zero; None for the
+    others."""
+    if name in ("weight", "scale"):
+        return np.ones(shape, np.float32)
+    if name == "bias":
+        return np.zeros(shape, np.float32)
+    return None
+
+
+def _init_encoder_numpy(abstract: dict, rng: np.random.Generator) -> dict:
+    """The encoder's parameters (shapes from ``abstract``) with numpy: the kernels normal(0.02), drawn in
+    :data:`ENCODER_DRAW_ORDER`, the position table Whisper's sinusoids."""
+    kernels = {path: rng.normal(0.0, 0.02, _get(abstract, path)["kernel"].shape).astype(np.float32)
+               for path in ENCODER_DRAW_ORDER}
+
+    def leaf(path, x):
+        keys = tuple(getattr(p, "key", "") for p in path)
+        if keys[-1] == "kernel" and keys[:-1] in kernels:
+            return kernels[keys[:-1]]
+        if keys[-2:] == ("embed_positions", "embedding"):
+            return sinusoids(*x.shape)
+        value = _constant_leaf(keys[-1], x.shape)
+        if value is None:
+            raise AssertionError(f"{'/'.join(keys)}: no numpy init (a kernel missing from ENCODER_DRAW_ORDER?)")
+        return value
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
 def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
     """The decoder's parameters with numpy (norm weights one, biases zero, the rest normal(0.02)): the
     same distribution as :func:`proactive_jax.models.qwen.init_params`, without compiling flax's init."""
     from proactive_jax.models.qwen import abstract_params as text_abstract
 
     def leaf(path, x):
-        name = getattr(path[-1], "key", "")
-        if name == "weight":
-            return np.ones(x.shape, np.float32)
-        if name == "bias":
-            return np.zeros(x.shape, np.float32)
-        return rng.normal(0.0, 0.02, x.shape).astype(np.float32)
+        value = _constant_leaf(getattr(path[-1], "key", ""), x.shape)
+        return rng.normal(0.0, 0.02, x.shape).astype(np.float32) if value is None else value
 
     return jax.tree_util.tree_map_with_path(leaf, text_abstract(text_cfg))
 
 
 def init_params(config: AudioModelConfig, seed: int = 0) -> dict:
     """Random parameters of the whole Qwen2-Audio model as numpy arrays on the host (``jax.device_put`` to
-    place): the encoder's by :func:`init_encoder_params` (computed on the CPU), the decoder's by numpy."""
-    with jax.default_device(jax.devices("cpu")[0]):
-        params = jax.tree_util.tree_map(np.asarray, init_encoder_params(config, jax.random.PRNGKey(seed)))
-    params["language_model"] = _init_text_numpy(config.text, np.random.default_rng(seed))
+    place), with the distribution of :func:`init_encoder_params` and :func:`~.qwen.init_params`; nothing is
+    compiled and one seed gives the same parameters in every version (:data:`ENCODER_DRAW_ORDER`)."""
+    rng = np.random.default_rng(seed)
+    abstract = abstract_params(config)
+    params = _init_encoder_numpy({k: abstract[k] for k in ENCODER_PARTS}, rng)
+    params["language_model"] = _init_text_numpy(config.text, rng)
     return params
 
 
