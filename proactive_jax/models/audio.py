@@ -15,6 +15,9 @@ context, the released behaviour).
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,9 +64,9 @@ _init_jit = jax.jit(_init_fn, static_argnums=(0, 1))
 
 # The order in which :func:`init_params` draws the encoder's normal(0.02) kernels from its numpy generator (the
 # decoder's follow, in tree order): fixed, so that a seed names the same parameters from one version to the next.
-_T, _A = ("audio_tower",), ("audio_tower", "layers", "self_attn")
-ENCODER_DRAW_ORDER = (_A + ("q_proj",), _A + ("k_proj",), _A + ("v_proj",), _A + ("out_proj",),
-                      _T + ("layers", "fc1"), _T + ("layers", "fc2"), _T + ("conv1",), _T + ("conv2",),
+_LAYERS, _ATTN = ("audio_tower", "layers"), ("audio_tower", "layers", "self_attn")
+ENCODER_DRAW_ORDER = (_ATTN + ("q_proj",), _ATTN + ("k_proj",), _ATTN + ("v_proj",), _ATTN + ("out_proj",),
+                      _LAYERS + ("fc1",), _LAYERS + ("fc2",), ("audio_tower", "conv1"), ("audio_tower", "conv2"),
                       ("multi_modal_projector", "linear"))
 
 
@@ -80,8 +83,8 @@ def _constant_leaf(name: str, shape) -> np.ndarray | None:
 def _init_encoder_numpy(abstract: dict, rng: np.random.Generator) -> dict:
     """The encoder's parameters (shapes from ``abstract``) with numpy: the kernels normal(0.02), drawn in
     :data:`ENCODER_DRAW_ORDER`, the position table Whisper's sinusoids."""
-    kernels = {path: rng.normal(0.0, 0.02, _get(abstract, path)["kernel"].shape).astype(np.float32)
-               for path in ENCODER_DRAW_ORDER}
+    kernels = {path: rng.normal(0.0, 0.02, functools.reduce(operator.getitem, path + ("kernel",), abstract).shape
+                                ).astype(np.float32) for path in ENCODER_DRAW_ORDER}
 
     def leaf(path, x):
         keys = tuple(getattr(p, "key", "") for p in path)
@@ -95,12 +98,6 @@ def _init_encoder_numpy(abstract: dict, rng: np.random.Generator) -> dict:
         return value
 
     return jax.tree_util.tree_map_with_path(leaf, abstract)
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
@@ -120,19 +117,21 @@ def init_params(config: AudioModelConfig, seed: int = 0) -> dict:
     place), with the distribution of :func:`init_encoder_params` and :func:`~.qwen.init_params`; nothing is
     compiled and one seed gives the same parameters in every version (:data:`ENCODER_DRAW_ORDER`)."""
     rng = np.random.default_rng(seed)
-    abstract = abstract_params(config)
-    params = _init_encoder_numpy({k: abstract[k] for k in ENCODER_PARTS}, rng)
+    params = _init_encoder_numpy(abstract_encoder_params(config), rng)
     params["language_model"] = _init_text_numpy(config.text, rng)
     return params
 
 
+def abstract_encoder_params(config: AudioModelConfig) -> dict:
+    """The encoder + projector parameters' shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
+    return jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
+
+
 def abstract_params(config: AudioModelConfig) -> dict:
-    """Parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
+    """The whole model's parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
     from proactive_jax.models.qwen import abstract_params as text_abstract
 
-    tree = jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
-    tree["language_model"] = text_abstract(config.text)
-    return tree
+    return {**abstract_encoder_params(config), "language_model": text_abstract(config.text)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-# rematerialisation of each decoder (and audio encoder) layer in the backward pass (``model.remat``); True = "full", False = "none"
+# rematerialisation of each decoder or audio encoder layer in the backward pass (``model.remat``): True = "full"
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention_out")
 
 
