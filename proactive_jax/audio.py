@@ -9,7 +9,8 @@
   resampled to 16 kHz by :func:`resample`).
 
 Implementations live in :mod:`proactive_jax.data.audio` (features), :mod:`proactive_jax.models.audio`
-(encoder) and :mod:`proactive_jax.models.audio_config` (configs).
+(the encoder's functions; its modules in :mod:`proactive_jax.models.audio_encoder`) and
+:mod:`proactive_jax.models.audio_config` (configs).
 """
 from proactive_jax.data.audio import (AudioError, check_waveform, feature_mask, log_mel, log_mel_windows, read_audio,
                                      resample, write_wav)

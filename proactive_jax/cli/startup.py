@@ -199,7 +199,7 @@ def _have(module: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 PROGRAM_NAMES = {"_decode_impl": "the decode loop", "step_fn": "the train step", "decision_step": "a session step",
-                 "advance": "a session step", "_forward_fn": "the forward pass", "_encode_fn": "the audio encoder",
+                 "advance": "a session step", "_forward_fn": "the forward pass", "encode_window": "the audio encoder",
                  "chunk_step": "the audio chunk encoder",
                  "dual_view_states": "the labelling pass (stream and full views)"}
 ESTIMATES_FILE = "proactive_jax_compile_seconds.json"

@@ -28,7 +28,7 @@ from proactive_jax.data.example import ExampleError, StreamExample
 
 logger = logging.getLogger(__name__)
 ENCODER_MODES = ("frozen", "train")
-FROZEN_PARTS = ("audio_tower", "multi_modal_projector")  # what encoder="frozen" holds constant
+FROZEN_PARTS = audio_model.ENCODER_PARTS  # what encoder="frozen" holds constant: the tower and the projector
 BATCH_KEYS = ("features", "valid_frames", "audio_tokens")  # what pack_audio_batch adds to pack_batch
 
 def pack_audio_batch(examples: Sequence[StreamExample], features: Sequence[np.ndarray], valid_frames: Sequence[int],
@@ -60,8 +60,8 @@ def audio_source_embeds(config: AudioModelConfig, params, batch, encoder: str = 
     """[B, S_cap, D]: table rows of the source ids, encoder outputs at the audio slots."""
     if encoder not in ENCODER_MODES:
         raise ValueError(f"encoder={encoder!r}: expected one of {ENCODER_MODES}")
-    emb = audio_model._encode_fn(config, mask, conv_edge, config.chunk, params, batch["features"],
-                                 batch["valid_frames"])
+    emb = audio_model.encode_window(config, params, batch["features"], batch["valid_frames"], mask=mask,
+                                    conv_edge=conv_edge)
     if encoder == "frozen":
         emb = jax.lax.stop_gradient(emb)
     src = batch["source"]

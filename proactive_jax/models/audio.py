@@ -1,35 +1,32 @@
-"""Qwen2-Audio's Whisper-style audio encoder and projector, as pure functions over a parameter pytree.
+"""Qwen2-Audio's audio encoder and whole model as pure functions over a parameter pytree.
 
-Parameters (names mirror the HF tensors, see :mod:`.hf`): ``params["audio_tower"]`` (``conv1``, ``conv2``
-with kernels ``[3, in, out]``, the stored ``embed_positions`` table, ``layers`` stacked on a leading axis and
-scanned, the final ``layer_norm``), ``params["multi_modal_projector"]["linear"]`` and
-``params["language_model"]`` (the Qwen2 decoder of :mod:`.qwen`). fp32 master weights; ``encoder.dtype``
-"bfloat16" computes in bf16 with fp32 LayerNorm statistics and softmax.
+The encoder and projector are the linen modules of :mod:`.audio_encoder`; this module is their functional
+interface, as :mod:`.qwen`'s entry points are the decoder's: :func:`init_params` / :func:`abstract_params`,
+:func:`apply_encoder` (any stretch of a window against an :class:`EncoderState`), :func:`encode_window` /
+:func:`encode` (whole windows under a mask and a conv edge), :func:`chunk_step` / :func:`encode_chunk` (chunk by
+chunk) and :func:`forward_audio` (the whole model's logits).
 
-The encoder is written once, for a KV cache of ``capacity`` slots: encoding a whole window is the case
-"empty cache, write every position" and encoding chunk by chunk (:func:`encode_chunk`) writes each chunk's
-positions after the earlier ones. Masks are data: every position carries a block id; key k is visible to
-query q iff k holds valid audio and ``block[k] <= block[q]``, with block = 0 (``bidirectional``, the released
-model), the position itself (``causal``, over the attention positions, 50 per second) or the position's
-chunk of K output tokens (``block:K``). The conv front end is three shifted matmuls; ``conv_edge="zero"``
-replaces the frame after each chunk of ``chunk_tokens`` tokens by zero (the padding a chunk sees when it
-is encoded alone), ``"lookahead"`` keeps it (10 ms of right context, the released behaviour).
+Parameters (names mirror the HF tensors, see :mod:`.hf_names`): ``params["audio_tower"]`` and
+``params["multi_modal_projector"]`` (the encoder's, :data:`ENCODER_PARTS`) and ``params["language_model"]`` (the
+Qwen2 decoder of :mod:`.qwen`). ``conv_edge="zero"`` replaces the frame after each chunk of ``chunk_tokens``
+tokens by zero (the padding a chunk sees when it is encoded alone), ``"lookahead"`` keeps it (10 ms of right
+context, the released behaviour).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import NamedTuple
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proactive_jax.models.attention import dense_attention
-from proactive_jax.models.audio_config import CONV_EDGES, AudioModelConfig, EncoderConfig, check_chunk_tokens, parse_encoder_mask
+from proactive_jax.models.audio_config import CONV_EDGES, AudioModelConfig, check_chunk_tokens, parse_encoder_mask
+from proactive_jax.models.audio_encoder import AudioEncoder, EncoderState, empty_state, sinusoids
 
-logger = logging.getLogger(__name__)
 Array = jax.Array
+ENCODER_PARTS = ("audio_tower", "multi_modal_projector")  # the encoder's top-level parameter names
 
 
 def output_lengths(valid_frames):
@@ -42,46 +39,65 @@ def output_lengths(valid_frames):
 # Parameters
 # ---------------------------------------------------------------------------------------------
 
-def _encoder_tree(enc: EncoderConfig, out_dim: int, make) -> dict:
-    """The encoder + projector tree; ``make(kind, shape)`` builds each leaf (kind: normal/zeros/ones/positions)."""
-    d, f, m, n = enc.d_model, enc.encoder_ffn_dim, enc.num_mel_bins, enc.encoder_layers
-    ln = lambda *lead: {"scale": make("ones", (*lead, d)), "bias": make("zeros", (*lead, d))}  # noqa: E731
-
-    def lin(i, o, bias=True, lead=(n,)):
-        p = {"kernel": make("normal", (*lead, i, o))}
-        if bias:
-            p["bias"] = make("zeros", (*lead, o))
-        return p
-
-    layers = {"self_attn_layer_norm": ln(n), "final_layer_norm": ln(n),
-              "self_attn": {"q_proj": lin(d, d), "k_proj": lin(d, d, bias=False), "v_proj": lin(d, d),
-                            "out_proj": lin(d, d)},
-              "fc1": lin(d, f), "fc2": lin(f, d)}
-    tower = {"conv1": {"kernel": make("normal", (3, m, d)), "bias": make("zeros", (d,))},
-             "conv2": {"kernel": make("normal", (3, d, d)), "bias": make("zeros", (d,))},
-             "embed_positions": {"embedding": make("positions", (enc.max_source_positions, d))},
-             "layers": layers, "layer_norm": ln()}
-    return {"audio_tower": tower, "multi_modal_projector": {"linear": lin(d, out_dim, lead=())}}
+def make_encoder(config: AudioModelConfig, mask: str = "causal") -> AudioEncoder:
+    return AudioEncoder(config.encoder, config.text.hidden_size, mask)
 
 
-def init_encoder_params(enc: EncoderConfig, out_dim: int, rng: np.random.Generator) -> dict:
-    """Random encoder + projector parameters (numpy: normal(0.02), LayerNorms at one/zero, sinusoid positions)."""
-    def make(kind, shape):
-        if kind == "normal":
-            return rng.normal(0.0, 0.02, shape).astype(np.float32)
-        if kind == "positions":
-            return sinusoids(*shape)
-        return (np.ones if kind == "ones" else np.zeros)(shape, np.float32)
-
-    return _encoder_tree(enc, out_dim, make)
+def init_encoder_params(config: AudioModelConfig, rng: Array | int = 0) -> dict:
+    """Random encoder + projector parameters (normal(0.02) kernels, zero biases, LayerNorms at one, sinusoid
+    positions), as a plain nested dict with the keys :data:`ENCODER_PARTS`."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    return _init_jit(config.encoder, config.text.hidden_size, rng)
 
 
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-    """Whisper's sinusoid table (only for random init; checkpoints store theirs and it is loaded)."""
-    inc = np.log(max_timescale) / (channels // 2 - 1)
-    inv = np.exp(-inc * np.arange(channels // 2))
-    t = np.arange(length)[:, None] * inv[None, :]
-    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+def _init_fn(enc, hidden_size: int, rng):
+    frames = 4  # any stretch initialises every parameter (the position table has its own size)
+    state = empty_state(enc, 1, frames // 2)
+    mel = jnp.zeros((1, frames, enc.num_mel_bins), jnp.float32)
+    variables = AudioEncoder(enc, hidden_size).init(rng, mel, state, jnp.ones((frames,), bool))
+    return dict(variables["params"])
+
+
+_init_jit = jax.jit(_init_fn, static_argnums=(0, 1))
+
+
+# The order in which :func:`init_params` draws the encoder's normal(0.02) kernels from its numpy generator (the
+# decoder's follow, in tree order): fixed, so that a seed names the same parameters from one version to the next.
+_LAYERS, _ATTN = ("audio_tower", "layers"), ("audio_tower", "layers", "self_attn")
+ENCODER_DRAW_ORDER = (_ATTN + ("q_proj",), _ATTN + ("k_proj",), _ATTN + ("v_proj",), _ATTN + ("out_proj",),
+                      _LAYERS + ("fc1",), _LAYERS + ("fc2",), ("audio_tower", "conv1"), ("audio_tower", "conv2"),
+                      ("multi_modal_projector", "linear"))
+
+
+def _constant_leaf(name: str, shape) -> np.ndarray | None:
+    """A numpy init's constant leaves by name: norm weights and LayerNorm scales one, biases zero; None for the
+    others."""
+    if name in ("weight", "scale"):
+        return np.ones(shape, np.float32)
+    if name == "bias":
+        return np.zeros(shape, np.float32)
+    return None
+
+
+def _init_encoder_numpy(abstract: dict, rng: np.random.Generator) -> dict:
+    """The encoder's parameters (shapes from ``abstract``) with numpy: the kernels normal(0.02), drawn in
+    :data:`ENCODER_DRAW_ORDER`, the position table Whisper's sinusoids."""
+    kernels = {path: rng.normal(0.0, 0.02, functools.reduce(operator.getitem, path + ("kernel",), abstract).shape
+                                ).astype(np.float32) for path in ENCODER_DRAW_ORDER}
+
+    def leaf(path, x):
+        keys = tuple(getattr(p, "key", "") for p in path)
+        if keys[-1] == "kernel" and keys[:-1] in kernels:
+            return kernels[keys[:-1]]
+        if keys[-2:] == ("embed_positions", "embedding"):
+            return sinusoids(*x.shape)
+        value = _constant_leaf(keys[-1], x.shape)
+        if value is None:
+            raise AssertionError(f"{'/'.join(keys)}: no numpy init (a kernel missing from ENCODER_DRAW_ORDER?)")
+        return value
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
@@ -90,134 +106,46 @@ def _init_text_numpy(text_cfg, rng: np.random.Generator) -> dict:
     from proactive_jax.models.qwen import abstract_params as text_abstract
 
     def leaf(path, x):
-        name = getattr(path[-1], "key", "")
-        if name == "weight":
-            return np.ones(x.shape, np.float32)
-        if name == "bias":
-            return np.zeros(x.shape, np.float32)
-        return rng.normal(0.0, 0.02, x.shape).astype(np.float32)
+        value = _constant_leaf(getattr(path[-1], "key", ""), x.shape)
+        return rng.normal(0.0, 0.02, x.shape).astype(np.float32) if value is None else value
 
     return jax.tree_util.tree_map_with_path(leaf, text_abstract(text_cfg))
 
 
 def init_params(config: AudioModelConfig, seed: int = 0) -> dict:
-    """Random parameters of the whole Qwen2-Audio model (numpy, on the host; ``jax.device_put`` to place)."""
+    """Random parameters of the whole Qwen2-Audio model as numpy arrays on the host (``jax.device_put`` to
+    place), with the distribution of :func:`init_encoder_params` and :func:`~.qwen.init_params`; nothing is
+    compiled and one seed gives the same parameters in every version (:data:`ENCODER_DRAW_ORDER`)."""
     rng = np.random.default_rng(seed)
-    params = init_encoder_params(config.encoder, config.text.hidden_size, rng)
+    params = _init_encoder_numpy(abstract_encoder_params(config), rng)
     params["language_model"] = _init_text_numpy(config.text, rng)
     return params
 
 
+def abstract_encoder_params(config: AudioModelConfig) -> dict:
+    """The encoder + projector parameters' shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
+    return jax.eval_shape(lambda: init_encoder_params(config, jax.random.PRNGKey(0)))
+
+
 def abstract_params(config: AudioModelConfig) -> dict:
-    """Parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
+    """The whole model's parameter shapes/dtypes (``jax.ShapeDtypeStruct``), nothing allocated."""
     from proactive_jax.models.qwen import abstract_params as text_abstract
 
-    tree = _encoder_tree(config.encoder, config.text.hidden_size,
-                         lambda kind, shape: jax.ShapeDtypeStruct(shape, jnp.float32))
-    tree["language_model"] = text_abstract(config.text)
-    return tree
+    return {**abstract_encoder_params(config), "language_model": text_abstract(config.text)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Building blocks
+# The encoder over a stretch of a window
 # ---------------------------------------------------------------------------------------------
 
-def layer_norm(x, p, eps, dtype):
-    xf = x.astype(jnp.float32)
-    mu = jnp.mean(xf, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
-    y = (xf - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-    return y.astype(dtype)
-
-
-def _dense(x, p, dtype):
-    y = jnp.einsum("...i,io->...o", x.astype(dtype), p["kernel"].astype(dtype))
-    return y + p["bias"].astype(dtype) if "bias" in p else y
-
-
-def _gelu(x):
-    return jax.nn.gelu(x, approximate=False)
-
-
-def conv_front(tower, mel, left_mel, left_h1, zero_next, dtype):
-    """conv1 (k3, s1) + GELU, conv2 (k3, s2) + GELU as shifted matmuls.
-
-    ``mel`` [B, F, bins]; ``left_mel`` [B, bins] / ``left_h1`` [B, d]: the frame and the conv1 output just
-    before ``mel`` (zeros at the start of a window); ``zero_next`` [F] bool: frames whose right neighbour is
-    replaced by zero (always the last one). Returns ``(h2 [B, F/2, d], last mel frame, last conv1 output)``.
-    """
-    w1, w2 = tower["conv1"]["kernel"].astype(dtype), tower["conv2"]["kernel"].astype(dtype)
-    x = mel.astype(dtype)
-    prev = jnp.concatenate([left_mel[:, None].astype(dtype), x[:, :-1]], axis=1)
-    nxt = jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
-    nxt = jnp.where(zero_next[None, :, None], 0.0, nxt).astype(dtype)
-    h1 = _gelu(prev @ w1[0] + x @ w1[1] + nxt @ w1[2] + tower["conv1"]["bias"].astype(dtype))
-    ext = jnp.concatenate([left_h1[:, None].astype(dtype), h1], axis=1)  # ext[i] = h1[i - 1]
-    h2 = _gelu(ext[:, 0:-1:2] @ w2[0] + ext[:, 1::2] @ w2[1] + ext[:, 2::2] @ w2[2]
-               + tower["conv2"]["bias"].astype(dtype))
-    return h2, mel[:, -1], h1[:, -1]
-
-
-def _encoder_layer(enc: EncoderConfig, x, p, k_cache, v_cache, start, q_block, k_block, k_valid):
-    """One pre-LN layer. Writes this call's keys/values at slots ``start..start+T`` of the caches."""
-    dtype = jnp.dtype(enc.dtype)
-    b, t, d = x.shape
-    h, hd = enc.encoder_attention_heads, enc.head_dim
-    y = layer_norm(x, p["self_attn_layer_norm"], enc.layer_norm_eps, dtype)
-    a = p["self_attn"]
-    q = _dense(y, a["q_proj"], dtype).reshape(b, t, h, hd)
-    k = _dense(y, a["k_proj"], dtype).reshape(b, t, h, hd)
-    v = _dense(y, a["v_proj"], dtype).reshape(b, t, h, hd)
-    k_cache = _write_cache(k_cache, k, start)
-    v_cache = _write_cache(v_cache, v, start)
-    mask = k_valid[:, None, :] & (k_block[:, None, :] <= q_block[:, :, None])
-    out, _ = dense_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask)
-    x = x + _dense(out.reshape(b, t, d), a["out_proj"], dtype)
-    y = layer_norm(x, p["final_layer_norm"], enc.layer_norm_eps, dtype)
-    x = x + _dense(_gelu(_dense(y, p["fc1"], dtype)), p["fc2"], dtype)
-    return x, k_cache, v_cache
-
-
-def _write_cache(cache, new, start):
-    """``cache`` [B, P, ...] with ``new`` [B, T, ...] written at slots ``start..start+T``: one scalar start
-    for every row, or one per row (``start`` [B]: a select over the slots, no scatter; each row's other
-    slots keep their values)."""
-    new = new.astype(cache.dtype)
-    if jnp.ndim(start) == 0:
-        return jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1)
-    t, slots = new.shape[1], cache.shape[1]
-    rel = jnp.arange(slots, dtype=jnp.int32)[None, :] - start[:, None]  # [B, P]: slot - row start
-    picked = jnp.take_along_axis(new, jnp.clip(rel, 0, t - 1).reshape(rel.shape + (1,) * (new.ndim - 2)), axis=1)
-    inside = ((rel >= 0) & (rel < t)).reshape(rel.shape + (1,) * (new.ndim - 2))
-    return jnp.where(inside, picked, cache)
-
-
-def _layers(enc: EncoderConfig, x, layers, k_cache, v_cache, start, q_block, k_block, k_valid):
-    def body(h, per_layer):
-        p, kc, vc = per_layer
-        h, kc, vc = _encoder_layer(enc, h, p, kc, vc, start, q_block, k_block, k_valid)
-        return h, (kc, vc)
-
-    x, (k_cache, v_cache) = jax.lax.scan(body, x, (layers, k_cache, v_cache),
-                                         unroll=1 if enc.scan_layers else enc.encoder_layers)
-    return x, k_cache, v_cache
-
-
-def _pool_project(params, enc: EncoderConfig, x):
-    """AvgPool1d(2, 2), final LayerNorm, projector: [B, 2n, d] -> [B, n, hidden] float32."""
-    dtype = jnp.dtype(enc.dtype)
-    b, t, d = x.shape
-    x = x.reshape(b, t // 2, 2, d).astype(jnp.float32).mean(axis=2).astype(dtype)
-    x = layer_norm(x, params["audio_tower"]["layer_norm"], enc.layer_norm_eps, dtype)
-    return _dense(x, params["multi_modal_projector"]["linear"], dtype).astype(jnp.float32)
-
-
-def _blocks(kind: str, k: int, positions):
-    if kind == "bidirectional":
-        return jnp.zeros_like(positions)
-    if kind == "causal":
-        return positions
-    return positions // (2 * k)
+def apply_encoder(config: AudioModelConfig, params, mel, state: EncoderState, zero_next, limit=None, *,
+                  mask: str = "causal") -> tuple[Array, EncoderState]:
+    """Audio embeddings ``[B, F/4, hidden]`` (float32) of ``mel`` [B, F, bins] (time-major) continuing
+    ``state``, and the new state: see :meth:`.audio_encoder.AudioTower.__call__` for ``zero_next`` and
+    ``limit``; ``mask`` (static): "bidirectional" | "causal" | "block:K". ``params``: the whole model's tree
+    (only :data:`ENCODER_PARTS` are read)."""
+    variables = {"params": {k: params[k] for k in ENCODER_PARTS}}
+    return make_encoder(config, mask).apply(variables, mel, state, zero_next, limit)
 
 
 def _zero_next(frames: int, conv_edge: str, chunk_tokens: int) -> np.ndarray:
@@ -228,30 +156,20 @@ def _zero_next(frames: int, conv_edge: str, chunk_tokens: int) -> np.ndarray:
     return edge | (f == frames - 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Whole windows
-# ---------------------------------------------------------------------------------------------
-
-def _encode_fn(config: AudioModelConfig, mask: str, conv_edge: str, chunk_tokens: int, params, feats, valid):
-    enc = config.encoder
-    dtype = jnp.dtype(enc.dtype)
-    kind, k = parse_encoder_mask(mask)
-    tower = params["audio_tower"]
+def encode_window(config: AudioModelConfig, params, feats, valid, *, mask: str = "causal", conv_edge: str = "zero",
+                  chunk_tokens: int | None = None) -> Array:
+    """Projected audio embeddings ``[B, frames / 4, hidden]`` (float32) of whole windows ``feats``
+    [B, bins, frames] with ``valid`` [B] valid mel frames: the traceable body of :func:`encode` (unchecked;
+    ``mask``, ``conv_edge`` and ``chunk_tokens``, default ``config.chunk``, are static)."""
     b, _, frames = feats.shape
-    mel = jnp.swapaxes(feats, 1, 2)
-    zeros_mel, zeros_h = jnp.zeros((b, enc.num_mel_bins), dtype), jnp.zeros((b, enc.d_model), dtype)
-    h2, _, _ = conv_front(tower, mel, zeros_mel, zeros_h, jnp.asarray(_zero_next(frames, conv_edge, chunk_tokens)), dtype)
-    t = h2.shape[1]
-    x = h2 + tower["embed_positions"]["embedding"][:t].astype(dtype)
-    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    zero_next = jnp.asarray(_zero_next(frames, conv_edge, chunk_tokens or config.chunk))
     pre, _ = output_lengths(valid)
-    block = _blocks(kind, k, pos)
-    cache = jnp.zeros((enc.encoder_layers, b, t, enc.encoder_attention_heads, enc.head_dim), dtype)
-    x, _, _ = _layers(enc, x, tower["layers"], cache, cache, 0, block, block, pos < pre[:, None])
-    return _pool_project(params, enc, x)
+    emb, _ = apply_encoder(config, params, jnp.swapaxes(feats, 1, 2), empty_state(config.encoder, b, frames // 2),
+                           zero_next, pre, mask=mask)
+    return emb
 
 
-_encode_jit = jax.jit(_encode_fn, static_argnums=(0, 1, 2, 3))
+_encode_jit = jax.jit(encode_window, static_argnums=0, static_argnames=("mask", "conv_edge", "chunk_tokens"))
 
 
 def _check_features(config: AudioModelConfig, input_features, feature_attention_mask):
@@ -284,53 +202,26 @@ def encode(config: AudioModelConfig, params, input_features, feature_attention_m
     if conv_edge not in CONV_EDGES:
         raise ValueError(f"conv_edge={conv_edge!r}: expected one of {CONV_EDGES}")
     feats, valid = _check_features(config, input_features, feature_attention_mask)
-    return _encode_jit(config, mask, conv_edge, k, params, feats, valid)
+    return _encode_jit(config, params, feats, valid, mask=mask, conv_edge=conv_edge, chunk_tokens=k)
 
 
 # ---------------------------------------------------------------------------------------------
 # Chunk by chunk (causal mask, conv_edge zero)
 # ---------------------------------------------------------------------------------------------
 
-class EncoderState(NamedTuple):
-    k: Array  # [layers, B, positions, heads, head_dim]
-    v: Array
-    left_mel: Array  # [B, bins]: the last mel frame encoded so far
-    left_h1: Array  # [B, d]: the last conv1 output so far
-    pos: Array  # [] int32: attention positions written
-
-
 def init_encoder_state(config: AudioModelConfig, batch: int) -> EncoderState:
-    enc = config.encoder
-    dtype = jnp.dtype(enc.dtype)
-    shape = (enc.encoder_layers, batch, enc.max_source_positions, enc.encoder_attention_heads, enc.head_dim)
-    return EncoderState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, enc.num_mel_bins), dtype),
-                        jnp.zeros((batch, enc.d_model), dtype), jnp.zeros((), jnp.int32))
+    """The chunk encoder's state at the start of a window (K/V caches of the whole window)."""
+    return empty_state(config.encoder, batch, config.encoder.max_source_positions)
 
 
 def chunk_step(config: AudioModelConfig, params, state: EncoderState, mel_chunk):
     """The chunk encoder's pure step: ``mel_chunk`` [B, 4K, bins] (time-major) -> (new state, [B, K, hidden]).
     ``state.pos`` is a scalar (one window position for the batch) or [B] (per row; K/V caches
     [layers, B, positions, ...]). :func:`encode_chunk` is the checked public entry."""
-    enc = config.encoder
-    dtype = jnp.dtype(enc.dtype)
-    tower = params["audio_tower"]
-    b, frames, _ = mel_chunk.shape
-    zero_next = np.zeros(frames, bool)
+    zero_next = np.zeros(mel_chunk.shape[1], bool)
     zero_next[-1] = True  # the chunk's edge: the next frame is not heard yet
-    h2, left_mel, left_h1 = conv_front(tower, mel_chunk, state.left_mel, state.left_h1, jnp.asarray(zero_next), dtype)
-    t = h2.shape[1]
-    table = tower["embed_positions"]["embedding"]
-    if jnp.ndim(state.pos) == 0:  # one window position for the batch
-        x = h2 + jax.lax.dynamic_slice_in_dim(table, state.pos, t).astype(dtype)
-        q_block = jnp.broadcast_to(state.pos + jnp.arange(t, dtype=jnp.int32), (b, t))
-        end = state.pos + t
-    else:  # one per row (live sessions: rows at different points of their windows)
-        q_block = state.pos[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
-        x = h2 + jnp.take(jnp.asarray(table), q_block, axis=0).astype(dtype)
-        end = (state.pos + t)[:, None]
-    k_index = jnp.broadcast_to(jnp.arange(enc.max_source_positions, dtype=jnp.int32), (b, enc.max_source_positions))
-    x, k, v = _layers(enc, x, tower["layers"], state.k, state.v, state.pos, q_block, k_index, k_index < end)
-    return EncoderState(k, v, left_mel.astype(dtype), left_h1.astype(dtype), state.pos + t), _pool_project(params, enc, x)
+    emb, state = apply_encoder(config, params, mel_chunk, state, jnp.asarray(zero_next))
+    return state, emb
 
 
 _chunk_jit = jax.jit(chunk_step, static_argnums=0)
@@ -383,7 +274,7 @@ def _forward_audio_fn(config: AudioModelConfig, encoder_mask: str, params, input
     from proactive_jax.models.attention import causal_vectors
 
     k = config.chunk
-    audio = _encode_fn(config, encoder_mask, "lookahead", k, params, feats, valid)
+    audio = encode_window(config, params, feats, valid, mask=encoder_mask, conv_edge="lookahead", chunk_tokens=k)
     _, n_out = output_lengths(valid)
     audio_valid = jnp.arange(audio.shape[1])[None, :] < n_out[:, None]
     x = scatter_audio(config, params, input_ids, audio, audio_valid)

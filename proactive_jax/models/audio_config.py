@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from proactive_jax.models.config import COMPUTE_DTYPES, ConfigError, ModelConfig, from_hf_dict, to_hf_dict
+from proactive_jax.models.config import (COMPUTE_DTYPES, REMAT_POLICIES, ConfigError, ModelConfig, from_hf_dict,
+                                         remat_policy_name, to_hf_dict)
 
 ENCODER_MASKS = ("bidirectional", "causal", "block:K")
 CONV_EDGES = ("zero", "lookahead")
@@ -32,6 +33,7 @@ class EncoderConfig:
     # compute options (not part of the checkpoint)
     dtype: str = "float32"
     scan_layers: bool = True
+    remat: bool | str = False  # a REMAT_POLICIES name; True means "full", False "none"
 
     def __post_init__(self):
         if self.activation_function != "gelu":
@@ -45,6 +47,14 @@ class EncoderConfig:
                               f"(the encoder pools pairs of positions)")
         if self.dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"audio dtype {self.dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"audio remat {self.remat!r} is not supported; expected true/false or one of "
+                              f"{REMAT_POLICIES}")
+
+    @property
+    def remat_policy(self) -> str:
+        """The remat policy name of the encoder layers ("none", "full", ...), with the booleans mapped."""
+        return remat_policy_name(self.remat)
 
     @property
     def head_dim(self) -> int:
@@ -158,7 +168,7 @@ def from_hf_dict_audio(hf: Mapping[str, Any], *, dtype: str = "float32", source:
     if missing:
         raise ConfigError(f"{source}: audio_config is missing {missing}")
     enc = EncoderConfig(**{k: a[k] for k in _ENC_KEYS if k in a}, dtype=dtype,
-                        scan_layers=compute.get("scan_layers", True))
+                        scan_layers=compute.get("scan_layers", True), remat=compute.get("remat", False))
     text_hf = dict(hf["text_config"])
     text_hf.setdefault("model_type", "qwen2")
     # the decoder's declared tie is text_config's (Qwen2Config default false); a top-level tie_word_embeddings is

@@ -21,8 +21,17 @@ SUPPORTED_ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-# rematerialisation of each decoder layer in the backward pass (``model.remat``); True = "full", False = "none"
+# rematerialisation of each decoder or audio encoder layer in the backward pass (``model.remat``): True = "full"
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention_out")
+
+
+def remat_policy_name(remat: bool | str) -> str:
+    """The REMAT_POLICIES name of a ``remat`` option: True means "full", False "none"."""
+    if isinstance(remat, bool):
+        return "full" if remat else "none"
+    return remat
+
+
 # attention implementation (``model.attention``); see models/attention.py
 ATTENTION_IMPLS = ("dense", "pallas", "cudnn", "auto")
 # former spellings -> the name they have now (a one-line error names the new one)
@@ -68,9 +77,7 @@ class ModelConfig:
     @property
     def remat_policy(self) -> str:
         """The remat policy name ("none", "full", ...), with the booleans mapped."""
-        if isinstance(self.remat, bool):
-            return "full" if self.remat else "none"
-        return self.remat
+        return remat_policy_name(self.remat)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_ARCHITECTURES:

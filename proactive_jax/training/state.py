@@ -66,7 +66,8 @@ def _audio_model_config(cfg, sec: ModelSection, over: dict, compute: dict, audio
     enc_over = check_fields(EncoderConfig, sec.audio_config, "model.audio_config")
     try:
         text = cfg.text.replace(**over, **compute)
-        enc = dataclasses.replace(cfg.encoder, **enc_over, dtype=sec.dtype, scan_layers=sec.scan_layers)
+        enc = dataclasses.replace(cfg.encoder, **enc_over, dtype=sec.dtype, scan_layers=sec.scan_layers,
+                                  remat=sec.remat)
     except ValueError as e:
         raise ConfigError(f"model.config / model.audio_config: {e}") from None
     chunk = None
