@@ -18,6 +18,10 @@ advancing row. By default (``fused``) a push is one dispatch: a device ``while_l
 with each decision's wall-clock taken as the push's time divided by its steps; ``fused=False`` dispatches
 and reads back every step (exact per-decision times, more host overhead).
 
+A long-form session (``long_form=``:class:`~.longform.LongForm`) runs as long as input arrives, on caches of a
+fixed window: the model closes segments as it goes and only the prompt and a recent context are kept (see
+:mod:`.longform`).
+
 Before :meth:`finish` the session does not know M, the number of units: the device's ``M`` is a sentinel
 larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
 the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ

@@ -76,6 +76,12 @@ def test_every_segment_equals_brute_force_over_its_window(setup, head):
             np.testing.assert_allclose(g.scores, rec["scores"], atol=1e-4, rtol=0)
         assert g.ended == (g.reason in ("window", "finish"))
     assert written == sess.tokens
+    # the offline decoder on the same windowed examples (one batch) writes the same
+    exs = [sess._batch.segment_example(g) for g in segs]
+    offline = stream_decode(s["cfg"], s["params"], [e for e in exs if e is not None], head, MAX_NEW,
+                            eos_ids=boundaries, word_starts=s["ws"])
+    for g, r in zip([g for g, e in zip(segs, exs) if e is not None], offline):
+        assert g.tokens == r.tokens.tolist() and g.phi == r.phi.tolist()
     r = sess.result()
     assert r.M == UNITS and np.all(np.diff(r.phi) >= 0) and r.phi[-1] <= UNITS + 1
     if head != "batch":  # writes throughout the stream, not only at its end
