@@ -32,7 +32,8 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="--live: source capacity in tokens (prompt + units + end; default 1024)")
     p.add_argument("--long-form", action="store_true",
                    help="--live: a stream without an end on a bounded window: the model closes segments as it goes "
-                        "(sentence end or end-of-turn) and keeps only the prompt and a recent context")
+                        "(sentence end or end-of-turn) and keeps only the prompt and a recent context; a blank line "
+                        "ends a turn (the model answers; the turn stays in the next turn's context)")
     p.add_argument("--window", type=int, default=None,
                    help="--live --long-form: source tokens per segment (prompt + kept context + units + end; "
                         "default 256; implies --long-form); a quarter of it is kept source, an eighth kept output")
@@ -99,9 +100,10 @@ def run_decode_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_units(stream, unit: str):
-    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``). Bytes that
-    are not UTF-8 (which Python's standard input passes on as lone surrogates) become U+FFFD, with one warning."""
+def _live_units(stream, unit: str, turns: bool = False):
+    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``); with
+    ``turns``, None for a blank line (the end of a turn). Bytes that are not UTF-8 (which Python's standard input
+    passes on as lone surrogates) become U+FFFD, with one warning."""
     warned = False
     for line in iter(stream.readline, ""):
         clean = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -110,7 +112,9 @@ def _live_units(stream, unit: str):
                   file=sys.stderr)
             warned = True
         line = clean
-        if unit == "sentence":
+        if turns and not line.strip():
+            yield None
+        elif unit == "sentence":
             if line.strip():
                 yield line.strip()
         else:
@@ -210,9 +214,18 @@ def _run_long_form(session, stdin, stdout, args: argparse.Namespace, tok) -> int
         if commit or len(new) >= 64:
             mark, shown = mark + len(new), ""
 
-    for u in _live_units(stdin, args.unit):
+    in_turn = 0  # units of the current turn
+    for u in _live_units(stdin, args.unit, turns=True):
         try:
+            if u is None:  # a blank line ends the turn: the model answers; the turn stays in the context
+                if in_turn:
+                    session.end_turn()
+                    show(commit=True)
+                    stdout.write("\n")
+                in_turn, tail = 0, ""
+                continue
             session.push_text(u)
+            in_turn += 1
         except SessionError as e:
             print(f"\nproactive-jax decode: {e}", file=sys.stderr)
             return 2
@@ -220,7 +233,8 @@ def _run_long_form(session, stdin, stdout, args: argparse.Namespace, tok) -> int
     if session.units_pushed == 0:
         print("proactive-jax decode: standard input ended before any word: nothing to stream", file=sys.stderr)
         return 2
-    session.finish()
+    if in_turn:  # (after a blank line the last turn was answered already)
+        session.finish()
     show(commit=True)
     stdout.write("\n")
     secs = session.decision_seconds

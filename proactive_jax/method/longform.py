@@ -66,6 +66,7 @@ class LongForm:
     carry_target: int = 32
     boundary_ids: tuple | None = None
     keep_segments: int = 64
+    turn_separator: tuple | None = None  # ids between an answer and the next user turn's text (multi-turn)
 
 
 def boundary_table(tokenizer) -> list[int]:
@@ -75,6 +76,22 @@ def boundary_table(tokenizer) -> list[int]:
         if t and t.rstrip("Ġ▁ \n").endswith(SENTENCE_ENDS):
             out.append(i)
     return out
+
+
+def turn_separator(tokenizer, system: str | None = None) -> tuple | None:
+    """The ids the chat template puts between an assistant answer and the next user message's text (e.g.
+    ``<|im_end|>\\n<|im_start|>user\\n``); None if the tokenizer has no usable chat template."""
+    a, b = "\u2063ANSWER\u2063", "\u2063NEXT\u2063"
+    msgs = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": "x"}, {"role": "assistant", "content": a}, {"role": "user", "content": b}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    except Exception:  # noqa: BLE001 -- any template failure means: no multi-turn layout
+        return None
+    if text.count(a) != 1 or text.count(b) != 1 or text.index(a) > text.index(b):
+        return None
+    between = text[text.index(a) + len(a):text.index(b)]
+    return tuple(tokenizer(between, add_special_tokens=False)["input_ids"])
 
 
 @dataclasses.dataclass
@@ -97,6 +114,7 @@ class Segment:
     absorbed: list | None = None  # the unit read into the prompt when the segment started (a forced READ)
     queued: list = dataclasses.field(default_factory=list)  # units given to the device in this segment
     final: bool = False  # the stream's end marker (finish) is read into this segment
+    stops: tuple = ()  # the ids that closed it when written (boundaries; end-of-turn only once its turn ended)
 
 
 class LongFormBatch:
@@ -129,6 +147,8 @@ class LongFormBatch:
         eos = list(config.eos_ids if eos_ids is None else ([eos_ids] if np.ndim(eos_ids) == 0 else eos_ids))
         self.end_of_turn = [int(x) for x in eos]
         self.boundaries = sorted(set(self.end_of_turn) | {int(b) for b in (lf.boundary_ids or ()) if 0 <= b < V})
+        self._stop = np.zeros((len(prompts), V), bool)  # per row: the ids that close its segment
+        self._stop[:, self.boundaries] = True
         self.inner = SessionBatch(config, params, head, prompts=prompts, ends=ends, headers=headers,
                                   max_new_tokens=max_new_tokens, eos_ids=self.boundaries, word_starts=word_starts,
                                   target_offset=target_offset, max_source_len=lf.window, unit_capacity=U,
@@ -147,10 +167,12 @@ class LongFormBatch:
         self.records = [dict(scores=[], writes=[], reads=[], forced=[], seconds=[]) for _ in range(B)]
         self.units_pushed, self.closed = [0] * B, [False] * B
         self.segments = [collections.deque(maxlen=lf.keep_segments) for _ in range(B)]
-        self._carry_units = [collections.deque() for _ in range(B)]
+        self._history = [collections.deque() for _ in range(B)]  # (is an answer, token ids), oldest first
         self._carry_target = [[] for _ in range(B)]
+        self._turn_written = [[] for _ in range(B)]  # the current turn's writes (its most recent ones)
+        self._sync_stops()
         self._read = [0] * B  # units of the stream read so far
-        self._seg = [Segment(list(p), list(h), 0) for p, h in zip(prompts, headers)]
+        self._seg = [Segment(list(p), list(h), 0, stops=tuple(self.boundaries)) for p, h in zip(prompts, headers)]
         self._open = [True] * B  # a segment is live on the device (else the row waits for a unit to start one)
         self._synced = [0] * B  # decisions of the open segment already copied into the row's records
 
@@ -180,26 +202,33 @@ class LongFormBatch:
                     self.inner.units_pushed[i] += 1
                     self._seg[i].queued.append(u)
         if waiting:
-            self._start(waiting, absorb={i: clean[i] for i in waiting})
+            self._start(waiting, {i: clean[i] for i in waiting}, {})
         self._advance()
         return [self.tokens[i][before[i]:] for i in range(self.B)]
 
     def finish(self, rows: Sequence[int] | None = None) -> list[list[int]]:
         """End the streams of ``rows`` (default: all open): the open segment reads the end marker and the model
-        writes until it closes. Returns per row the tokens written now."""
-        rows = [i for i in range(self.B) if not self.closed[i]] if rows is None else list(rows)
-        for i in rows:
-            if not 0 <= i < self.B or self.closed[i]:
-                raise SessionError(f"finish: session {i} does not exist or is closed (finish() was already called)")
+        answers until end-of-turn (or ``max_new_tokens``). Returns per row the tokens written now."""
+        rows = self._rows(rows, "finish")
         before = [len(t) for t in self.tokens]
-        live = [i for i in rows if self._open[i]]
-        if live:
-            for i in live:
-                self._seg[i].final = True
-            self.inner.finish(live)
-            self._close(live, "finish", restart=False)
+        self._answer(rows, final=True)
         for i in rows:
             self.closed[i], self._open[i] = True, False
+        return [self.tokens[i][before[i]:] for i in range(self.B)]
+
+    def end_turn(self, rows: Sequence[int] | None = None) -> list[list[int]]:
+        """End the user's turn in ``rows`` (default: all open): the open segment reads the end marker, the model
+        answers until end-of-turn (or ``max_new_tokens``), and the turn (user text, answer) joins the history
+        that the next turn's segments keep in their prompt (chat layout: ``end + header + answer +
+        turn_separator``). The next unit starts the next turn. Returns per row the tokens written now."""
+        if self.long_form.turn_separator is None:
+            raise SessionError("end_turn: multi-turn needs LongForm.turn_separator (the ids between an answer and "
+                               "the next user turn; StreamSession.from_tokenizer derives it from the chat template)")
+        rows = self._rows(rows, "end_turn")
+        before = [len(t) for t in self.tokens]
+        self._answer(rows, final=False)
+        for i in rows:
+            self._open[i] = False
         return [self.tokens[i][before[i]:] for i in range(self.B)]
 
     def result(self, i: int) -> DecodeResult:
@@ -231,6 +260,36 @@ class LongFormBatch:
         return tuple(self.inner.state["cache"].k.shape)
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _rows(self, rows, op: str) -> list[int]:
+        rows = [i for i in range(self.B) if not self.closed[i]] if rows is None else list(rows)
+        for i in rows:
+            if not isinstance(i, (int, np.integer)) or not 0 <= i < self.B or self.closed[i]:
+                raise SessionError(f"{op}: session {i!r} does not exist or is closed (finish() was called)")
+        return rows
+
+    def _sync_stops(self):
+        self.inner._tables["eos"] = jnp.asarray(self._stop)
+        self.inner._sync_rows()
+
+    def _answer(self, rows, final: bool):
+        """The open segments of ``rows`` (rows waiting for a unit: a new segment on the kept context) read the end
+        marker and write until end-of-turn or ``max_new_tokens``; then they close."""
+        if not rows:
+            return
+        idle = [i for i in rows if not self._open[i]]
+        if idle:
+            self._start(idle, {}, {})
+        for i in rows:
+            self._stop[i] = False
+            self._stop[i, self.end_of_turn] = True
+            self._seg[i].final, self._seg[i].stops = final, tuple(self.end_of_turn)
+        self._sync_stops()
+        self.inner.finish(rows)
+        self._close(rows, "finish" if final else "turn", restart=False)
+        for i in rows:
+            self._stop[i, self.boundaries] = True
+        self._sync_stops()
 
     def _check_unit(self, i: int, unit) -> list[int]:
         if self.closed[i]:
@@ -306,15 +365,19 @@ class LongFormBatch:
                                     "boundary" if last in self.boundaries else "max_new")
             self._read[i] = seg.start + k
             self.segments[i].append(seg)
-            history = self._carry_units[i]
-            history.extend(([seg.absorbed] if seg.absorbed is not None else []) + seg.units)
-            total = sum(len(u) for u in history)
-            while history and total > lf.carry_source:
-                total -= len(history.popleft())
-            written = self._carry_target[i] + [t for t in seg.tokens if t not in self.end_of_turn]
-            cut = max(len(written) - lf.carry_target, 0)
-            starts = [c for c in range(cut, len(written)) if self.word_starts[written[c]]]
-            self._carry_target[i] = written[starts[0] if starts else cut:] if lf.carry_target else []
+            history = self._history[i]
+            history.extend((False, u) for u in ([seg.absorbed] if seg.absorbed is not None else []) + seg.units)
+            own = [t for t in seg.tokens if t not in self.end_of_turn]
+            self._turn_written[i] = (self._turn_written[i] + own)[-lf.carry_source:]
+            if reason == "turn":  # the turn joins the history in the chat layout; the target group starts afresh
+                answer = self._turn_written[i][len(self._turn_written[i]) - lf.carry_source // 2:]
+                history.append((True, list(self.ends[i]) + self.base_headers[i] + answer + list(lf.turn_separator)))
+                self._carry_target[i], self._turn_written[i] = [], []
+            total = sum(len(u) for _, u in history)
+            while history and total > lf.carry_source:  # whole pieces (an answer piece starts with end + header)
+                total -= len(history.popleft()[1])
+            if reason != "turn":
+                self._carry_target[i] = self._kept_target(self._carry_target[i] + own)
             if not restart:
                 continue
             if k or seg.absorbed is not None:
@@ -328,6 +391,13 @@ class LongFormBatch:
         if now or absorb:
             self._start(now + list(absorb), absorb, queued)
 
+    def _kept_target(self, written: list) -> list:
+        """The most recent ``carry_target`` written ids, from a word start."""
+        n = self.long_form.carry_target
+        cut = max(len(written) - n, 0)
+        starts = [c for c in range(cut, len(written)) if self.word_starts[written[c]]]
+        return written[starts[0] if starts else cut:] if n else []
+
     def _start(self, rows, absorb: dict, queued: dict):
         """New segments in ``rows`` (one prefill program for all): prompt + kept source (+ the absorbed unit,
         read now), header + kept target; a unit left unread by the closed segment is queued to the new one."""
@@ -335,7 +405,7 @@ class LongFormBatch:
         arr = np.zeros((self.B, inner.shapes.prompt_cap), np.int32)
         mask = np.zeros(self.B, bool)
         for i in rows:
-            prompt = self.base_prompts[i] + [t for u in self._carry_units[i] for t in u] + list(absorb.get(i, []))
+            prompt = self.base_prompts[i] + [t for _, u in self._history[i] for t in u] + list(absorb.get(i, []))
             header = self.base_headers[i] + self._carry_target[i]
             if i in absorb:  # a forced READ: the segment starts with the unit read
                 r = self.records[i]
@@ -343,7 +413,7 @@ class LongFormBatch:
                                 ("seconds", 0.0)):
                     r[name].append(x)
                 self._read[i] += 1
-            self._seg[i] = Segment(prompt, header, self._read[i], absorbed=absorb.get(i))
+            self._seg[i] = Segment(prompt, header, self._read[i], absorbed=absorb.get(i), stops=tuple(self.boundaries))
             inner.prompts[i], inner.headers[i] = prompt, header
             inner._set_row(i, prompt, header, arr)
             mask[i] = True

@@ -35,7 +35,7 @@ import dataclasses
 from proactive_jax.method.decode import DecodeResult
 from proactive_jax.method.heads import HeadSpec
 from proactive_jax.errors import SessionError
-from proactive_jax.method.longform import LongForm, LongFormBatch, boundary_table
+from proactive_jax.method.longform import LongForm, LongFormBatch, boundary_table, turn_separator
 from proactive_jax.method.session_batch import SessionBatch
 from proactive_jax.method.shapes import bucket
 from proactive_jax.models.config import ModelConfig
@@ -90,7 +90,9 @@ class StreamSession:
             parts = dict(prompt=ex.prompt, end=ex.end, header=ex.header)
         lf = options.get("long_form")
         if lf is not None and lf.boundary_ids is None:  # segments close at sentence ends too
-            options["long_form"] = dataclasses.replace(lf, boundary_ids=tuple(boundary_table(tokenizer)))
+            lf = options["long_form"] = dataclasses.replace(lf, boundary_ids=tuple(boundary_table(tokenizer)))
+        if lf is not None and lf.turn_separator is None:  # multi-turn: the chat template between two turns
+            options["long_form"] = dataclasses.replace(lf, turn_separator=turn_separator(tokenizer, system))
         s = cls(config, params, head, prompt=parts["prompt"], end=parts["end"], header=parts["header"],
                 max_new_tokens=max_new_tokens,
                 eos_ids=eos_ids_for(tokenizer, text_cfg) if eos_ids is None else eos_ids,
@@ -124,6 +126,15 @@ class StreamSession:
         if self._batch.closed[0]:
             raise SessionError("finish: the session is closed (finish() was already called)")
         return self._batch.finish([0])[0]
+
+    def end_turn(self) -> list[int]:
+        """Long-form sessions: the user's turn ends; the model answers until end-of-turn, and the turn stays in the
+        context (chat layout) of the next turn, which starts with the next push (see :mod:`.longform`)."""
+        if not hasattr(self._batch, "end_turn"):
+            raise SessionError("end_turn: only long-form sessions hold several turns (create with long_form=)")
+        if self._batch.closed[0]:
+            raise SessionError("end_turn: the session is closed (finish() was called)")
+        return self._batch.end_turn([0])[0]
 
     def result(self) -> DecodeResult:
         return self._batch.result(0)

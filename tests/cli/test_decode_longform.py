@@ -44,6 +44,14 @@ def test_a_long_stream_runs_and_writes_throughout(ckpt, capsys):
     assert all(printed[k] < printed[k + 100] for k in range(0, 500, 100))  # writes in every hundred words
 
 
+def test_a_blank_line_ends_a_turn(ckpt, capsys):
+    out = io.StringIO()
+    text = "the quick fox sees the owl\n\na red cat finds the blue pear\n\n\nthe owl\n"
+    assert run_live(_args(ckpt, "--window", "64"), stdin=io.StringIO(text), stdout=out) == 0
+    assert "long-form: 15 units" in capsys.readouterr().err
+    assert len(out.getvalue().strip().splitlines()) == 3  # one line of output per turn
+
+
 def test_a_unit_that_cannot_fit_the_window_is_one_error_line(ckpt, capsys):
     out = io.StringIO()
     stdin = io.StringIO("the quick fox\nthe owl\n" + " ".join(WORDS * 2) + "\nmore words\n")

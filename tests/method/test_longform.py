@@ -1,5 +1,7 @@
 """Long-form sessions (method/longform.py): a stream of many segments on a fixed window; every segment equals a
 brute-force recomputation of the model over its windowed context (tokens, phi, decisions, scores)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,40 @@ def _tau(s, base):
 HEADS = ["batch", "wait-k:k=2", "entropy:decide_at=token", "attention:layers=-1:,min_read=2"]
 
 
+def _check_segments(s, sess, head, units):
+    """Every segment == brute force over its windowed example (and == the offline decoder); every unit read once."""
+    segs = sess.segments
+    read = [u for g in segs for u in ([g.absorbed] if g.absorbed is not None else []) + g.units]
+    assert read == units
+    lf = sess._batch.long_form
+    written, groups = [], {}
+    for g in segs:
+        assert len(g.prompt) <= len(PROMPT) + lf.carry_source + 4 and len(g.header) <= len(HEADER) + lf.carry_target
+        written += g.tokens
+        ex = sess._batch.segment_example(g)
+        if ex is None:  # a segment that read only an end marker (M = 0)
+            assert g.reason in ("finish", "turn")
+            continue
+        assert ex.S <= lf.window
+        ys, phi, rec = reference_decode(s["cfg"], s["params"], ex, head, MAX_NEW, list(g.stops), s["ws"])
+        assert min(rec["gaps"]) > 1e-4, "near-tie in the argmax: pick other seeds"
+        np.testing.assert_array_equal(g.tokens, ys, err_msg=f"{head} {g.reason}")
+        np.testing.assert_array_equal(g.phi, phi, err_msg=head)
+        np.testing.assert_array_equal(g.writes, rec["writes"])
+        np.testing.assert_array_equal(g.reads, rec["reads"])
+        if not head.startswith(("batch", "wait-k")):  # M-dependent scores differ before the end is known
+            np.testing.assert_allclose(g.scores, rec["scores"], atol=1e-4, rtol=0)
+        assert g.ended == (g.reason in ("window", "finish", "turn"))
+        groups.setdefault(g.stops, []).append((g, ex))
+    assert written == sess.tokens
+    for stops, pairs in groups.items():  # the offline decoder on the same windowed examples writes the same
+        offline = stream_decode(s["cfg"], s["params"], [e for _, e in pairs], head, MAX_NEW, eos_ids=list(stops),
+                                word_starts=s["ws"])
+        for (g, _), r in zip(pairs, offline):
+            assert g.tokens == r.tokens.tolist() and g.phi == r.phi.tolist()
+    return segs
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_every_segment_equals_brute_force_over_its_window(setup, head):
     s = setup
@@ -51,41 +87,38 @@ def test_every_segment_equals_brute_force_over_its_window(setup, head):
     for u in s["units"]:
         sess.push(u)
     sess.finish()
-    segs = sess.segments
+    segs = _check_segments(s, sess, head, s["units"])
     assert len(segs) >= 3, f"{head}: one long segment only"
-    # every unit of the stream is read exactly once, by one segment (into its prompt, or by a READ)
-    read = [u for g in segs for u in ([g.absorbed] if g.absorbed is not None else []) + g.units]
-    assert read == s["units"]
-    lf, boundaries = s["lf"], sess._batch.boundaries
-    written = []
-    for g in segs:
-        assert len(g.prompt) <= len(PROMPT) + lf.carry_source + 4 and len(g.header) <= len(HEADER) + lf.carry_target
-        written += g.tokens
-        ex = sess._batch.segment_example(g)
-        if ex is None:  # the final segment read only the end marker (M = 0)
-            assert g is segs[-1] and g.reason == "finish"
-            continue
-        assert ex.S <= lf.window
-        ys, phi, rec = reference_decode(s["cfg"], s["params"], ex, head, MAX_NEW, boundaries, s["ws"])
-        assert min(rec["gaps"]) > 1e-4, "near-tie in the argmax: pick other seeds"
-        np.testing.assert_array_equal(g.tokens, ys, err_msg=f"{head} {g.reason}")
-        np.testing.assert_array_equal(g.phi, phi, err_msg=head)
-        np.testing.assert_array_equal(g.writes, rec["writes"])
-        np.testing.assert_array_equal(g.reads, rec["reads"])
-        if not head.startswith(("batch", "wait-k")):  # M-dependent scores differ before the end is known
-            np.testing.assert_allclose(g.scores, rec["scores"], atol=1e-4, rtol=0)
-        assert g.ended == (g.reason in ("window", "finish"))
-    assert written == sess.tokens
-    # the offline decoder on the same windowed examples (one batch) writes the same
-    exs = [sess._batch.segment_example(g) for g in segs]
-    offline = stream_decode(s["cfg"], s["params"], [e for e in exs if e is not None], head, MAX_NEW,
-                            eos_ids=boundaries, word_starts=s["ws"])
-    for g, r in zip([g for g, e in zip(segs, exs) if e is not None], offline):
-        assert g.tokens == r.tokens.tolist() and g.phi == r.phi.tolist()
     r = sess.result()
     assert r.M == UNITS and np.all(np.diff(r.phi) >= 0) and r.phi[-1] <= UNITS + 1
     if head != "batch":  # writes throughout the stream, not only at its end
         assert r.phi[0] < UNITS // 2 and len({g.reason for g in segs}) >= 2
+
+
+@pytest.mark.parametrize("head", ["wait-k:k=2", "entropy:decide_at=token"])
+def test_turns_keep_their_history_and_equal_brute_force(setup, head):
+    s = setup
+    if head.startswith("entropy"):
+        head = _tau(s, head)
+    sep = (12, 13)
+    sess = _session(s, head, lf=dataclasses.replace(s["lf"], turn_separator=sep, carry_source=12))
+    turns = [s["units"][:14], s["units"][14:26], s["units"][26:]]
+    for k, turn in enumerate(turns):
+        for u in turn:
+            sess.push(u)
+        sess.end_turn() if k < 2 else sess.finish()
+    segs = _check_segments(s, sess, head, s["units"])
+    ends = [k for k, g in enumerate(segs) if g.reason in ("turn", "finish")]
+    assert len(ends) == 3 and segs[ends[0]].stops == tuple(s["eos"])
+    nxt = segs[ends[0] + 1]  # the next turn's first segment: the finished turn in its prompt, in the chat layout
+    answer_tail = [t for t in segs[ends[0]].tokens if t not in s["eos"]][-3:]
+    p = nxt.prompt
+    assert p[:3] == PROMPT and nxt.header == HEADER and p[len(p) - len(nxt.absorbed):] == nxt.absorbed
+    assert _contains(p, END + HEADER) and _contains(p, answer_tail + list(sep))
+
+
+def _contains(seq, sub):
+    return any(seq[k:k + len(sub)] == sub for k in range(len(seq) - len(sub) + 1))
 
 
 def test_bounded_and_never_recompiles(setup):
