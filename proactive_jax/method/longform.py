@@ -21,6 +21,11 @@ Positions are re-based by construction: every segment is fed from position 0 (so
 segment closes without having read a unit, the next one waits for the next unit and starts with it read (a forced
 READ into its prompt): every segment reads at least one unit, so a push runs a bounded number of segments.
 
+Turns (:meth:`LongFormBatch.end_turn`): the open segment reads the end marker and the model answers until
+end-of-turn (sentence ends do not close it then); the turn joins the kept history in the chat layout (its units,
+then ``end + header + answer + turn_separator``), which the next turn's segments hold in their prompt. ``finish``
+answers the same way and closes the stream.
+
 Exactness: what a segment computes equals a brute-force recomputation of the model over its windowed example
 (:meth:`LongFormBatch.segment_example`: prompt + kept source + its units [+ end], header + kept target; the eos set
 includes the boundaries); tested in ``tests/method/test_longform.py``. The design and the alternatives rejected are
