@@ -11,6 +11,8 @@ not load JAX.
 import importlib
 
 _PUBLIC = {
+    "LongForm": "proactive_jax.method.longform",
+    "LongFormBatch": "proactive_jax.method.longform",
     "ModelConfig": "proactive_jax.models.config",
     "SessionBatch": "proactive_jax.method.session_batch",
     "StreamExample": "proactive_jax.data.example",

@@ -30,6 +30,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="--live --audio FILE: feed the file at this multiple of real time (0: as fast as possible)")
     p.add_argument("--max-source-len", type=int, default=None,
                    help="--live: source capacity in tokens (prompt + units + end; default 1024)")
+    p.add_argument("--long-form", action="store_true",
+                   help="--live: a stream without an end on a bounded window: the model closes segments as it goes "
+                        "(sentence end or end-of-turn) and keeps only the prompt and a recent context; a blank line "
+                        "ends a turn (the model answers; the turn stays in the next turn's context)")
+    p.add_argument("--window", type=int, default=None,
+                   help="--live --long-form: source tokens per segment (prompt + kept context + units + end; "
+                        "default 256; implies --long-form); a quarter of it is kept source, an eighth kept output")
     p.add_argument("--prompt", default="", help="task text shown up front (instruction, question)")
     p.add_argument("--unit", default="word", choices=("word", "token", "sentence"))
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -93,9 +100,10 @@ def run_decode_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live_units(stream, unit: str):
-    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``). Bytes that
-    are not UTF-8 (which Python's standard input passes on as lone surrogates) become U+FFFD, with one warning."""
+def _live_units(stream, unit: str, turns: bool = False):
+    """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``); with
+    ``turns``, None for a blank line (the end of a turn). Bytes that are not UTF-8 (which Python's standard input
+    passes on as lone surrogates) become U+FFFD, with one warning."""
     warned = False
     for line in iter(stream.readline, ""):
         clean = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -104,7 +112,9 @@ def _live_units(stream, unit: str):
                   file=sys.stderr)
             warned = True
         line = clean
-        if unit == "sentence":
+        if turns and not line.strip():
+            yield None
+        elif unit == "sentence":
             if line.strip():
                 yield line.strip()
         else:
@@ -122,14 +132,18 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     try:
         if args.unit == "token":
             raise ValueError("--live streams words (--unit word) or lines (--unit sentence), not tokens")
+        options = dict(max_source_len=args.max_source_len)
+        if args.long_form or args.window is not None:
+            options = _long_form_options(args)
         cfg, params, tok = _model_and_tokenizer(args)
         session = StreamSession.from_tokenizer(cfg, params, args.head, tok, prompt_text=args.prompt,
-                                               system=args.system, max_new_tokens=args.max_new_tokens,
-                                               max_source_len=args.max_source_len)
+                                               system=args.system, max_new_tokens=args.max_new_tokens, **options)
     except (ValueError, FileNotFoundError) as e:
         print(f"proactive-jax decode: {e}", file=sys.stderr)
         return 2
     print(f"ready: type the source ({args.unit}s; Ctrl-D ends it)", file=sys.stderr, flush=True)
+    if "long_form" in options:
+        return _run_long_form(session, stdin, stdout, args, tok)
     shown = ""
 
     def show():
@@ -162,4 +176,68 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     print(f"phi: {session.phi} (M = {session.units_pushed}; M+1 = the end marker was read); "
           f"{len(secs)} decisions, median {1e3 * float(np.median(secs)) if secs else 0:.1f} ms each",
           file=sys.stderr)
+    return 0
+
+
+def _long_form_options(args: argparse.Namespace) -> dict:
+    from proactive_jax.method.longform import LongForm
+
+    window = 256 if args.window is None else args.window
+    if window < 64:
+        raise ValueError(f"--window {window}: a long-form window needs at least 64 source tokens")
+    if args.max_source_len is not None:
+        raise ValueError("--max-source-len sizes a one-turn session; with --long-form the window is --window")
+    return dict(long_form=LongForm(window=window, carry_source=window // 4, carry_target=window // 8, keep_segments=4),
+                unit_capacity=min(16, window // 8) if args.unit == "word" else window // 8)
+
+
+def _run_long_form(session, stdin, stdout, args: argparse.Namespace, tok) -> int:
+    """``decode --live --long-form``: the writes are printed as they come; text is decoded from the last commit
+    point only (a bounded amount per push, however long the stream)."""
+    import numpy as np
+
+    from proactive_jax.errors import SessionError
+
+    mark, shown, tail = 0, "", ""  # tokens before ``mark`` are printed for good; ``tail``: the last printed char
+
+    def show(commit: bool = False):
+        nonlocal mark, shown, tail
+        new = session.tokens_from(mark)
+        text = tok.decode(new, skip_special_tokens=True)
+        if not shown and text and tail and not tail.isspace() and not text[0].isspace():
+            text = " " + text  # a decode that starts at a commit point has no leading space
+        out = text[len(shown):] if text.startswith(shown) else "\n" + text
+        stdout.write(out)
+        stdout.flush()
+        tail = (out or tail)[-1:] if out else tail
+        shown = text
+        if commit or len(new) >= 64:
+            mark, shown = mark + len(new), ""
+
+    in_turn = 0  # units of the current turn
+    for u in _live_units(stdin, args.unit, turns=True):
+        try:
+            if u is None:  # a blank line ends the turn: the model answers; the turn stays in the context
+                if in_turn:
+                    session.end_turn()
+                    show(commit=True)
+                    stdout.write("\n")
+                in_turn, tail = 0, ""
+                continue
+            session.push_text(u)
+            in_turn += 1
+        except SessionError as e:
+            print(f"\nproactive-jax decode: {e}", file=sys.stderr)
+            return 2
+        show()
+    if session.units_pushed == 0:
+        print("proactive-jax decode: standard input ended before any word: nothing to stream", file=sys.stderr)
+        return 2
+    if in_turn:  # (after a blank line the last turn was answered already)
+        session.finish()
+    show(commit=True)
+    stdout.write("\n")
+    secs = session.decision_seconds
+    print(f"long-form: {session.units_pushed} units, {mark} tokens written; {len(secs)} decisions, median "
+          f"{1e3 * float(np.median(secs)) if secs else 0:.1f} ms each", file=sys.stderr)
     return 0

@@ -350,7 +350,8 @@ def decision_step(sh: StepShapes, params, head_vals, rows, state, unit, unit_len
     out["j"] = j + write.astype(i32)
     out["n"] = n + read.astype(i32)
     out["v"] = jnp.where(read, v_next, v_now)
-    out["done"] = state["done"] | (write & (rows["eos"][cand] | (out["j"] >= max_new)))
+    stop = rows["eos"][cand] if rows["eos"].ndim == 1 else rows["eos"][bi, cand]  # one table, or one per row
+    out["done"] = state["done"] | (write & (stop | (out["j"] >= max_new)))
     nxt = _decide(head_vals, rows, out)
     out.update({k: keep(x, state[k]) for k, x in nxt.items()})
     return out

@@ -18,6 +18,10 @@ advancing row. By default (``fused``) a push is one dispatch: a device ``while_l
 with each decision's wall-clock taken as the push's time divided by its steps; ``fused=False`` dispatches
 and reads back every step (exact per-decision times, more host overhead).
 
+A long-form session (``long_form=``:class:`~.longform.LongForm`) runs as long as input arrives, on caches of a
+fixed window: the model closes segments as it goes and only the prompt and a recent context are kept (see
+:mod:`.longform`).
+
 Before :meth:`finish` the session does not know M, the number of units: the device's ``M`` is a sentinel
 larger than any read count. Decisions (and so tokens and phi) do not depend on M while ``n <= M``; only
 the *scores* of the M-dependent heads (``batch``: n/(M+1), ``wait-k``: n - min(k+w-1, M+1)) can differ
@@ -26,9 +30,12 @@ from the batch decoder's for decisions made before the end was known.
 
 from __future__ import annotations
 
+import dataclasses
+
 from proactive_jax.method.decode import DecodeResult
 from proactive_jax.method.heads import HeadSpec
 from proactive_jax.errors import SessionError
+from proactive_jax.method.longform import LongForm, LongFormBatch, boundary_table, turn_separator
 from proactive_jax.method.session_batch import SessionBatch
 from proactive_jax.method.shapes import bucket
 from proactive_jax.models.config import ModelConfig
@@ -49,7 +56,14 @@ class StreamSession:
     """
 
     def __init__(self, config: ModelConfig, params, head: str | HeadSpec, *, prompt, end, header,
-                 max_new_tokens: int, eos_ids=None, word_starts=None, **options):
+                 max_new_tokens: int, eos_ids=None, word_starts=None, long_form: LongForm | None = None,
+                 **options):
+        if long_form is not None:  # a stream without an end, on a bounded window (see .longform)
+            self._batch = LongFormBatch(config, params, head, prompts=[prompt], ends=[end], headers=[header],
+                                        max_new_tokens=max_new_tokens, long_form=long_form, eos_ids=eos_ids,
+                                        word_starts=word_starts, **options)
+            self.tokenizer = None
+            return
         self._batch = SessionBatch(config, params, head, prompts=[prompt], ends=[end], headers=[header],
                                    max_new_tokens=max_new_tokens, eos_ids=eos_ids, word_starts=word_starts,
                                    **options)
@@ -74,6 +88,11 @@ class StreamSession:
             ex = render_example(tokenizer, TextExample(task="live", id="live", prompt_text=prompt_text, units=["x"],
                                                        target_text="x"), template_parts(tokenizer, system=system))
             parts = dict(prompt=ex.prompt, end=ex.end, header=ex.header)
+        lf = options.get("long_form")
+        if lf is not None and lf.boundary_ids is None:  # segments close at sentence ends too
+            lf = options["long_form"] = dataclasses.replace(lf, boundary_ids=tuple(boundary_table(tokenizer)))
+        if lf is not None and lf.turn_separator is None:  # multi-turn: the chat template between two turns
+            options["long_form"] = dataclasses.replace(lf, turn_separator=turn_separator(tokenizer, system))
         s = cls(config, params, head, prompt=parts["prompt"], end=parts["end"], header=parts["header"],
                 max_new_tokens=max_new_tokens,
                 eos_ids=eos_ids_for(tokenizer, text_cfg) if eos_ids is None else eos_ids,
@@ -108,12 +127,27 @@ class StreamSession:
             raise SessionError("finish: the session is closed (finish() was already called)")
         return self._batch.finish([0])[0]
 
+    def end_turn(self) -> list[int]:
+        """Long-form sessions: the user's turn ends; the model answers until end-of-turn, and the turn stays in the
+        context (chat layout) of the next turn, which starts with the next push (see :mod:`.longform`)."""
+        if not hasattr(self._batch, "end_turn"):
+            raise SessionError("end_turn: only long-form sessions hold several turns (create with long_form=)")
+        if self._batch.closed[0]:
+            raise SessionError("end_turn: the session is closed (finish() was called)")
+        return self._batch.end_turn([0])[0]
+
     def result(self) -> DecodeResult:
         return self._batch.result(0)
 
     def detokenize(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True) if self.tokenizer else str(list(ids))
 
+    def tokens_from(self, start: int) -> list[int]:
+        """The token ids written from index ``start`` on (cheap on a long stream, unlike :attr:`tokens`)."""
+        return self._batch.tokens[0][start:]
+
+    segments = property(lambda self: list(getattr(self._batch, "segments", [[]])[0]),
+                        doc="long-form sessions: the last finished segments (:class:`.longform.Segment`)")
     tokens = property(lambda self: list(self._batch.tokens[0]), doc="token ids written so far")
     phi = property(lambda self: list(self._batch.phi[0]), doc="read count at each write")
     done = property(lambda self: self._batch.done[0], doc="the model stopped writing (eos or max_new_tokens)")
