@@ -22,6 +22,7 @@ from proactive_jax.evaluation import study_metrics as SM
 LEARNED_ABOVE_CHANCE = 20.0  # batch quality must exceed chance by this much for a task's claims to be judged
 CHANCE_MARGIN = {"bleu": 2.0}  # the claimed side's margin above chance (default 5 points)
 BEST = ("entropy", "attention", "probe-self")  # "the best head": the union of these families' points
+PLOT_BOOT = 200  # bootstrap draws per budget for the plots' bands (the tables and verdicts use n_boot)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +255,8 @@ def _plot(views: dict, out: Path, verdicts: list[dict]) -> list[str]:
             keys = v.keys("proactive", fam)
             if not keys:
                 continue
-            ivs = [v.interval(budget_of(keys, b, v.chance, anc), keys + anc) for b in grid]
+            ivs = [_interval(v.runs, budget_of(keys, b, v.chance, anc), sorted(set(keys + anc)), PLOT_BOOT)
+                   for b in grid]
             ax.plot(grid, [i.estimate for i in ivs], label=fam)
             ax.fill_between(grid, [i.lo for i in ivs], [i.hi for i in ivs], alpha=0.2)
         ax.axhline(v.chance, color="gray", ls=":", label="chance")
@@ -264,7 +266,7 @@ def _plot(views: dict, out: Path, verdicts: list[dict]) -> list[str]:
         fig.savefig(out / f"{task}_quality_latency.png", dpi=100)
         plt.close(fig)
         files.append(f"{task}_quality_latency.png")
-    abl = [d for d in verdicts if "diff" in d and d["claim"][:2].strip(".") in ("6", "7", "8", "10")]
+    abl = [d for d in verdicts if "diff" in d and d["claim"].split(".")[0].rstrip("ab") in ("6", "7", "8", "10")]
     if abl:
         fig, ax = plt.subplots(figsize=(7, 0.5 + 0.4 * len(abl)))
         ys = np.arange(len(abl))

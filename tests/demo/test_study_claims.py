@@ -111,3 +111,20 @@ def test_variants_and_config_errors():
                 ["ablation_tasks={lambdas: [ledger]}"]):
         with pytest.raises(ConfigError):
             S.load_study_config(None, bad)
+
+
+def test_report_files_from_fabricated_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(SR, "PLOT_BOOT", 20)
+    cfg = S.StudyConfig(**{**_cfg(tmp_path).__dict__, "n_boot": 50})
+    grid = S.variants(cfg)
+    cells = _cells({"proactive": _heads((0.9, 0.6), (0.2, 0.6)), "trailing=off": _heads((0.45, 0.6), (0.2, 0.6))})
+    res = SR.write_report(cfg, cells, grid, {"cells": 1.0}, {"reused": 0, "computed": 6, "recomputed": 0},
+                          lambda g, x: S.variant_of(cfg, g, x), "proactive-jax study --quick")
+    report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[2] == "Command: `proactive-jax study --quick`"
+    claims = report.split("## Claims")[1].split("\n## ")[0]
+    assert len([l for l in claims.splitlines() if l.startswith("| ") and "---" not in l]) == 1 + len(res["claims"])
+    assert "| oracle policy | oracle |" in report and "| chance (best source-blind output) | chance | 12.5 | 0 |" in report
+    assert set(res["plots"]) == {"ledger_quality_latency.png", "ablations.png"}
+    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in res["plots"])
+    assert json.loads((tmp_path / "results.json").read_text())["claims"] == json.loads(json.dumps(res["claims"]))
