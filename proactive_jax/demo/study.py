@@ -345,7 +345,7 @@ def _evaluate(cfg, seed, variant, task, model_cfg, params, tok, parts, probes) -
                     if r.get("kind") == "decode" and r.get("setting") == s["setting"]]
             name = prefix + s["setting"]
             family = "write-at-once" if name == WRITE_AT_ONCE else (f"probe-{prefix[:-1]}" if prefix else s["family"])
-            settings[name] = {"family": family, "records": rows}
+            settings[name] = {"family": family, "records": rows, "label": s.get("label"), "quantile": s.get("quantile")}
     return settings
 
 

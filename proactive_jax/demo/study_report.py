@@ -48,6 +48,12 @@ def families(cells: dict, task: str) -> dict:
             for name, st in c["settings"].items()}
 
 
+def quantiles(cells: dict, task: str) -> dict:
+    """``{variant/setting: X}`` of the calibrated ``tau=qX`` settings of ``task``."""
+    return {f"{v}/{name}": st["quantile"] for (_, v, t), c in cells.items() if t == task
+            for name, st in c["settings"].items() if st.get("quantile") is not None}
+
+
 def _keys(fam: dict, runs, variant: str, fams) -> list[str]:
     fams = (fams,) if isinstance(fams, str) else tuple(fams)
     return sorted(k for k, f in fam.items() if k.startswith(variant + "/") and f in fams
@@ -106,6 +112,7 @@ class TaskView:
         self.cfg, self.task, self.grid = cfg, task, grid
         self.runs = task_runs(cells, task, cfg.seeds)
         self.fam = families(cells, task)
+        self.quantile = quantiles(cells, task)
         self.metric = SM.TASK_METRIC[task]
         self.chance = SM.chance_level(task, n=300)["value"]
         self.cm = CHANCE_MARGIN.get(self.metric, 5.0)
@@ -202,11 +209,12 @@ def claims(cfg, views: dict, grid: dict, variant_of) -> list[dict]:
     for task in cfg.ablation_tasks.get("alpha", []):
         if task not in views:
             continue
-        claim = "9. later-biased budget weights (alpha 1) lower latency: RCO(alpha 0) - RCO(alpha 1) > 0.02 (entropy q0.9)"
+        claim = ("9. later-biased budget weights (alpha 1) lower latency: RCO(alpha 0) - RCO(alpha 1) > 0.02 "
+                 "(entropy q0.9)")
         va, vb = var("alpha", 0.0), var("alpha", 1.0)
         v = views[task]
-        qa = [k for k in v.keys(va or "-", "entropy") if "@q" in k] if va else []
-        qb = [k for k in v.keys(vb or "-", "entropy") if "@q" in k] if vb else []
+        qa = [k for k in v.keys(va, "entropy") if v.quantile.get(k) == 0.9] if va else []
+        qb = [k for k in v.keys(vb, "entropy") if v.quantile.get(k) == 0.9] if vb else []
         if not (qa and qb):
             out.append(_untestable(claim, task, "alpha 0 or 1 (or their entropy q0.9 point) is not in this grid"))
             continue
@@ -234,7 +242,8 @@ def settings_table(v: TaskView, oracle: dict, external: dict) -> tuple[str, list
         r = v.interval(SM.rco_stat(k), [k]).to_dict()
         data.append({"setting": k, "family": v.fam[k], "quality": q, "rco": r})
         rows.append(f"| {k} | {v.fam[k]} | {_fmt(q)} | {_fmt(r)} |")
-    rows.append(f"| oracle policy | oracle | (the full view's quality) | {oracle['rco']:.3f} (AIL {oracle['ail']:.2f}) |")
+    rows.append(f"| oracle policy | oracle | (the full view's quality) | {oracle['rco']:.3f} "
+                f"(AIL {oracle['ail']:.2f}) |")
     rows.append(f"| external labels as a policy | external | - | {external['rco']:.3f} (AIL {external['ail']:.2f}) |")
     rows.append(f"| chance (best source-blind output) | chance | {v.chance:.3g} | 0 |")
     return "\n".join(rows), data
@@ -294,7 +303,11 @@ def write_report(cfg, cells: dict, grid: dict, timings: dict, counts: dict, vari
              f"{len(cfg.seeds)} training seeds {list(cfg.seeds)} x {cfg.n_test} test examples per task; thresholds "
              f"calibrated on {cfg.n_calib} valid examples; 95% intervals from {cfg.n_boot} bootstrap draws over "
              "seeds x examples (paired). Verdict rule: docs/study.md section 2.", "",
-             "## Claims", "", "| claim | task | baseline | estimate [95%] | verdict | why |", "|---|---|---|---|---|---|"]
+             f"Grid: tasks {list(cfg.tasks)}; {len(grid)} fine-tunes per seed ({', '.join(grid)}), each from a "
+             f"{cfg.pretrain_steps}-step batch-mode pretrain, {cfg.finetune_steps} steps, batch "
+             f"{cfg.global_batch_size}, {cfg.n_train} training examples per task, model {cfg.model_preset}.", "",
+             "## Claims", "", "| claim | task | baseline | estimate [95%] | verdict | why |",
+             "|---|---|---|---|---|---|"]
     for d in verdicts:
         iv = d.get("diff") or d.get("value")
         lines.append(f"| {d['claim']} | {d['task']} | {d.get('baseline', '')} | {_fmt(iv)} | **{d['verdict']}** | "
@@ -312,7 +325,8 @@ def write_report(cfg, cells: dict, grid: dict, timings: dict, counts: dict, vari
     lines += ["", "## Time", "", f"cells computed {counts['computed']}, reused {counts['reused']}; "
               f"seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in sorted(timings.items()))]
     plots = _plot(views, out, verdicts)
-    summary = {"config": _config_dict(cfg), "command": command, "variants": {k: v["objective"] for k, v in grid.items()},
+    summary = {"config": _config_dict(cfg), "command": command,
+               "variants": {k: v["objective"] for k, v in grid.items()},
                "claims": verdicts, "tasks": tasks, "timings_s": timings, "cells": counts, "plots": plots}
     R.write_atomic(out / "results.json", json.dumps(summary, indent=1, default=float))
     R.write_atomic(out / "report.md", "\n".join(lines) + "\n")

@@ -124,7 +124,8 @@ def test_report_files_from_fabricated_cells(tmp_path, monkeypatch):
     assert report.splitlines()[2] == "Command: `proactive-jax study --quick`"
     claims = report.split("## Claims")[1].split("\n## ")[0]
     assert len([l for l in claims.splitlines() if l.startswith("| ") and "---" not in l]) == 1 + len(res["claims"])
-    assert "| oracle policy | oracle |" in report and "| chance (best source-blind output) | chance | 12.5 | 0 |" in report
+    assert "| oracle policy | oracle |" in report
+    assert "| chance (best source-blind output) | chance | 12.5 | 0 |" in report
     assert set(res["plots"]) == {"ledger_quality_latency.png", "ablations.png"}
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in res["plots"])
     assert json.loads((tmp_path / "results.json").read_text())["claims"] == json.loads(json.dumps(res["claims"]))
