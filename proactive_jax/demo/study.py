@@ -343,7 +343,8 @@ def _evaluate(cfg, seed, variant, task, model_cfg, params, tok, parts, probes) -
         for s in res["settings"]:
             rows = [{k: r[k] for k in ("id", "prediction", "references", "phi", "M")} for r in recs
                     if r.get("kind") == "decode" and r.get("setting") == s["setting"]]
-            name = prefix + s["setting"]
+            q = s.get("quantile")  # a calibrated tau differs by seed: name the setting by its quantile
+            name = prefix + (s["setting"] if q is None else f"{s['family']}:tau=q{q:g}")
             family = "write-at-once" if name == WRITE_AT_ONCE else (f"probe-{prefix[:-1]}" if prefix else s["family"])
             settings[name] = {"family": family, "records": rows, "label": s.get("label"), "quantile": s.get("quantile")}
     return settings
@@ -398,9 +399,11 @@ def run_study(cfg: StudyConfig, command: str = "") -> dict:
             for task, path, key in todo:
                 t0 = time.perf_counter()
                 settings = _evaluate(cfg, seed, variant, task, run.model_config, run.params, tok, parts, probes)
-                cells[(seed, variant, task)] = write_cell(path, key, settings, {"train": losses, "seed": seed,
-                                                                                "variant": variant, "task": task})
                 timings[f"eval/seed{seed}/{variant}/{task}"] = time.perf_counter() - t0
+                spent = {k: v for k, v in timings.items() if k.endswith(f"seed{seed}/{variant}/{task}")
+                         or k in (f"train/seed{seed}/{variant}", f"train/seed{seed}/pretrain", f"probes/seed{seed}")}
+                cells[(seed, variant, task)] = write_cell(path, key, settings, {
+                    "train": losses, "seed": seed, "variant": variant, "task": task, "seconds": spent})
                 counts["computed"] += 1
     timings["cells"] = time.perf_counter() - t_start
     summary = write_report(cfg, cells, grid, timings, counts, lambda g, x: variant_of(cfg, g, x), command)

@@ -29,29 +29,61 @@ PLOT_BOOT = 200  # bootstrap draws per budget for the plots' bands (the tables a
 # Samples per task: one {variant/setting: Sample} per seed
 # ---------------------------------------------------------------------------------------------
 
-def task_runs(cells: dict, task: str, seeds) -> list[dict]:
+def _configured_quantiles(cfg) -> dict:
+    """``{family: {X, ...}}``: the ``tau=qX`` quantiles of the configured sweeps."""
+    from proactive_jax.evaluation.sweep import expand_sweep
+
+    out: dict = {}
+    for sw in [h for hs in cfg.heads.values() for h in hs] + list(cfg.probe_heads):
+        for st in expand_sweep(sw):
+            if st.quantile is not None:
+                out.setdefault(st.family, set()).add(st.quantile)
+    return out
+
+
+def setting_name(cfg, name: str, st: dict) -> tuple[str, float | None]:
+    """``(stable name, quantile)``: a calibrated setting is named ``family:tau=qX`` (its fitted tau differs
+    by seed); cells without the ``quantile`` field carry the resolved spec (``...decide_at=...,tau=0.25``),
+    mapped by the unique quantile of that family's configured sweeps."""
+    q = st.get("quantile")
+    prefix, _, rest = name.rpartition("/")
+    family = rest.split(":")[0]
+    if q is None and "decide_at=" in rest:
+        qs = _configured_quantiles(cfg).get(family, set())
+        q = next(iter(qs)) if len(qs) == 1 else None
+    if q is None:
+        return name, None
+    return (prefix + "/" if prefix else "") + f"{family}:tau=q{q:g}", q
+
+
+def task_runs(cfg, cells: dict, task: str) -> list[dict]:
     metric = SM.TASK_METRIC[task]
     runs = []
-    for seed in seeds:
+    for seed in cfg.seeds:
         run = {}
         for (s, variant, t), cell in sorted(cells.items()):
             if s == seed and t == task:
                 for name, st in cell["settings"].items():
-                    run[f"{variant}/{name}"] = SM.sample_from_records(st["records"], metric)
+                    run[f"{variant}/{setting_name(cfg, name, st)[0]}"] = SM.sample_from_records(st["records"], metric)
         runs.append(run)
     return runs
 
 
-def families(cells: dict, task: str) -> dict:
+def families(cfg, cells: dict, task: str) -> dict:
     """``{variant/setting: family}`` over every cell of ``task``."""
-    return {f"{v}/{name}": st["family"] for (_, v, t), c in cells.items() if t == task
+    return {f"{v}/{setting_name(cfg, name, st)[0]}": st["family"] for (_, v, t), c in cells.items() if t == task
             for name, st in c["settings"].items()}
 
 
-def quantiles(cells: dict, task: str) -> dict:
+def quantiles(cfg, cells: dict, task: str) -> dict:
     """``{variant/setting: X}`` of the calibrated ``tau=qX`` settings of ``task``."""
-    return {f"{v}/{name}": st["quantile"] for (_, v, t), c in cells.items() if t == task
-            for name, st in c["settings"].items() if st.get("quantile") is not None}
+    out = {}
+    for (_, v, t), c in cells.items():
+        for name, st in c["settings"].items() if t == task else ():
+            key, q = setting_name(cfg, name, st)
+            if q is not None:
+                out[f"{v}/{key}"] = q
+    return out
 
 
 def _keys(fam: dict, runs, variant: str, fams) -> list[str]:
@@ -110,9 +142,9 @@ class TaskView:
 
     def __init__(self, cfg, cells, task, grid):
         self.cfg, self.task, self.grid = cfg, task, grid
-        self.runs = task_runs(cells, task, cfg.seeds)
-        self.fam = families(cells, task)
-        self.quantile = quantiles(cells, task)
+        self.runs = task_runs(cfg, cells, task)
+        self.fam = families(cfg, cells, task)
+        self.quantile = quantiles(cfg, cells, task)
         self.metric = SM.TASK_METRIC[task]
         self.chance = SM.chance_level(task, n=300)["value"]
         self.cm = CHANCE_MARGIN.get(self.metric, 5.0)
@@ -322,8 +354,13 @@ def write_report(cfg, cells: dict, grid: dict, timings: dict, counts: dict, vari
         lines += ["", f"## {task}", "", f"batch {_fmt(tasks[task]['batch'])} vs chance {v.chance:.3g}: "
                   + ("learned" if v.learned else f"**not learned** (needs > chance + {LEARNED_ABOVE_CHANCE:g}; "
                                                    "this task's claims are not testable here)"), "", table]
-    lines += ["", "## Time", "", f"cells computed {counts['computed']}, reused {counts['reused']}; "
-              f"seconds: " + ", ".join(f"{k} {s:.0f}" for k, s in sorted(timings.items()))]
+    spent: dict = {}
+    for c in cells.values():  # what each cell cost when it was computed (train, probes, eval), counted once
+        spent.update(c.get("seconds") or {})
+    lines += ["", "## Time", "", f"this run: cells computed {counts['computed']}, reused {counts['reused']}; "
+              f"{timings.get('cells', 0):.0f} s before the report", "",
+              "when computed (s): " + (", ".join(f"{k} {s:.0f}" for k, s in sorted(spent.items())) or
+                                       "not recorded in these cells")]
     plots = _plot(views, out, verdicts)
     summary = {"config": _config_dict(cfg), "command": command,
                "variants": {k: v["objective"] for k, v in grid.items()},

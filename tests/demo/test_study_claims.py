@@ -129,3 +129,11 @@ def test_report_files_from_fabricated_cells(tmp_path, monkeypatch):
     assert set(res["plots"]) == {"ledger_quality_latency.png", "ablations.png"}
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in res["plots"])
     assert json.loads((tmp_path / "results.json").read_text())["claims"] == json.loads(json.dumps(res["claims"]))
+
+
+def test_calibrated_settings_get_one_name_across_seeds():
+    cfg = S.StudyConfig()  # every configured qX sweep is q0.9
+    assert SR.setting_name(cfg, "entropy:decide_at=token,min_read=0,tau=0.25", {}) == ("entropy:tau=q0.9", 0.9)
+    assert SR.setting_name(cfg, "self/probe:decide_at=token,min_read=0,tau=0.97", {}) == ("self/probe:tau=q0.9", 0.9)
+    assert SR.setting_name(cfg, "entropy:tau=q0.8", {"quantile": 0.8}) == ("entropy:tau=q0.8", 0.8)
+    assert SR.setting_name(cfg, "entropy:tau=0.1", {"quantile": None}) == ("entropy:tau=0.1", None)
