@@ -37,6 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
+from proactive_jax.data.synthetic_study import STUDY_TASKS, analytic_chance, make_study_task, study_words
 from proactive_jax.data.render import TextExample, split_words
 
 # ----------------------------------------------------------------------------------------------- words
@@ -73,6 +74,8 @@ SYNTHETIC_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "synthetic_tokenizer"
+# the study tasks' tokenizer: the words above (same ids) + every study word (study_vocabulary())
+STUDY_ASSET_DIR = ASSET_DIR.parent / "synthetic_tokenizer_study"
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_BOUNDS = {"train": (0, 800), "valid": (800, 900), "test": (900, 1000)}  # of a hash mod 1000
@@ -136,7 +139,9 @@ class WordMapConfig:
 
 
 def default_config(name: str):
-    return {"lookup": LookupConfig(), "word-map": WordMapConfig()}[_check_name(name)]
+    if _check_name(name) in STUDY_TASKS:
+        return STUDY_TASKS[name]()
+    return {"lookup": LookupConfig(), "word-map": WordMapConfig()}[name]
 
 
 def _check_name(name: str) -> str:
@@ -262,10 +267,13 @@ def _units(words: list[str]) -> list[str]:
 
 
 def make_task(name: str, n: int, seed: int = 0, split: str = "train", config=None) -> list[TextExample]:
-    """``n`` examples of synthetic task ``name`` ("lookup" or "word-map") for ``split`` (train/valid/test).
+    """``n`` examples of synthetic task ``name`` (``SYNTHETIC_TASKS``: lookup, word-map and the study tasks
+    ledger, verb-final, synonym-map) for ``split`` (train/valid/test).
 
     Deterministic in (name, config, seed, split); the splits never share a (prompt, source)."""
     _check_name(name)
+    if name in STUDY_TASKS:
+        return make_study_task(name, n, seed, split, config)
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
     cfg = config if config is not None else default_config(name)
@@ -293,7 +301,8 @@ def make_task(name: str, n: int, seed: int = 0, split: str = "train", config=Non
     return out
 
 
-SYNTHETIC_TASKS = {"lookup": LookupConfig, "word-map": WordMapConfig}
+# lookup and word-map first: their seeding index (position here) stays 0 and 1
+SYNTHETIC_TASKS = {"lookup": LookupConfig, "word-map": WordMapConfig, **STUDY_TASKS}
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -315,13 +324,32 @@ def vocabulary() -> list[str]:
     return out
 
 
-def build_tokenizer(out_dir) -> Path:
-    """Write the synthetic word-level tokenizer (Hugging Face format) to ``out_dir``; load it with
+def study_vocabulary() -> list[str]:
+    """The study tokenizer's words in id order: :func:`vocabulary` (same ids, so lookup and word-map render
+    identically with it) followed by every study word not already in it (4,215 words in all)."""
+    base = vocabulary()
+    have = set(base)
+    return base + [w for w in study_words() if w not in have]
+
+
+def uses_study_words(tasks) -> bool:
+    """True when any of ``tasks`` is a study task (it needs the study tokenizer)."""
+    return any(t in STUDY_TASKS for t in tasks)
+
+
+def tokenizer_dir(tasks) -> Path:
+    """The shipped tokenizer for ``tasks``: the study one when any is a study task, else the small one."""
+    return STUDY_ASSET_DIR if uses_study_words(tasks) else ASSET_DIR
+
+
+def build_tokenizer(out_dir, words=None) -> Path:
+    """Write the synthetic word-level tokenizer (Hugging Face format) over ``words`` (default
+    :func:`vocabulary`; :func:`study_vocabulary` for the study tasks) to ``out_dir``; load it with
     ``AutoTokenizer.from_pretrained(out_dir)``."""
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(words or vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
@@ -351,8 +379,12 @@ def load_tokenizer(path=None):
 
 
 def chance_quality(task: str, config: LookupConfig | None = None) -> float | None:
-    """The quality (percent) a model reaches by guessing, where the task defines one: ``lookup`` answers one of the
-    asked category's ``n_items`` items (1/n_items); None for tasks without a guessing level (word-map's BLEU)."""
+    """The quality (percent) a model reaches by guessing, where the task defines one in closed form: ``lookup``
+    answers one of the asked category's ``n_items`` items (1/n_items), ``ledger`` one of its values; None
+    otherwise (word-map's BLEU; verb-final and synonym-map: ``evaluation.study_metrics.chance_level``
+    estimates the best source-blind output)."""
+    if task in STUDY_TASKS:
+        return analytic_chance(task, config)
     if task == "lookup":
         return 100.0 / (config or LookupConfig()).n_items
     return None

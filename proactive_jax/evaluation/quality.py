@@ -215,7 +215,28 @@ def wer(hyps: Sequence[str], refs: Sequence[str], normaliser: str = "basic") -> 
     return float(100 * jiwer.wer([r[i] for i in keep], [h[i] for i in keep]))
 
 
+def multiref_sentence(prediction: str, pattern: str) -> tuple[float, float]:
+    """``(score, exact)`` of one prediction against a pattern reference ``"a|b c ..."`` (one set of valid words
+    per position, e.g. synonyms): score = positions whose word is in that position's set / max(prediction
+    length, positions); exact = 1 when every position matches and the lengths agree. Equal to the best
+    position-match rate over every single reference the pattern spells out (tested by enumerating them)."""
+    sets = [set(p.split("|")) for p in pattern.split()]
+    words = prediction.split()
+    hits = sum(w in s for w, s in zip(words, sets))
+    denom = max(len(words), len(sets))
+    return (hits / denom if denom else 1.0), float(hits == len(sets) == len(words))
+
+
+def multiref(predictions: Sequence[str], references: Sequence) -> dict:
+    """Corpus multiref: ``{"score", "exact"}`` in percent, the mean over examples of :func:`multiref_sentence`
+    (the first reference of each example is its pattern)."""
+    _check_lengths(predictions, references)
+    s = [multiref_sentence(p, _first(r)) for p, r in zip(predictions, references)]
+    return {"score": 100.0 * sum(x[0] for x in s) / len(s), "exact": 100.0 * sum(x[1] for x in s) / len(s)}
+
+
 QUALITY_METRICS: dict[str, Callable[[Sequence, Sequence], dict]] = {
+    "multiref": multiref,
     "bleu": bleu,
     "squad": squad_scores,
     "choice": choice_accuracy,

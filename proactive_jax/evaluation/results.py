@@ -11,6 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from proactive_jax.data.synthetic_study import STUDY_QUALITY
 from proactive_jax.evaluation import metrics as M
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ TASK_QUALITY = {
 }
 
 
+TASK_QUALITY.update(STUDY_QUALITY)  # ledger (EM), verb-final (BLEU), synonym-map (multiref)
+
+
 FAMILY_ORDER = ("batch", "wait-k", "entropy", "attention", "probe")
 RCO_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -41,7 +45,7 @@ def task_quality(task: str, metric: str | None = None):
         if metric not in M.QUALITY_METRICS:
             raise EvalError(f"unknown metric {metric!r}; known: {sorted(M.QUALITY_METRICS)}")
         key = {"bleu": "bleu", "squad": "f1", "choice": "accuracy", "accuracy": "accuracy", "rouge": "rougeL",
-               "wer": "wer", "wer-whisper": "wer"}[metric]
+               "wer": "wer", "wer-whisper": "wer", "multiref": "score"}[metric]
         return metric, key, key, metric == "bleu"
     base = "mt" if task.startswith(("mt", "iwslt")) else task
     if base not in TASK_QUALITY:

@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from proactive_jax.evaluation import metrics as M
+from proactive_jax.evaluation.quality import multiref, multiref_sentence  # noqa: F401  (re-exported)
 
 METRICS = ("exact_match", "f1", "bleu", "multiref", "mean")
 # the study tasks' headline metric (data.synthetic_study.STUDY_QUALITY, at the per-example level)
@@ -33,27 +34,6 @@ TASK_METRIC = {"ledger": "exact_match", "verb-final": "bleu", "synonym-map": "mu
 # ---------------------------------------------------------------------------------------------
 # Per-example quality statistics
 # ---------------------------------------------------------------------------------------------
-
-def multiref_sentence(prediction: str, pattern: str) -> tuple[float, float]:
-    """``(score, exact)`` of one prediction against a pattern reference ``"a|b c ..."`` (one valid set per
-    position): score = positions whose word is in that position's set / max(prediction length, positions);
-    exact = 1 when every position matches and the lengths agree."""
-    sets = [set(p.split("|")) for p in pattern.split()]
-    words = prediction.split()
-    hits = sum(w in s for w, s in zip(words, sets))
-    denom = max(len(words), len(sets))
-    return (hits / denom if denom else 1.0), float(hits == len(sets) == len(words))
-
-
-def multiref(predictions: Sequence[str], references: Sequence) -> dict:
-    """Corpus multiref: ``{"score", "exact"}`` in percent (the first reference of each example is its
-    pattern). Shaped like ``evaluation.quality.QUALITY_METRICS`` entries, to be registered there."""
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"got {len(predictions)} predictions but {len(references)} references (need > 0, equal)")
-    s = np.asarray([multiref_sentence(p, r[0] if isinstance(r, (list, tuple)) else r)
-                    for p, r in zip(predictions, references)])
-    return {"score": float(100 * s[:, 0].mean()), "exact": float(100 * s[:, 1].mean())}
-
 
 def example_stats(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
     """``[N, d]`` per-example sufficient statistics of ``metric`` (see :func:`aggregate`)."""

@@ -178,7 +178,10 @@ def oracle_read_counts(text_example, num_target_tokens: int) -> np.ndarray:
     the end-of-turn token needs the end marker (n = M+1: a sentence may always go on with "and").
     Needs a word-level tokenizer (one token per word), like the shipped synthetic one."""
     from proactive_jax.data.synthetic import WORD_MAP_DICT
+    from proactive_jax.data.synthetic_study import STUDY_TASKS, study_oracle_read_counts
 
+    if text_example.task in STUDY_TASKS:  # ledger, verb-final, synonym-map: meta["oracle"] (exact)
+        return study_oracle_read_counts(text_example, num_target_tokens)
     M = len(text_example.units)
     if text_example.task == "lookup":
         ev = int(text_example.meta["evidence_unit"]) + 1
@@ -198,8 +201,8 @@ def oracle_read_counts(text_example, num_target_tokens: int) -> np.ndarray:
         out = np.full(num_target_tokens, M + 1, np.int32)  # the end-of-turn token (and anything extra)
         out[:min(M, num_target_tokens)] = need[:num_target_tokens]
         return out
-    raise ProbeError(f"oracle labels exist only for the synthetic tasks lookup and word-map, not "
-                     f"{text_example.task!r}")
+    raise ProbeError(f"oracle labels exist only for the synthetic tasks (lookup, word-map, the study tasks), "
+                     f"not {text_example.task!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +218,18 @@ class ProbeData:
 
 
 # Longer than ~80 lines would be a smell; this is the host loop over schedules and chunks, nothing more.
+
+def external_read_counts(text_example, num_target_tokens: int) -> np.ndarray:
+    """Per target token: the read counts a plausible external annotator gives (the study tasks' realistic,
+    imperfect labels: ledger the first evidence, verb-final the length-ratio diagonal, synonym-map the concept
+    word without its look-ahead); the external-label baseline of the probe."""
+    from proactive_jax.data.synthetic_study import STUDY_TASKS, study_external_read_counts
+
+    if text_example.task not in STUDY_TASKS:
+        raise ProbeError(f"external labels exist for the study tasks {sorted(STUDY_TASKS)} only, "
+                         f"not {text_example.task!r}")
+    return study_external_read_counts(text_example, num_target_tokens)
+
 def collect(config: ModelConfig, params, examples: Sequence[StreamExample], *, eps: float = 0.1,
             multinomial_draws: int = 2, sweep: bool = True, oracle: Sequence[np.ndarray] | None = None,
             target_offset=0, trailing_reads: bool = True, batch_size: int = 64, seed: int = 0) -> ProbeData:

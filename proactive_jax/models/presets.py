@@ -7,6 +7,11 @@ MODEL_PRESETS: dict[str, dict] = {
     "tiny": dict(model_type="qwen3", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                  qk_norm=True, qkv_bias=False, max_position_embeddings=512, eos_token_id=3, pad_token_id=1),
+    # the same for the study tasks (data.synthetic.study_vocabulary(): 4,215 words; 4224 = 66 x 64)
+    "tiny-study": dict(model_type="qwen3", vocab_size=4224, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                       tie_word_embeddings=True, qk_norm=True, qkv_bias=False, max_position_embeddings=512,
+                       eos_token_id=3, pad_token_id=1),
     # the speech demo's tiny Qwen2-Audio (a HF-style qwen2_audio dict): a 4 s encoder window of 40 mel bins, ids of
     # the demo's word vocabulary (demo_speech.SPECIALS + the tone-words; <|AUDIO|> = 2, <|im_end|> = 1)
     "tiny-audio": {"model_type": "qwen2_audio", "audio_token_index": 2,

@@ -78,7 +78,8 @@ def build_data(run: RunConfig, model_cfg: ModelConfig, *, host_index: int = 0, h
         raise ConfigError(f"model is qwen2_audio but data.task={run.data.task!r} is a text task; expected one of "
                              f"{list(AUDIO_TASKS)}")
     data = run.data
-    tok_dir = data.tokenizer or (str(synthetic.ASSET_DIR) if data.task == "synthetic" else run.model.hf_dir)
+    tok_dir = data.tokenizer or (str(synthetic.tokenizer_dir(data.synthetic.tasks)) if data.task == "synthetic"
+                                 else run.model.hf_dir)
     if tok_dir is None or not Path(tok_dir).is_dir():
         raise FileNotFoundError(f"data.tokenizer={tok_dir}: tokenizer directory does not exist")
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))

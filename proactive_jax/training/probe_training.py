@@ -30,7 +30,7 @@ class ProbeConfig:
     seed: int = 0
     split: str = "train"
     num_examples: int = 1000
-    labels: str = "self"  # self | oracle
+    labels: str = "self"  # self | oracle | external (study tasks: a realistic annotator's read counts)
     eps: float = 0.1  # self-labels: sufficient iff same argmax and KL(P_full || P_stream) <= eps
     multinomial_draws: int = 2  # budget draws per example, besides the sweep over every read count
     trailing_reads: bool = True
@@ -43,8 +43,8 @@ class ProbeConfig:
     out: str | None = None  # default: <checkpoint>/probe.safetensors (probe-oracle.safetensors)
 
     def __post_init__(self):
-        if self.labels not in ("self", "oracle"):
-            raise ValueError(f"labels={self.labels!r}; expected 'self' or 'oracle'")
+        if self.labels not in ("self", "oracle", "external"):
+            raise ValueError(f"labels={self.labels!r}; expected 'self', 'oracle' or 'external'")
         if not self.eps >= 0:
             raise ValueError(f"eps={self.eps}; expected a non-negative KL bound")
 
@@ -60,8 +60,9 @@ def fit_probe(cfg: ProbeConfig, model_cfg, params, texts, streams) -> tuple[dict
     from proactive_jax.method import probe as P
 
     oracle = None
-    if cfg.labels == "oracle":
-        oracle = [P.oracle_read_counts(t, s.L) for t, s in zip(texts, streams)]
+    if cfg.labels in ("oracle", "external"):
+        given = P.oracle_read_counts if cfg.labels == "oracle" else P.external_read_counts
+        oracle = [given(t, s.L) for t, s in zip(texts, streams)]
     data = P.collect(model_cfg, params, streams, eps=cfg.eps, multinomial_draws=cfg.multinomial_draws,
                      oracle=oracle, trailing_reads=cfg.trailing_reads, seed=cfg.seed)
     probe, report = P.train_probe(data, kind=cfg.kind, hidden=cfg.hidden, use_stats=cfg.use_stats,
