@@ -4,8 +4,8 @@ JAX's compilation cache skips XLA's compilation in a later process, but every pr
 program (for the decode loop on the tiny demo model about 1-2 s of a second ``eval``'s start on a loaded 2-core
 CPU). :func:`call_stored` runs ``jit(fun)`` the first time as a ``jax.export`` of it, written to
 ``<compilation cache>/programs/``; a later process with the same program loads it instead of tracing, and its
-compilation then comes from the compilation cache. The file is keyed by the program's name, its static
-arguments, the argument tree with shapes and dtypes, the platform, the JAX version and a digest of the source of
+compilation then comes from the compilation cache. The file is keyed by the program's name, its static arguments,
+the argument tree with shapes and dtypes, the platform, the JAX and Flax versions and a digest of the source of
 :mod:`proactive_jax.models` and :mod:`proactive_jax.method` (any change to the code traces afresh). Without a
 compilation cache (``PROACTIVE_JAX_CACHE=off``, the tests) this is plain ``jit``. An unreadable stored program is
 traced again and rewritten.
@@ -48,6 +48,12 @@ def source_digest() -> str:
     return h.hexdigest()[:24]
 
 
+def _flax_version() -> str:
+    import flax
+
+    return getattr(flax, "__version__", "")
+
+
 def _aval(x) -> str:
     a = jax.api_util.shaped_abstractify(x)
     return f"{a.dtype}{list(a.shape)}{'w' if getattr(a, 'weak_type', False) else ''}"
@@ -57,7 +63,7 @@ def program_key(name: str, static: tuple, args: tuple, platform: str = "") -> st
     leaves, tree = jax.tree.flatten(args)
     h = hashlib.sha256()
     for part in (name, repr(static), str(tree), ",".join(_aval(x) for x in leaves), platform or jax.default_backend(),
-                 jax.__version__, source_digest()):
+                 jax.__version__, _flax_version(), source_digest()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
