@@ -363,6 +363,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
              + json.dumps({k: v for k, v in tgt.items() if k not in ('target', 'pass')}, default=float))
 
     traces = []
+    shown = lambda t: tok.decode(list(t), skip_special_tokens=False)  # noqa: E731 - the end-of-turn token visible
     for task in cfg.tasks:
         items = _eval_items(cfg, task, "test", cfg.show_examples, tok, parts)
         spec = next((s["setting"] for s in results[task]["proactive"]["settings"] if s["family"] == "entropy"),
@@ -370,7 +371,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
         res = stream_decode(model_cfg, runs["proactive"].params, [it.example for it in items], spec,
                             cfg.max_new_tokens, eos, word_starts=ws)
         for it, r in zip(items, res):
-            text = format_trace(it.example, interleave(it.example, r, detok), detok)
+            text = format_trace(it.example, interleave(it.example, r, shown), shown)
             traces.append(f"## {task} / {spec} / {it.id}\nreference: {it.references[0]}\n{text}\n")
     trace_text = "\n".join(traces)
     _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))
