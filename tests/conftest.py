@@ -56,3 +56,23 @@ def _drop_compiled_programs_between_modules():
 
     jax.clear_caches()
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_demo(tmp_path_factory):
+    """``proactive-jax demo --smoke`` run once as a user runs it (a subprocess, its own compilation cache so its
+    stages share compiled programs): ``(out_dir, stdout, seconds)``; shared by the demo and README tests."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.subprocs import ROOT, cpu_env
+
+    tmp = tmp_path_factory.mktemp("smoke_demo")
+    out = tmp / "demo_out"
+    env = cpu_env(1, PROACTIVE_JAX_CACHE=str(tmp / "jax_cache"))
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "proactive_jax", "demo", "--smoke", "--out", str(out)], cwd=str(ROOT),
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out, res.stdout, time.perf_counter() - t0

@@ -86,6 +86,10 @@ def run_decode_cli(args: argparse.Namespace) -> int:
         units = split_words(args.text)
         if not units:
             raise ValueError("--text is empty: nothing to stream")
+        unknown = unknown_words(tok, [args.text, args.prompt or ""])
+        if unknown:
+            print(f"proactive-jax decode: {len(unknown)} word{'s' if len(unknown) > 1 else ''} not in the tokenizer's "
+                  f"vocabulary, read as {tok.unk_token}: {', '.join(map(repr, unknown))}", file=sys.stderr)
         text_ex = TextExample(task="cli", id="cli-0", prompt_text=args.prompt, units=units, target_text="?")
         ex = render_example(tok, text_ex, template_parts(tok, system=args.system), unit=args.unit)
         res = stream_decode(cfg, params, [ex], args.head, args.max_new_tokens, eos_ids_for(tok, cfg),
@@ -98,6 +102,15 @@ def run_decode_cli(args: argparse.Namespace) -> int:
     print(f"\noutput: {tok.decode(list(res.tokens), skip_special_tokens=True).strip()!r}")
     print(f"phi: {res.phi.tolist()} (M = {res.M}; M+1 = the end marker was read)")
     return 0
+
+
+def unknown_words(tok, texts) -> list[str]:
+    """The whitespace words of ``texts`` (each once, in order) that the tokenizer maps to its unknown token."""
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return []
+    words = dict.fromkeys(w for t in texts for w in t.split())
+    return [w for w in words if w != tok.unk_token and unk in tok.encode(w, add_special_tokens=False)]
 
 
 def _live_units(stream, unit: str, turns: bool = False):

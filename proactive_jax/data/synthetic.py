@@ -372,7 +372,13 @@ def build_tokenizer(out_dir, words=None) -> Path:
 
 
 def load_tokenizer(path=None):
-    """``AutoTokenizer`` of the synthetic tokenizer (default: the shipped copy in the package assets)."""
+    """The synthetic tokenizer (default: the shipped copy in the package assets), read with ``tokenizers`` alone
+    (:mod:`.tokenizer_json`; the same ids as ``AutoTokenizer``, which is used where that reader declines)."""
+    from proactive_jax.data.tokenizer_json import load_json_tokenizer
+
+    tok = load_json_tokenizer(path or ASSET_DIR)
+    if tok is not None:
+        return tok
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path or ASSET_DIR))

@@ -55,11 +55,31 @@ def paper_table(task: str, per_model: dict[str, dict]) -> str:
             row.append(f"{area:.2f}" if shown_area else "")
             shown.add(s["family"])
             lines.append("| " + " | ".join(row) + " |")
+    lines += ["", chance_line(task, per_model)]
     for model, res in per_model.items():
         warning = R.chance_warning(res, task)
         if warning:
             lines += ["", f"{model}: {warning}"]
     return "\n".join(lines) + "\n"
+
+
+def chance_line(task: str, per_model: dict[str, dict]) -> str:
+    """What guessing scores on ``task`` beside what the trained model scores reading everything (its batch row)."""
+    from proactive_jax.data.synthetic import chance_quality
+
+    q = QUALITY_NAME.get(task, "quality")
+    model = "proactive" if "proactive" in per_model else next(iter(per_model), None)
+    batch = [s["headline"] for s in per_model.get(model, {}).get("settings", ()) if s["family"] == "batch"]
+    trained = f"the trained model reading everything (batch) scores {batch[0]:.1f}" if batch else "no batch row"
+    chance = chance_quality(task)
+    if chance is None:
+        return (f"chance: {task} has no guessing level; a model that has learned nothing scores about 0 {q}; "
+                f"{trained}")
+    verdict = ""
+    if batch:
+        verdict = ("; above chance: the model has learned the task" if batch[0] > chance + R.CHANCE_MARGIN
+                   else "; at chance: the model has not learned the task")
+    return f"chance: guessing scores {chance:.1f} {q} on {task}; {trained}{verdict}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class DemoConfig:
     n_test: int = 200  # per task
     n_calib: int = 64  # per task
     global_batch_size: int = 64
+    # shape buckets (source group S, target group T) of the training batches: lookup fits the first, word-map the
+    # second; each bucket is one compiled train step
+    buckets: tuple[tuple[int, int], ...] = ((24, 8), (24, 24))
     pretrain_steps: int = 1500
     pretrain_lr: float = 3e-3
     finetune_steps: int = 600
@@ -69,8 +72,10 @@ class DemoConfig:
     progress: bool = True
     speech: dict = dataclasses.field(default_factory=dict)  # the speech stage (demo_speech.SpeechDemoConfig keys)
     quick: dict = dataclasses.field(default_factory=lambda: {  # overrides applied by --quick
-        "n_train": 2000, "n_test": 64, "n_calib": 32, "pretrain_steps": 400, "finetune_steps": 150,
-        "probe_examples": 300, "probe_steps": 300,
+        # lookup is learned in the pretraining between steps ~400 and ~600 (its loss drops from the guessing plateau):
+        # 1200 steps, and no MSLM-only ablation to pay for them
+        "n_train": 2000, "n_test": 64, "n_calib": 32, "pretrain_steps": 1200, "finetune_steps": 150,
+        "ablation_mslm_only": False, "probe_examples": 300, "probe_steps": 300,
         "heads": {"lookup": ["batch", "wait-k:k=1|3|8", "entropy:tau=0.1|0.3|q0.9", "attention:tau=0.5|q0.9",
                              "alignatt:f=2"],
                   "word-map": ["batch", "wait-k:k=1|2|3", "entropy:tau=0.05|0.2|q0.9", "attention:tau=0.5|q0.9",
@@ -78,18 +83,44 @@ class DemoConfig:
         "probe_heads": ["probe:tau=0.5|3.35e-4|q0.9"],  # logit 0, -8 and q0.9: as many points as entropy
         "speech": {"enabled": False},  # the speech stage needs its 1000 steps (~3.5 min): full demo only (see demo_speech)
     })
+    smoke: dict = dataclasses.field(default_factory=lambda: {  # overrides applied by --smoke: every stage, tiny
+        # one bucket, and the batch-only fine-tune identical in shape and schedule to the pretraining: programs
+        # compiled once are reused from the compilation cache by the later stages
+        # one task (lookup: the QA-like one) halves the decode programs; word-map runs in --quick and the full demo
+        "tasks": ["lookup"], "n_train": 128, "n_test": 16, "n_calib": 16, "global_batch_size": 16, "buckets": [[24, 8]],
+        "pretrain_steps": 2, "pretrain_lr": 1e-3, "finetune_steps": 2, "ablation_mslm_only": False,
+        "probe_examples": 16, "probe_steps": 2,
+        "heads": {"lookup": ["batch", "wait-k:k=2", "entropy:tau=0.2|q0.9"]},
+        "probe_heads": ["probe:tau=0.5|q0.9"], "max_new_tokens": 8, "eval_batch_size": 16, "show_examples": 1,
+        "speech": {"n_train": 8, "n_test": 4, "steps": 2, "batch_size": 4,
+                   "heads": ["batch", "wait-k:k=2", "entropy:tau=0.3"]},
+    })
 
 
-def load_demo_config(path: str | None, overrides=(), quick: bool = False) -> DemoConfig:
+def load_demo_config(path: str | None, overrides=(), quick: bool = False, smoke: bool = False) -> DemoConfig:
+    """The demo's config: defaults (or ``path``), then the ``quick`` or ``smoke`` overrides, then ``overrides``."""
     from proactive_jax.config import load_config, to_dict
+    from proactive_jax.errors import ConfigError
 
+    if quick and smoke:
+        raise ConfigError("--quick and --smoke: choose one")
     cfg = load_config(DemoConfig, path, overrides)
-    if quick:
+    preset = cfg.quick if quick else cfg.smoke if smoke else None
+    if preset is not None:
         data = to_dict(cfg)
-        data.update(dict(cfg.quick))
+        data.update(dict(preset))
         cfg = load_config(DemoConfig, None, overrides, data=data)
     validate_demo_config(cfg)
     return cfg
+
+
+def stage_names(cfg: DemoConfig, speech_on: bool) -> list[str]:
+    """The demo's stages in the order they run, as numbered in its output (``[k/N]``)."""
+    names = ["data", "pretrain", "proactive", "batch-ft"] + (["mslm-only"] if cfg.ablation_mslm_only else [])
+    names += (["probes"] if cfg.probe else []) + ["evaluate", "report"]
+    if speech_on:
+        names.append("speech")  # run after the text stages, or (speech.parallel) its process's results collected
+    return names
 
 
 def validate_demo_config(cfg: DemoConfig) -> None:
@@ -136,7 +167,7 @@ def _run_config(cfg: DemoConfig, name: str, *, steps: int, lr: float, objective:
         "model": {"preset": cfg.model_preset, "config": dict(cfg.model)},
         "data": {"task": "synthetic",
                  "synthetic": {"tasks": list(cfg.tasks), "n_train": cfg.n_train, "n_valid": 32, "seed": cfg.seed},
-                 "buckets": [[24, 8], [24, 24]], "global_batch_size": cfg.global_batch_size,
+                 "buckets": [list(b) for b in cfg.buckets], "global_batch_size": cfg.global_batch_size,
                  "seed": cfg.seed, "cache_dir": str(Path(cfg.out_dir) / "cache")},
         "objective": objective,
         "optim": {"lr": lr, "schedule": "cosine", "warmup_steps": max(1, steps // 20), "end_lr_ratio": 0.1,
@@ -207,7 +238,7 @@ def _model_sweeps(cfg: DemoConfig, task: str, model: str) -> list[str]:
 ABLATION_FAMILIES = ("batch", "entropy", "attention")
 
 
-def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int) -> dict:
+def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, tag: str = "") -> dict:
     """The learned probe on the proactive model (self-labels) and the same probe on oracle labels, trained
     on ``probe_examples`` training examples per task; saved next to the run's checkpoint."""
     from proactive_jax.data import make_task, render_example
@@ -225,7 +256,7 @@ def train_probes(cfg: DemoConfig, run, tok, parts, timings: dict, n_stages: int)
         save_probe(default_probe_path(run.out_dir, labels), probe, info)
         out[labels] = probe
         rep = info["report"]["held_out"]
-        _say(f"[3/{n_stages}] probe ({labels} labels): {info['states']} states, {100 * info['positive_rate']:.0f}% "
+        _say(f"{tag} probe ({labels} labels): {info['states']} states, {100 * info['positive_rate']:.0f}% "
              f"sufficient; held-out accuracy {100 * rep.get('accuracy', float('nan')):.1f}%")
     timings["probes"] = time.perf_counter() - t0
     return out
@@ -264,14 +295,17 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    n_stages = 5
+    names = stage_names(cfg, speech_on)
 
-    _say(f"[1/{n_stages}] data: synthetic tasks {list(cfg.tasks)} with the word-level tokenizer ({ASSET_DIR.name})")
+    def tag(name: str) -> str:
+        return f"[{names.index(name) + 1}/{len(names)}]"
+
+    _say(f"{tag('data')} data: synthetic tasks {list(cfg.tasks)} with the word-level tokenizer ({ASSET_DIR.name})")
     tok = load_tokenizer()
     parts = template_parts(tok)
 
-    def stage_train(label, idx, name, steps, lr, objective, init=None):
-        _say(f"[{idx}/{n_stages}] train: {label} ({steps} steps)")
+    def stage_train(label, name, steps, lr, objective, init=None):
+        _say(f"{tag(name)} train: {label} ({steps} steps)")
         t0 = time.perf_counter()
         res = train(_run_config(cfg, name, steps=steps, lr=lr, objective=objective), init_params=init,
                     devices=jax.local_devices()[:1])  # the demo is a one-device job
@@ -288,25 +322,25 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
         return res
 
     batch_only = {"schedule": "full", "w_batch": 1.0, "w_mslm": 0.0, "kl_lambda": 0.0, "kl_topk": 1}
-    pre = stage_train("batch-mode pretraining (the stand-in for an instruct model)", 2, "pretrain",
+    pre = stage_train("batch-mode pretraining (the stand-in for an instruct model)", "pretrain",
                       cfg.pretrain_steps, cfg.pretrain_lr, batch_only)
     model_cfg = pre.model_config
     start = pre.params
     proactive_obj = {"schedule": "multinomial", "w_batch": 1.0, "w_mslm": 1.0, "kl_lambda": cfg.kl_lambda,
                      "kl_topk": cfg.kl_topk, "alpha": cfg.alpha, "trailing_reads": cfg.trailing_reads}
-    runs = {"proactive": stage_train("fine-tune ProactiveLLM (batch + MSLM + SPSD)", 3, "proactive",
+    runs = {"proactive": stage_train("fine-tune ProactiveLLM (batch + MSLM + SPSD)", "proactive",
                                      cfg.finetune_steps, cfg.finetune_lr, proactive_obj, start),
-            "batch-ft": stage_train("fine-tune ablation (batch loss only)", 3, "batch-ft",
+            "batch-ft": stage_train("fine-tune ablation (batch loss only)", "batch-ft",
                                     cfg.finetune_steps, cfg.finetune_lr, batch_only, start)}
     if cfg.ablation_mslm_only:
-        runs["mslm-only"] = stage_train("fine-tune ablation (MSLM without SPSD)", 3, "mslm-only",
+        runs["mslm-only"] = stage_train("fine-tune ablation (MSLM without SPSD)", "mslm-only",
                                         cfg.finetune_steps, cfg.finetune_lr, {**proactive_obj, "kl_lambda": 0.0},
                                         start)
 
-    probes = train_probes(cfg, runs["proactive"], tok, parts, timings, n_stages) if cfg.probe else {}
+    probes = train_probes(cfg, runs["proactive"], tok, parts, timings, tag("probes")) if cfg.probe else {}
 
     fams = {h.split(':')[0] for t in cfg.heads.values() for h in t} | ({"probe"} if probes else set())
-    _say(f"[4/{n_stages}] evaluate: heads {', '.join(sorted(fams))} on {cfg.n_test} held-out examples per task")
+    _say(f"{tag('evaluate')} evaluate: heads {', '.join(sorted(fams))} on {cfg.n_test} held-out examples per task")
     t0 = time.perf_counter()
     results, decode_s = evaluate_runs(cfg, model_cfg, {m: r.params for m, r in runs.items()}, probes, tok, parts)
     timings["eval"] = time.perf_counter() - t0
@@ -315,7 +349,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
     ws = word_start_table(tok, model_cfg.vocab_size)
     detok = lambda t: tok.decode(list(t), skip_special_tokens=True).strip()  # noqa: E731
 
-    _say(f"[5/{n_stages}] report")
+    _say(f"{tag('report')} report")
     tables = []
     for task in cfg.tasks:
         t = paper_table(task, results[task])
@@ -329,6 +363,7 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
              + json.dumps({k: v for k, v in tgt.items() if k not in ('target', 'pass')}, default=float))
 
     traces = []
+    shown = lambda t: tok.decode(list(t), skip_special_tokens=False)  # noqa: E731 - the end-of-turn token visible
     for task in cfg.tasks:
         items = _eval_items(cfg, task, "test", cfg.show_examples, tok, parts)
         spec = next((s["setting"] for s in results[task]["proactive"]["settings"] if s["family"] == "entropy"),
@@ -336,12 +371,15 @@ def _run_stages(cfg: DemoConfig, speech_on: bool, speech_job) -> dict:
         res = stream_decode(model_cfg, runs["proactive"].params, [it.example for it in items], spec,
                             cfg.max_new_tokens, eos, word_starts=ws)
         for it, r in zip(items, res):
-            text = format_trace(it.example, interleave(it.example, r, detok), detok)
+            text = format_trace(it.example, interleave(it.example, r, shown), shown)
             traces.append(f"## {task} / {spec} / {it.id}\nreference: {it.references[0]}\n{text}\n")
     trace_text = "\n".join(traces)
     _say("\nREAD/WRITE traces (proactive model):\n" + "\n".join(traces[:2]))
 
     speech = None
+    if speech_on:
+        _say(f"\n{tag('speech')} speech: " + ("the second process's results" if speech_job is not None else
+                                             "the speech stage (after the text stages)"))
     if speech_job is not None:
         speech = finish_speech_process(speech_job, say=_say)
         timings["speech"] = speech["timings_s"]["total"]

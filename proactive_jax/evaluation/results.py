@@ -219,7 +219,10 @@ def family_areas(results: Mapping) -> dict[str, float]:
     return {f: curve_area(pts, batch[0]) for f, pts in fams.items()}
 
 
-def chance_warning(results: Mapping, task: str, margin: float = 5.0) -> str | None:
+CHANCE_MARGIN = 5.0  # quality points above guessing that count as learned
+
+
+def chance_warning(results: Mapping, task: str, margin: float = CHANCE_MARGIN) -> str | None:
     """A warning line when the batch head (the model reading everything) scores within ``margin`` points of what
     guessing gets on this task: the model has not learned it, and no head comparison means anything."""
     from proactive_jax.data.synthetic import chance_quality

@@ -62,6 +62,7 @@ from proactive_jax.models.qwen import (CacheWindow, KVCache, apply_hidden, embed
 from proactive_jax.method import audio_stream
 from proactive_jax.data.example import StreamExample
 from proactive_jax.method.decode_inputs import check_ids, host_batch, shape_key, validate_examples, vocab_table
+from proactive_jax.method.program_store import call_stored
 
 TRACE_COUNT = 0  # incremented every time the decode loop is traced (i.e. compiled for a new bucket)
 
@@ -478,7 +479,7 @@ def stream_decode(config: ModelConfig, params, examples: Sequence[StreamExample]
             batch["src_embeds"] = audio_stream.source_embeds(config, params, chunk, B, key[1], batch["src"])
         sh = StepShapes(config, with_stats, spec.needs_probe, int(max_new_tokens), P_cap, U, key[1], key[3],
                         spec.needs_src_attn)
-        out = _decode_jit(sh, bool(return_logits), loop_params, head_vals, batch)
+        out = call_stored(_decode_impl, (sh, bool(return_logits)), loop_params, head_vals, batch, jitted=_decode_jit)
         out = jax.device_get(out)
         for b, (i, e) in enumerate(zip(ids, chunk)):
             L, D = int(out["j"][b]), int(out["d"][b])

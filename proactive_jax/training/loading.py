@@ -34,14 +34,22 @@ def load_model(path: str | Path, step: int | None = None, *, dtype: str = "float
 
 def load_tokenizer(path: str | Path, *, what: str = "tokenizer"):
     """A Hugging Face tokenizer from a local directory; anything else (a Hub id, a file, an unreadable directory)
-    is one :class:`DataError` naming the path (tokenizers are never fetched)."""
-    from transformers import AutoTokenizer
+    is one :class:`DataError` naming the path (tokenizers are never fetched). A ``tokenizer.json`` that
+    ``transformers`` would run as it is is read with ``tokenizers`` alone (:mod:`proactive_jax.data.tokenizer_json`:
+    the same ids and text, without importing ``transformers`` and torch); anything else goes through
+    ``AutoTokenizer``."""
+    from proactive_jax.data.tokenizer_json import load_json_tokenizer
 
     p = Path(path)
     if not p.is_dir():
         raise DataError(f"{what} {path}: no such directory (tokenizers are local directories with tokenizer.json or "
                         "tokenizer_config.json; download a Hub tokenizer first)", reason="bad tokenizer")
     try:
+        tok = load_json_tokenizer(p)
+        if tok is not None:
+            return tok
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(p))
     except Exception as e:  # transformers raises OSError, ValueError, json errors, ... for a broken directory
         raise DataError(f"{what} {p}: not a readable tokenizer directory ({type(e).__name__}: "

@@ -21,7 +21,10 @@ def _table_rows(text):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_quick")
-    assert main(["demo", "--quick", "--out", str(out), "progress=false"]) == 0
+    # the quick start's stages with its earlier, shorter pretraining and the MSLM-only ablation (what the tests
+    # check is the stages and the files, not what the models learn)
+    assert main(["demo", "--quick", "--out", str(out), "progress=false", "pretrain_steps=400",
+                 "ablation_mslm_only=true"]) == 0
     return out
 
 
@@ -185,6 +188,7 @@ def test_shipped_demo_yaml_equals_builtin_defaults():
     yaml_path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     assert load_demo_config(str(yaml_path)) == load_demo_config(None)
     assert load_demo_config(str(yaml_path), quick=True) == load_demo_config(None, quick=True)
+    assert load_demo_config(str(yaml_path), smoke=True) == load_demo_config(None, smoke=True)
 
 
 def test_probe_cli_trains_next_to_the_run_and_eval_uses_it(quick_run, tmp_path):
