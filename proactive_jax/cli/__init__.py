@@ -95,7 +95,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command("the embedded default: train a tiny streaming model on built-in tasks, evaluate the heads, "
                     "print the paper-style table", _lazy_args("proactive_jax.cli.demo", "add_demo_args"),
                     _cli("demo", "run_demo_cli"), _cli("demo", "status_line"), "config"),
-    "study": Command("the study grid on unsaturated tasks: seeds, 95% intervals and one verdict per paper claim "
+    "study": Command("the study grid on unsaturated tasks: seeds, 95-percent intervals and one verdict per paper claim "
                      "(results.json, report.md, plots; resumable)", _lazy_args("proactive_jax.cli.study",
                                                                                 "add_study_args"),
                      _cli("study", "run_study_cli"), _cli("study", "status_line"), "config"),
