@@ -113,6 +113,15 @@ def unknown_words(tok, texts) -> list[str]:
     return [w for w in words if w != tok.unk_token and unk in tok.encode(w, add_special_tokens=False)]
 
 
+def warn_unknown(tok, unit: str, seen: set) -> None:
+    """``decode --live``: one line for each word of ``unit`` outside the tokenizer's vocabulary, the first time."""
+    new = [w for w in unknown_words(tok, [unit]) if w not in seen]
+    seen.update(new)
+    for w in new:
+        print(f"\nproactive-jax decode: {w!r} is not in the tokenizer's vocabulary, read as {tok.unk_token} "
+              f"(said once per word)", file=sys.stderr, flush=True)
+
+
 def _live_units(stream, unit: str, turns: bool = False):
     """Source units from a text stream as they arrive: whitespace words, or whole lines (``sentence``); with
     ``turns``, None for a blank line (the end of a turn). Bytes that are not UTF-8 (which Python's standard input
@@ -169,9 +178,11 @@ def run_live(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         stdout.flush()
         shown = text
 
+    unknown: set = set()
     for u in _live_units(stdin, args.unit):
         if session.done:
             break
+        warn_unknown(tok, u, unknown)
         try:
             session.push_text(u)
         except SessionError as e:
@@ -227,8 +238,10 @@ def _run_long_form(session, stdin, stdout, args: argparse.Namespace, tok) -> int
         if commit or len(new) >= 64:
             mark, shown = mark + len(new), ""
 
-    in_turn = 0  # units of the current turn
+    in_turn, unknown = 0, set()  # units of the current turn; the unknown words said so far
     for u in _live_units(stdin, args.unit, turns=True):
+        if u is not None:
+            warn_unknown(tok, u, unknown)
         try:
             if u is None:  # a blank line ends the turn: the model answers; the turn stays in the context
                 if in_turn:
