@@ -28,25 +28,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from proactive_jax.data.example import StreamExample  # noqa: E402
-from proactive_jax.method.objective import ObjectiveConfig, naive_loss_sums, pack_batch, packed_loss_sums  # noqa: E402
+from bench_objective import make_batch  # noqa: E402  (eval/: the examples that fill an (S, T) bucket)
+from proactive_jax.method.objective import ObjectiveConfig, naive_loss_sums, packed_loss_sums  # noqa: E402
 from proactive_jax.models.config import ModelConfig  # noqa: E402
 from proactive_jax.models.qwen import abstract_params  # noqa: E402
 
 PROXY = dict(model_type="qwen3", vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, head_dim=32, scan_layers=False)
-
-
-def make_batch(rng, b, s, t, vocab):
-    """``b`` examples filling an (S, T) bucket: a short prompt, 4-token units, the end marker, a 3-token header."""
-    exs = []
-    for _ in range(b):
-        n_units = max(1, (s - 24) // 4)
-        units = [tuple(int(x) for x in rng.integers(3, vocab, 4)) for _ in range(n_units)]
-        prompt = tuple(int(x) for x in rng.integers(3, vocab, s - 4 * n_units - 2))
-        exs.append(StreamExample(prompt=prompt, units=tuple(units), end=(1, 2), header=(5, 6, 7),
-                                 target=tuple(int(x) for x in rng.integers(3, vocab, t - 3))))
-    return pack_batch(exs, (s, t))
 
 
 def compile_step(cfg, obj, fn, batch, devices):
